@@ -1,0 +1,53 @@
+# change-relay: the README's two commands are `make run` and `make test`; each does all of its own set-up.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KAFKA := $(PYTHON) deploy/local-kafka/local_kafka.py
+
+.PHONY: help venv prereqs kafka-fetch kafka simulator run test lint typecheck unit bench soak clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+prereqs: ## fail at once, naming what to install, if Python 3.11+, Java 17+ or Maven is missing
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: install python3.11 (found " + sys.version.split()[0] + ")")'
+	@$(KAFKA) check
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: install python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project with its test extras
+
+kafka-fetch: prereqs ## resolve the Kafka broker's jars with Maven into .cache/ (once)
+	@$(KAFKA) fetch >/dev/null
+
+kafka: kafka-fetch ## run a local Kafka broker in the foreground (KAFKA_PORT, default 9092; KAFKA_DATA_DIR)
+	$(KAFKA) run
+
+simulator: venv ## run the Kombo simulator in the foreground with its defaults
+	$(BIN)/relay simulate
+
+run: venv kafka-fetch ## start Kafka, the simulator, the relay and `relay tail`; Ctrl-C stops them all
+	$(BIN)/python deploy/run-local.py
+
+lint: venv ## ruff and mypy --strict
+	$(BIN)/ruff check relay tests deploy
+	$(BIN)/ruff format --check relay tests deploy
+	$(BIN)/mypy
+
+test: venv kafka-fetch lint ## the whole suite against a real broker it starts and stops itself
+	$(BIN)/pytest
+
+bench: venv kafka-fetch ## benchmarks (long): figures into tests/benchmarks/results/
+	$(BIN)/python -m tests.benchmarks
+
+clean: ## remove the virtualenv and caches (not the Kafka jars)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,7 @@
+"""``python -m relay`` does what the ``relay`` console script does."""
+
+import sys
+
+from relay.cli import main
+
+sys.exit(main())

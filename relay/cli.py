@@ -1,0 +1,54 @@
+"""The ``relay`` command line: ``run``, ``simulate``, ``check-config``, ``tail``.
+
+Each subcommand lives in the module of its concept and exposes ``add_arguments(parser)`` and ``main(args) -> int``;
+this module only wires them together, so ``relay --help`` stays the single index of what the program can do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from relay import __version__
+
+# name -> (module implementing it, one-line help for `relay --help`).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("relay.app", "poll the source and publish change events to Kafka"),
+    "check-config": ("relay.config", "validate the configuration and print it, secrets masked"),
+    "simulate": ("relay.simulator.cli", "serve a local Kombo-style API with churning data (for trying and testing)"),
+    "tail": ("relay.tail", "print the change events arriving on the Kafka topics"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay",
+        description="change-relay: polls Kombo-style list endpoints and publishes one created / updated / deleted "
+        "event per record to Kafka.",
+    )
+    parser.add_argument("--version", action="version", version=f"change-relay {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        doc = (module.__doc__ or help_text).strip()
+        command = sub.add_parser(
+            name, help=help_text, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        module.add_arguments(command)
+        command.set_defaults(handler=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
