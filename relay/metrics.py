@@ -1,0 +1,157 @@
+"""Prometheus metrics, named by Prometheus' rules: prefix ``relay_``, base units, ``_total`` counters, timestamps
+rather than ages, and low-cardinality labels (``resource``, ``outcome``, ``code``; never the integration id unless
+``RELAY_METRICS_PER_INTEGRATION`` asks for it, since a fleet can have thousands).
+
+Each relay owns a :class:`Metrics` on its own ``CollectorRegistry``, so several relays can run in one process
+(the tests do) without colliding in prometheus-client's global registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from relay import __version__
+
+POLL_OUTCOMES = ("success", "source_error", "integration_error", "invalid_page", "kafka_error", "cursor_rejected")
+POLL_KINDS = ("snapshot", "incremental", "reconcile")
+EVENT_TYPES = ("created", "updated", "deleted")
+STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")
+
+# Fast polls of small pages take milliseconds; snapshots of a million records take minutes.
+POLL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Every series change-relay exposes. Known label values are pre-initialised at 0."""
+
+    def __init__(self, resources: Iterable[str] = (), registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.build_info = Info("relay_build", "Build information of the running relay.", registry=r)
+        self.build_info.info({"version": __version__})
+        self.polls = Counter(
+            "relay_polls_total",
+            "Polls finished, by resource, kind and outcome.",
+            ["resource", "kind", "outcome"],
+            registry=r,
+        )
+        self.poll_duration = Histogram(
+            "relay_poll_duration_seconds",
+            "Duration of a whole poll (all its pages).",
+            ["resource", "kind"],
+            buckets=POLL_BUCKETS,
+            registry=r,
+        )
+        self.source_requests = Counter(
+            "relay_source_requests_total",
+            "Requests to the source API by HTTP status class and Kombo error code.",
+            ["resource", "status_class", "code"],
+            registry=r,
+        )
+        self.source_request_duration = Histogram(
+            "relay_source_request_duration_seconds",
+            "Duration of one source API request.",
+            ["resource"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.source_retries = Counter(
+            "relay_source_retries_total",
+            "Source requests retried after a transient error, by error code.",
+            ["resource", "code"],
+            registry=r,
+        )
+        self.rate_limit_waits = Counter(
+            "relay_rate_limit_waits_total",
+            "Times the client waited for the source's rate-limit budget.",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limit_wait_seconds = Counter(
+            "relay_rate_limit_wait_seconds_total",
+            "Seconds spent waiting for the source's rate-limit budget.",
+            registry=r,
+        )
+        self.records_fetched = Counter(
+            "relay_records_fetched_total", "Records received from the source.", ["resource"], registry=r
+        )
+        self.events_published = Counter(
+            "relay_events_published_total", "Events committed to Kafka, by type.", ["resource", "type"], registry=r
+        )
+        self.events_suppressed = Counter(
+            "relay_events_suppressed_total",
+            "Records that produced no event: identical re-fetch (noop), stale read (stale), "
+            "change to a deleted record (deleted), snapshot with RELAY_INITIAL_SNAPSHOT=skip (snapshot_skipped).",
+            ["resource", "reason"],
+            registry=r,
+        )
+        self.transaction_errors = Counter(
+            "relay_kafka_transaction_errors_total",
+            "Kafka transactions aborted or failed, by error class.",
+            ["error"],
+            registry=r,
+        )
+        self.transaction_duration = Histogram(
+            "relay_kafka_transaction_duration_seconds",
+            "Duration of one Kafka transaction (begin to commit).",
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "relay_last_successful_poll_timestamp_seconds",
+            "Unix time at which the last poll of this resource succeeded (for the oldest integration, see /status).",
+            ["resource"],
+            registry=r,
+        )
+        self.watermark = Gauge(
+            "relay_watermark_timestamp_seconds",
+            "The oldest committed watermark (source time) among the integrations of this resource.",
+            ["resource"],
+            registry=r,
+        )
+        self.entities = Gauge(
+            "relay_entities_remembered", "Entities whose fingerprint the relay remembers.", ["resource"], registry=r
+        )
+        self.integrations = Gauge("relay_integrations", "Configured integrations by health.", ["health"], registry=r)
+        self.vanish_refused = Counter(
+            "relay_reconcile_vanish_refused_total",
+            "Reconciliations whose vanish-deletes were refused (incomplete fetch or too many at once).",
+            ["resource", "reason"],
+            registry=r,
+        )
+        self.fenced = Gauge(
+            "relay_fenced",
+            "1 when another instance with our transactional id took over; this one has stopped.",
+            registry=r,
+        )
+        self.ready = Gauge("relay_ready", "1 when the relay is ready (state restored, Kafka reachable).", registry=r)
+        self._initialise(tuple(resources))
+
+    def _initialise(self, resources: tuple[str, ...]) -> None:
+        """Create every known series at 0, so that rate() and absent() work from the first scrape."""
+        for resource in resources:
+            for kind in POLL_KINDS:
+                self.poll_duration.labels(resource, kind)
+                for outcome in POLL_OUTCOMES:
+                    self.polls.labels(resource, kind, outcome)
+            for event_type in EVENT_TYPES:
+                self.events_published.labels(resource, event_type)
+            for reason in ("noop", "stale", "deleted", "snapshot_skipped"):
+                self.events_suppressed.labels(resource, reason)
+            for reason in ("incomplete", "too_many"):
+                self.vanish_refused.labels(resource, reason)
+            self.records_fetched.labels(resource)
+            self.source_request_duration.labels(resource)
+            self.source_requests.labels(resource, "2xx", "")
+            self.last_success.labels(resource)
+            self.watermark.labels(resource)
+            self.entities.labels(resource)
+        for health in ("healthy", "unhealthy"):
+            self.integrations.labels(health)
+        for reason in ("retry_after", "budget_low"):
+            self.rate_limit_waits.labels(reason)
+        self.fenced.set(0)
+        self.ready.set(0)
