@@ -1,0 +1,392 @@
+"""The source client: one page of a Kombo-style list endpoint per call, with Kombo's error handling.
+
+One pooled aiohttp session serves every integration. Each request sends ``Authorization: Bearer``,
+``X-Integration-Id``, ``page_size``, ``include_deleted=true`` and, when given, ``updated_after`` and ``cursor``;
+Kombo's cursors do not carry the filters, so the filters go with every page.
+
+Errors are classified by the envelope's ``error.code``, as Kombo advises, and only then by HTTP status:
+
+* rate limits (``PLATFORM.RATE_LIMIT_EXCEEDED``, ``REMOTE.RATE_LIMIT_EXCEEDED``,
+  ``PLATFORM.CONCURRENCY_LIMIT_EXCEEDED``, or a bare 429), ``REMOTE.SERVICE_UNAVAILABLE``, unknown 5xx, timeouts,
+  connection errors and malformed bodies are retried here with exponential backoff and full jitter, at most
+  ``RELAY_SOURCE_MAX_RETRIES`` times, honouring ``Retry-After`` or ``ratelimit-reset``;
+* ``INTEGRATION.*`` and ``PLATFORM.INTEGRATION_NOT_FOUND`` raise :class:`~relay.errors.IntegrationError`: the caller
+  backs off that integration and leaves the others alone;
+* ``PLATFORM.INPUT_INVALID`` on a request that carried a cursor raises :class:`~relay.errors.CursorRejected`;
+* ``PLATFORM.AUTHENTICATION_INVALID`` / ``PLATFORM.IP_NOT_WHITELISTED`` raise
+  :class:`~relay.errors.AuthenticationError`.
+
+Before the budget runs out the client slows down: when ``ratelimit-remaining`` falls to
+``RELAY_SOURCE_RATELIMIT_MIN_REMAINING`` it spreads the remaining requests over the time until ``ratelimit-reset``.
+
+A page is validated before anyone sees it: the success envelope, and for every record an ``id`` (a non-empty
+string) and a parseable ``changed_at``/``remote_deleted_at``. A bad page raises :class:`~relay.errors.InvalidPage`
+naming the integration, the page and the record, so nothing from it is published or checkpointed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from relay.config import Config
+from relay.diff import parse_timestamp_ms
+from relay.errors import (
+    AuthenticationError,
+    CursorRejected,
+    IntegrationError,
+    InvalidPage,
+    RateLimited,
+    RetryableSourceError,
+    SourceError,
+)
+from relay.metrics import Metrics
+
+RATE_LIMIT_CODES = frozenset(
+    {"PLATFORM.RATE_LIMIT_EXCEEDED", "REMOTE.RATE_LIMIT_EXCEEDED", "PLATFORM.CONCURRENCY_LIMIT_EXCEEDED"}
+)
+RETRYABLE_CODES = frozenset(
+    {"REMOTE.SERVICE_UNAVAILABLE", "PLATFORM.UNKNOWN_ERROR", "PLATFORM.TASK_TIMED_OUT", "REMOTE.UNKNOWN_HTTP_ERROR"}
+)
+AUTHENTICATION_CODES = frozenset({"PLATFORM.AUTHENTICATION_INVALID", "PLATFORM.IP_NOT_WHITELISTED"})
+
+Sleep = Callable[[float], Awaitable[None]]
+Headers = Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One validated page of records."""
+
+    records: list[dict[str, Any]]
+    next_cursor: str | None
+    # The source's clock (its Date header) when it answered, in epoch ms: the next poll's `updated_after` base.
+    source_time_ms: int | None
+
+
+@dataclass(slots=True)
+class RateLimitBudget:
+    """What the last response said about the API key's request budget (shared by every integration)."""
+
+    remaining: int | None = None
+    reset_at: float | None = None  # monotonic time at which the budget refills
+
+    def observe(self, headers: Headers, now: float) -> None:
+        remaining = _int_header(headers, "ratelimit-remaining")
+        reset = _float_header(headers, "ratelimit-reset")
+        if remaining is not None:
+            self.remaining = remaining
+        if reset is not None:
+            self.reset_at = now + reset
+
+    def pause_before_next(self, min_remaining: int, now: float) -> float:
+        """Seconds to wait so that the remaining budget lasts until it resets; 0 while there is plenty."""
+        if self.remaining is None or self.reset_at is None or self.remaining > min_remaining:
+            return 0.0
+        until_reset = max(0.0, self.reset_at - now)
+        if self.remaining <= 0:
+            return until_reset
+        return until_reset / (self.remaining + 1)
+
+
+class SourceClient:
+    """Fetches pages from the source API. Use as an async context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics or Metrics()
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._budget = RateLimitBudget()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> SourceClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self._config.source_connect_timeout_seconds,
+                sock_read=self._config.source_read_timeout_seconds,
+            )
+            self._session = aiohttp.ClientSession(
+                timeout=timeout,
+                headers={"Authorization": f"Bearer {self._config.api_key.reveal()}", "Accept": "application/json"},
+                connector=aiohttp.TCPConnector(limit=max(10, self._config.max_concurrent_polls * 2)),
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def fetch_page(
+        self,
+        integration: str,
+        resource: str,
+        *,
+        updated_after: str | None,
+        cursor: str | None,
+        page_number: int,
+    ) -> Page:
+        """Fetch and validate one page, retrying transient failures; raise a :class:`SourceError` otherwise."""
+        params = self._query(updated_after, cursor)
+        attempt = 0
+        while True:
+            await self._respect_budget()
+            try:
+                return await self._request(integration, resource, params, page_number)
+            except RetryableSourceError as error:
+                attempt += 1
+                self._metrics.source_retries.labels(resource, error.code).inc()
+                if attempt > self._config.source_max_retries:
+                    raise
+                await self._backoff(attempt, error)
+
+    def _query(self, updated_after: str | None, cursor: str | None) -> dict[str, str]:
+        params = {"page_size": str(self._config.page_size), "include_deleted": "true"}
+        if updated_after is not None:
+            params["updated_after"] = updated_after
+        if cursor is not None:
+            params["cursor"] = cursor
+        return params
+
+    async def _respect_budget(self) -> None:
+        pause = self._budget.pause_before_next(self._config.source_ratelimit_min_remaining, time.monotonic())
+        if pause > 0:
+            self._metrics.rate_limit_waits.labels("budget_low").inc()
+            self._metrics.rate_limit_wait_seconds.inc(pause)
+            await self._sleep(pause)
+
+    async def _backoff(self, attempt: int, error: RetryableSourceError) -> None:
+        if error.retry_after is not None:
+            delay = error.retry_after
+            self._metrics.rate_limit_waits.labels("retry_after").inc()
+            self._metrics.rate_limit_wait_seconds.inc(delay)
+        else:
+            ceiling = min(
+                self._config.source_backoff_max_seconds,
+                self._config.source_backoff_initial_seconds * 2 ** (attempt - 1),
+            )
+            delay = self._rng.uniform(0, ceiling)  # full jitter: many integrations must not retry in lockstep
+        await self._sleep(delay)
+
+    async def _request(self, integration: str, resource: str, params: dict[str, str], page_number: int) -> Page:
+        url = f"{self._config.source_url}/{resource}"
+        where: dict[str, Any] = {"integration": integration, "resource": resource}
+        started = time.monotonic()
+        try:
+            async with self._get_session().get(
+                url, params=params, headers={"X-Integration-Id": integration}
+            ) as response:
+                body = await response.read()
+                self._budget.observe(response.headers, time.monotonic())
+                status = response.status
+                headers = response.headers
+        except TimeoutError as exc:
+            self._count(resource, None, "RELAY.TIMEOUT")
+            raise RetryableSourceError("the source did not answer in time", code="RELAY.TIMEOUT", **where) from exc
+        except aiohttp.ClientError as exc:
+            self._count(resource, None, "RELAY.CONNECTION_ERROR")
+            raise RetryableSourceError(
+                f"cannot reach the source: {type(exc).__name__}", code="RELAY.CONNECTION_ERROR", **where
+            ) from exc
+        finally:
+            self._metrics.source_request_duration.labels(resource).observe(time.monotonic() - started)
+
+        if 200 <= status < 300:
+            self._count(resource, status, "")
+            return self._parse_page(body, headers, integration, resource, page_number)
+        raise self._error_from_response(status, headers, body, integration, resource, has_cursor="cursor" in params)
+
+    def _count(self, resource: str, status: int | None, code: str) -> None:
+        status_class = f"{status // 100}xx" if status is not None else "error"
+        self._metrics.source_requests.labels(resource, status_class, code).inc()
+
+    def _error_from_response(
+        self,
+        status: int,
+        headers: Headers,
+        body: bytes,
+        integration: str,
+        resource: str,
+        *,
+        has_cursor: bool,
+    ) -> SourceError:
+        code, message, log_url = _parse_error_envelope(body)
+        effective_code = code or f"RELAY.HTTP_{status}"
+        self._count(resource, status, effective_code)
+        kwargs: dict[str, Any] = {
+            "code": effective_code,
+            "integration": integration,
+            "resource": resource,
+            "status": status,
+            "log_url": log_url,
+        }
+        text = message or f"HTTP {status} without a Kombo error envelope"
+        if code in RATE_LIMIT_CODES or (code is None and status == 429):
+            return RateLimited(text, retry_after=_retry_after(headers), **kwargs)
+        if code in AUTHENTICATION_CODES:
+            return AuthenticationError(text, **kwargs)
+        if code == "PLATFORM.INTEGRATION_NOT_FOUND" or (code or "").startswith("INTEGRATION."):
+            return IntegrationError(text, **kwargs)
+        if code == "PLATFORM.INPUT_INVALID" and has_cursor:
+            return CursorRejected(text, **kwargs)
+        if code in RETRYABLE_CODES or (code is None and (status >= 500 or status == 408)):
+            return RetryableSourceError(text, **kwargs)
+        # Any other refusal is about this integration's request (an unsupported resource, an odd input error):
+        # backing the pair off is safer than hammering it or stopping every other integration.
+        return IntegrationError(text, **kwargs)
+
+    def _parse_page(
+        self,
+        body: bytes,
+        headers: Headers,
+        integration: str,
+        resource: str,
+        page_number: int,
+    ) -> Page:
+        where: dict[str, Any] = {"integration": integration, "resource": resource}
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            # A truncated or garbled body is a transport accident, not the source's data: retry it.
+            raise RetryableSourceError(
+                f"page {page_number}: the body is not valid JSON ({exc})", code="RELAY.MALFORMED_BODY", **where
+            ) from exc
+        results, next_cursor = _unwrap_envelope(document, page_number, where)
+        for index, record in enumerate(results):
+            _validate_record(record, index, page_number, where)
+        self._metrics.records_fetched.labels(resource).inc(len(results))
+        return Page(records=results, next_cursor=next_cursor, source_time_ms=_date_header_ms(headers))
+
+
+def _unwrap_envelope(document: Any, page_number: int, where: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    data = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(document, dict) or document.get("status") != "success" or not isinstance(data, dict):
+        raise RetryableSourceError(
+            f'page {page_number}: not a success envelope {{"status": "success", "data": {{...}}}}',
+            code="RELAY.MALFORMED_BODY",
+            **where,
+        )
+    results = data.get("results")
+    next_cursor = data.get("next")
+    if not isinstance(results, list):
+        raise RetryableSourceError(
+            f"page {page_number}: data.results is not a list", code="RELAY.MALFORMED_BODY", **where
+        )
+    if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
+        raise InvalidPage(
+            f"page {page_number}: data.next is neither null nor a cursor string", code="RELAY.INVALID_PAGE", **where
+        )
+    return results, next_cursor
+
+
+def _validate_record(record: Any, index: int, page_number: int, where: dict[str, Any]) -> None:
+    def invalid(problem: str) -> InvalidPage:
+        return InvalidPage(f"page {page_number}, record {index}: {problem}", code="RELAY.INVALID_PAGE", **where)
+
+    if not isinstance(record, dict):
+        raise invalid(f"expected an object, got {type(record).__name__}")
+    entity_id = record.get("id")
+    if not isinstance(entity_id, str) or not entity_id:
+        raise invalid("has no `id` string")
+    for field, required in (("changed_at", True), ("remote_deleted_at", False)):
+        value = record.get(field)
+        if value is None and not required:
+            continue
+        if not isinstance(value, str):
+            raise invalid(f"(id {entity_id!r}) `{field}` is {_describe(value)}, expected an ISO 8601 timestamp")
+        try:
+            parse_timestamp_ms(value)
+        except ValueError:
+            raise invalid(f"(id {entity_id!r}) `{field}` {value[:64]!r} is not an ISO 8601 timestamp") from None
+
+
+def _describe(value: Any) -> str:
+    return "missing" if value is None else f"a {type(value).__name__}"
+
+
+def _parse_error_envelope(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """(code, message, log_url) from Kombo's error envelope; all None when the body is something else."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None, None
+    error = document.get("error") if isinstance(document, dict) else None
+    if not isinstance(error, dict):
+        return None, None, None
+    code, message, log_url = error.get("code"), error.get("message"), error.get("log_url")
+    return (
+        code if isinstance(code, str) else None,
+        message[:500] if isinstance(message, str) else None,
+        log_url if isinstance(log_url, str) else None,
+    )
+
+
+def _retry_after(headers: Headers) -> float | None:
+    """Retry-After (seconds or an HTTP date), else ratelimit-reset; None when the source said neither."""
+    value = _header(headers, "retry-after")
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value) if _looks_like_date(value) else None
+            if when is not None:
+                return max(0.0, when.timestamp() - time.time())
+    return _float_header(headers, "ratelimit-reset")
+
+
+def _looks_like_date(value: str) -> bool:
+    try:
+        email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _date_header_ms(headers: Headers) -> int | None:
+    value = _header(headers, "date")
+    if value is None or not _looks_like_date(value):
+        return None
+    return int(email.utils.parsedate_to_datetime(value).timestamp() * 1000)
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    return headers.get(name)
+
+
+def _int_header(headers: Headers, name: str) -> int | None:
+    value = _float_header(headers, name)
+    return int(value) if value is not None else None
+
+
+def _float_header(headers: Headers, name: str) -> float | None:
+    value = _header(headers, name)
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
