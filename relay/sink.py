@@ -1,0 +1,180 @@
+"""The Kafka side: topics, and one transaction per unit of work.
+
+The unit of work is one page: its events, the state records it changes and the pair's checkpoint are sent in one
+Kafka transaction, so ``read_committed`` consumers see all of them or none. Nothing in memory changes until
+:meth:`KafkaSink.commit` has returned.
+
+The producer is transactional (``RELAY_TRANSACTIONAL_ID``), which also makes it idempotent with ``acks=all``.
+A second instance with the same transactional id fences this one: :class:`~relay.errors.Fenced` is raised and the
+sink refuses to write again. Any other failure aborts the transaction and raises
+:class:`~relay.errors.KafkaUnavailable`; the next commit starts from a fresh producer, so a broken connection or a
+producer left in an error state never sticks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from relay.config import Config
+from relay.errors import Fenced, KafkaUnavailable
+from relay.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+TOPIC_ALREADY_EXISTS = 36
+# Fencing shows up under several names depending on where in the protocol the newer epoch is noticed.
+FENCING_ERRORS: tuple[str, ...] = ("ProducerFenced", "InvalidProducerEpoch", "TransactionalIdAuthorizationFailed")
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    topic: str
+    key: bytes
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None
+
+
+class KafkaSink:
+    """A transactional producer plus the admin work of creating topics."""
+
+    def __init__(self, config: Config, metrics: Metrics, *, commit_timeout_seconds: float = 60.0) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._commit_timeout = commit_timeout_seconds
+        self._producer: AIOKafkaProducer | None = None
+        self.fenced = False
+        self.reachable = False
+
+    async def ensure_topics(self) -> None:
+        """Create the event topics and the compacted state topic when they are missing."""
+        admin = AIOKafkaAdminClient(**self._config.kafka_client_kwargs())
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            wanted = [
+                self._new_topic(topic, self._config.topic_partitions)
+                for topic in self._config.event_topics()
+                if topic not in existing
+            ]
+            if self._config.state_topic not in existing:
+                wanted.append(
+                    self._new_topic(
+                        self._config.state_topic, self._config.state_topic_partitions, {"cleanup.policy": "compact"}
+                    )
+                )
+            if wanted:
+                response = await admin.create_topics(wanted)
+                for topic, code, *message in response.topic_errors:
+                    if code not in (0, TOPIC_ALREADY_EXISTS):
+                        raise KafkaUnavailable(f"cannot create topic {topic!r}: error {code} {message}")
+                log.info("topics created", extra={"topics": [t.name for t in wanted]})
+        except KafkaError as exc:
+            raise KafkaUnavailable(f"cannot create topics: {exc}") from exc
+        finally:
+            await admin.close()
+
+    def _new_topic(self, name: str, partitions: int, configs: dict[str, str] | None = None) -> NewTopic:
+        replication = self._config.topic_replication_factor
+        topic = NewTopic(name, partitions, max(replication, 1), topic_configs=configs or {})
+        # CreateTopics (v4+) takes -1 as "the broker's default.replication.factor", but aiokafka's NewTopic
+        # refuses -1 in its constructor, so it is set after construction; the request carries it unchanged.
+        topic.replication_factor = replication
+        return topic
+
+    async def start(self) -> None:
+        await self._producer_or_start()
+
+    async def _producer_or_start(self) -> AIOKafkaProducer:
+        if self.fenced:
+            raise Fenced("this relay was fenced by another instance with the same transactional id")
+        if self._producer is not None:
+            return self._producer
+        producer = AIOKafkaProducer(
+            **self._config.kafka_client_kwargs(),
+            transactional_id=self._config.transactional_id,
+            acks="all",
+            enable_idempotence=True,
+            compression_type="zstd",
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+            max_request_size=8 * 1024 * 1024,
+            request_timeout_ms=30_000,
+        )
+        try:
+            await producer.start()
+        except Exception as exc:
+            await _quietly_stop(producer)
+            self.reachable = False
+            raise self._classify(exc) from exc
+        self._producer = producer
+        self.reachable = True
+        return producer
+
+    async def commit(self, messages: Sequence[OutMessage]) -> None:
+        """Send ``messages`` in one transaction and commit it; raise :class:`SinkError` if it did not commit."""
+        producer = await self._producer_or_start()
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._transaction(producer, messages), self._commit_timeout)
+        except (Exception, asyncio.CancelledError) as exc:
+            error = self._classify(exc)
+            self._metrics.transaction_errors.labels(type(error).__name__).inc()
+            await self._discard_producer(abort=not self.fenced)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise error from exc
+        self.reachable = True
+        self._metrics.transaction_duration.observe(time.monotonic() - started)
+
+    async def _transaction(self, producer: AIOKafkaProducer, messages: Sequence[OutMessage]) -> None:
+        await producer.begin_transaction()
+        for message in messages:
+            await producer.send(
+                message.topic,
+                value=message.value,
+                key=message.key,
+                headers=message.headers,
+                partition=message.partition,
+            )
+        await producer.commit_transaction()
+
+    def _classify(self, exc: BaseException) -> Fenced | KafkaUnavailable:
+        if isinstance(exc, ProducerFenced) or type(exc).__name__ in FENCING_ERRORS:
+            self.fenced = True
+            self._metrics.fenced.set(1)
+            return Fenced(f"fenced by another instance with transactional id {self._config.transactional_id!r}")
+        self.reachable = False
+        if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+            return KafkaUnavailable("Kafka did not commit the transaction in time")
+        return KafkaUnavailable(f"Kafka transaction failed: {type(exc).__name__}: {exc}")
+
+    async def _discard_producer(self, *, abort: bool) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        if abort:
+            try:
+                await asyncio.wait_for(producer.abort_transaction(), 10)
+            except Exception:
+                log.debug("abort after a failed transaction did not succeed", exc_info=True)
+        await _quietly_stop(producer)
+
+    async def stop(self) -> None:
+        await self._discard_producer(abort=False)
+
+
+async def _quietly_stop(producer: Any) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), 10)
+    except Exception:
+        log.debug("producer stop failed", exc_info=True)

@@ -1,0 +1,249 @@
+"""What the relay remembers, how it is written to the compacted state topic, and how it is restored.
+
+Everything is keyed by ``(integration, resource)`` (a *pair*) and partitioned by integration: every state record of an
+integration goes to partition ``murmur2(integration) % partitions``, so that a replica owning a set of integrations
+can one day restore only their partitions.
+
+State-topic records (keys are JSON arrays, so ids containing ``:`` or anything else stay unambiguous):
+
+============================================  ================================================================
+key                                           value
+============================================  ================================================================
+``["e", integration, resource, entity_id]``   ``b"\\x01"`` + the entity's fingerprint (see :mod:`relay.diff`)
+``["s", integration, resource, shape_id]``    JSON list of the field names of a record shape
+``["c", integration, resource]``              JSON :class:`Checkpoint` (watermark, in-progress poll)
+============================================  ================================================================
+
+Deleted entities keep their (small) fingerprint: the relay must remember that they are deleted, to detect restores
+and never announce them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import murmur2
+
+from relay.diff import ShapeTable, is_deleted
+from relay.errors import StateError
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_FORMAT = b"\x01"
+PollKind = Literal["snapshot", "incremental", "reconcile"]
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class InProgress:
+    """A poll that has committed some pages but not its last one: where to resume after a restart."""
+
+    kind: PollKind
+    cursor: str
+    updated_after: str | None
+    started_at_ms: int
+    pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Per pair: how far the relay got. Written in the same transaction as the events it covers."""
+
+    # Source time (its Date header) at the start of the last completed poll; the next poll asks for changes since
+    # then, minus the overlap. None until the first snapshot completed.
+    watermark_ms: int | None = None
+    snapshot_done: bool = False
+    last_reconcile_ms: int | None = None
+    in_progress: InProgress | None = None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, value: bytes) -> Checkpoint:
+        try:
+            raw = orjson.loads(value)
+            in_progress = raw.pop("in_progress", None)
+            return cls(**raw, in_progress=InProgress(**in_progress) if in_progress else None)
+        except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
+            raise StateError(f"unreadable checkpoint record: {exc}") from exc
+
+
+@dataclass(slots=True)
+class PairState:
+    entities: dict[str, bytes] = field(default_factory=dict)
+    shapes: ShapeTable = field(default_factory=ShapeTable)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    live_entities: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """One record for the state topic."""
+
+    key: bytes
+    value: bytes
+    partition: int
+
+
+class StateStore:
+    """The in-memory state of every pair. Only :meth:`apply` changes it, after Kafka committed the change."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._pairs: dict[Pair, PairState] = {}
+
+    def pair(self, integration: str, resource: str) -> PairState:
+        key = (integration, resource)
+        state = self._pairs.get(key)
+        if state is None:
+            state = self._pairs[key] = PairState()
+        return state
+
+    def pairs(self) -> Iterator[tuple[Pair, PairState]]:
+        return iter(self._pairs.items())
+
+    def partition_of(self, integration: str) -> int:
+        return int(murmur2(integration.encode()) & 0x7FFFFFFF) % self.partitions
+
+    def records_for(
+        self,
+        integration: str,
+        resource: str,
+        *,
+        delta: Mapping[str, bytes],
+        new_shapes: Iterable[tuple[int, tuple[str, ...]]],
+        checkpoint: Checkpoint | None,
+    ) -> list[StateRecord]:
+        """The state-topic records that persist ``delta``, new shapes and (optionally) the checkpoint."""
+        partition = self.partition_of(integration)
+        records = [
+            StateRecord(orjson.dumps(["s", integration, resource, shape_id]), orjson.dumps(names), partition)
+            for shape_id, names in new_shapes
+        ]
+        records.extend(
+            StateRecord(orjson.dumps(["e", integration, resource, entity_id]), FINGERPRINT_FORMAT + fp, partition)
+            for entity_id, fp in delta.items()
+        )
+        if checkpoint is not None:
+            records.append(StateRecord(orjson.dumps(["c", integration, resource]), checkpoint.to_json(), partition))
+        return records
+
+    def apply(
+        self,
+        integration: str,
+        resource: str,
+        *,
+        delta: Mapping[str, bytes],
+        new_shapes: Iterable[tuple[int, tuple[str, ...]]],
+        checkpoint: Checkpoint | None,
+    ) -> None:
+        state = self.pair(integration, resource)
+        for shape_id, names in new_shapes:
+            state.shapes.add_known(shape_id, names)
+        for entity_id, fingerprint in delta.items():
+            old = state.entities.get(entity_id)
+            state.live_entities += _liveness(fingerprint) - _liveness(old)
+            state.entities[entity_id] = fingerprint
+        if checkpoint is not None:
+            state.checkpoint = checkpoint
+
+    def set_checkpoint(self, integration: str, resource: str, checkpoint: Checkpoint) -> None:
+        self.pair(integration, resource).checkpoint = checkpoint
+
+    def restore_record(self, key: bytes, value: bytes | None) -> None:
+        """Apply one record read back from the state topic."""
+        if value is None:
+            return  # tombstones: nothing in this version writes them, older history may be compacted away
+        try:
+            parsed = orjson.loads(key)
+            kind, integration, resource = parsed[0], parsed[1], parsed[2]
+        except (orjson.JSONDecodeError, IndexError, TypeError) as exc:
+            raise StateError(f"unreadable state key {key[:80]!r}") from exc
+        if kind == "e":
+            if value[:1] != FINGERPRINT_FORMAT:
+                raise StateError(f"state record {key[:80]!r} has unknown format {value[:1]!r}")
+            self.apply(integration, resource, delta={parsed[3]: value[1:]}, new_shapes=(), checkpoint=None)
+        elif kind == "s":
+            self.pair(integration, resource).shapes.add_known(int(parsed[3]), tuple(orjson.loads(value)))
+        elif kind == "c":
+            self.set_checkpoint(integration, resource, Checkpoint.from_json(value))
+        else:
+            raise StateError(f"state record with unknown kind {kind!r}")
+
+
+def _liveness(fingerprint: bytes | None) -> int:
+    return 0 if fingerprint is None or is_deleted(fingerprint) else 1
+
+
+def complete_poll(checkpoint: Checkpoint, *, kind: PollKind, started_at_ms: int) -> Checkpoint:
+    """The checkpoint after the last page of a poll committed."""
+    return replace(
+        checkpoint,
+        watermark_ms=started_at_ms,
+        snapshot_done=True,
+        last_reconcile_ms=started_at_ms if kind in ("snapshot", "reconcile") else checkpoint.last_reconcile_ms,
+        in_progress=None,
+    )
+
+
+async def restore(
+    store: StateStore,
+    topic: str,
+    client_kwargs: Mapping[str, Any],
+    *,
+    partitions: Iterable[int] | None = None,
+) -> int:
+    """Read the state topic from its beginning to its end (committed records only) into ``store``.
+
+    Returns the number of records read. The end is taken when the restore starts: nothing else writes our pairs'
+    state while we restore, since the transactional id fences any older instance.
+    """
+    consumer = AIOKafkaConsumer(
+        **client_kwargs,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    started = time.monotonic()
+    count = 0
+    try:
+        wanted = sorted(partitions) if partitions is not None else sorted(consumer.partitions_for_topic(topic) or ())
+        if not wanted:
+            wanted = sorted(await _partitions_of(consumer, topic))
+        assigned = [TopicPartition(topic, p) for p in wanted]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        end_offsets = await consumer.end_offsets(assigned)
+        remaining = {tp for tp in assigned if end_offsets[tp] > 0}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=50_000)
+            for records in batches.values():
+                for record in records:
+                    store.restore_record(record.key, record.value)
+                count += len(records)
+            # Positions step over transaction markers too, so comparing with the end offsets is exact.
+            remaining = {tp for tp in remaining if (await consumer.position(tp)) < end_offsets[tp]}
+            await asyncio.sleep(0)
+    finally:
+        await consumer.stop()
+    log.info(
+        "state restored",
+        extra={"topic": topic, "records": count, "seconds": round(time.monotonic() - started, 3)},
+    )
+    return count
+
+
+async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return set(consumer.partitions_for_topic(topic) or ())
