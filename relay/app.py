@@ -1,0 +1,216 @@
+"""Run the relay: poll the configured integrations and resources, publish change events to Kafka.
+
+Start-up: validate the configuration (stop with one line per problem), start the HTTP server (``/readyz`` says not
+ready yet), create missing topics, restore the remembered state from the state topic, then poll. Until Kafka is
+reachable the relay keeps trying, with backoff, and stays not ready.
+
+Exit codes: 0 after SIGTERM/SIGINT, 2 invalid configuration, 3 the source refused the API key, 4 fenced by another
+instance with the same transactional id, 5 the state topic holds records this version cannot read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+from aiokafka.errors import KafkaError
+
+from relay import __version__
+from relay.config import Config, ConfigError, add_config_argument, load_config
+from relay.errors import AuthenticationError, Fenced, KafkaUnavailable, StateError
+from relay.logs import configure_logging
+from relay.metrics import Metrics
+from relay.poller import Poller
+from relay.sink import KafkaSink
+from relay.source import SourceClient
+from relay.state import StateStore, restore
+from relay.web import Heartbeat, build_app
+
+log = logging.getLogger("relay")
+
+EXIT_CONFIG = 2
+EXIT_AUTHENTICATION = 3
+EXIT_FENCED = 4
+EXIT_STATE = 5
+
+
+class Relay:
+    """The running service: HTTP server, Kafka sink, state and poller, started and stopped together."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics(config.resources)
+        self.store = StateStore(config.state_topic_partitions)
+        self.source = SourceClient(config, self.metrics)
+        self.sink = KafkaSink(config, self.metrics)
+        self.poller = Poller(config, self.source, self.sink, self.store, self.metrics)
+        self.heartbeat = Heartbeat()
+        self.restored = False
+        self.http_port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._stop_requested = asyncio.Event()
+
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        checks = {
+            "state_restored": self.restored,
+            "kafka_reachable": self.sink.reachable,
+            "not_fenced": not self.sink.fenced,
+        }
+        ready = all(checks.values())
+        self.metrics.ready.set(1 if ready else 0)
+        return ready, checks
+
+    def status(self) -> dict[str, Any]:
+        pairs = []
+        for (integration, resource), status in self.poller.status.items():
+            pair = self.store.pair(integration, resource)
+            watermark = pair.checkpoint.watermark_ms
+            pairs.append(
+                {
+                    "integration": integration,
+                    "resource": resource,
+                    "healthy": status.healthy,
+                    "polling": status.polling,
+                    "last_success_at": status.last_success_at,
+                    "last_error": None
+                    if status.last_error_code is None
+                    else {
+                        "code": status.last_error_code,
+                        "message": status.last_error_message,
+                        "log_url": status.last_error_log_url,
+                        "at": status.last_error_at,
+                    },
+                    "consecutive_failures": status.consecutive_failures,
+                    "watermark": watermark / 1000 if watermark is not None else None,
+                    "lag_seconds": round(time.time() - watermark / 1000, 3) if watermark is not None else None,
+                    "snapshot_done": pair.checkpoint.snapshot_done,
+                    "in_progress": pair.checkpoint.in_progress is not None,
+                    "entities": len(pair.entities),
+                    "live_entities": pair.live_entities,
+                    "events_published": status.events_published,
+                    "next_poll_at": status.next_poll_at,
+                }
+            )
+        ready, checks = self.readiness()
+        return {"version": __version__, "ready": ready, "checks": checks, "pairs": pairs}
+
+    async def start_http(self) -> None:
+        self.heartbeat.start()
+        app = build_app(self.metrics, self.readiness, self.status, self.heartbeat)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
+        await site.start()
+        self.http_port = _bound_port(site) or self.config.http_port
+        log.info("http server listening", extra={"host": self.config.http_host, "port": self.http_port})
+
+    async def connect_kafka(self) -> bool:
+        """Create topics, start the producer and restore state, retrying until Kafka answers or a stop."""
+        delay = 1.0
+        while not self._stop_requested.is_set():
+            try:
+                await self.sink.ensure_topics()
+                await self.sink.start()
+                await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs())
+                self.restored = True
+                self._update_entity_gauges()
+                return True
+            except KafkaUnavailable as error:
+                log.warning("Kafka not reachable yet; retrying", extra={"error": str(error), "retry_in": delay})
+            except (OSError, KafkaError) as error:  # aiokafka surfaces some failures unwrapped
+                log.warning("Kafka not reachable yet; retrying", extra={"error": str(error), "retry_in": delay})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
+            delay = min(delay * 2, 30.0)
+        return False
+
+    def _update_entity_gauges(self) -> None:
+        for resource in self.config.resources:
+            count = sum(len(state.entities) for (_, r), state in self.store.pairs() if r == resource)
+            self.metrics.entities.labels(resource).set(count)
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+        self.poller.stop()
+
+    async def run(self) -> int:
+        """Run until stopped; return the process exit code."""
+        await self.start_http()
+        try:
+            if not await self.connect_kafka():
+                return 0
+            log.info(
+                "relay started",
+                extra={
+                    "integrations": len(self.config.integrations),
+                    "resources": list(self.config.resources),
+                    "transactional_id": self.config.transactional_id,
+                },
+            )
+            await self.poller.run()
+            return self._exit_code(self.poller.fatal)
+        except StateError as error:
+            log.critical("cannot read the state topic", extra={"error": str(error)})
+            return EXIT_STATE
+        finally:
+            await self.close()
+
+    @staticmethod
+    def _exit_code(fatal: BaseException | None) -> int:
+        if isinstance(fatal, AuthenticationError):
+            return EXIT_AUTHENTICATION
+        if isinstance(fatal, Fenced):
+            return EXIT_FENCED
+        return 0
+
+    async def close(self) -> None:
+        await self.sink.stop()
+        await self.source.close()
+        await self.heartbeat.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def _bound_port(site: web.TCPSite) -> int | None:
+    """The port the site really listens on (RELAY_HTTP_PORT=0 asks for any free port, as the tests do)."""
+    server = site._server
+    sockets = getattr(server, "sockets", None) or ()
+    return int(sockets[0].getsockname()[1]) if sockets else None
+
+
+async def serve(config: Config) -> int:
+    relay = Relay(config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, relay.request_stop)
+    try:
+        return await relay.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print("relay: invalid configuration", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.log_format, config.log_level, secrets=config.secret_values())
+    code = asyncio.run(serve(config))
+    log.info("relay stopped", extra={"exit_code": code})
+    return code

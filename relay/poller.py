@@ -1,0 +1,445 @@
+"""One poll of one (integration, resource) pair, page by page, and the loop that schedules it.
+
+A poll is one of three kinds:
+
+* ``snapshot``: the first poll of a pair without state; a full fetch (``include_deleted=true``, no
+  ``updated_after``). It emits ``created`` (flagged ``snapshot``) for every live record, or nothing when
+  ``RELAY_INITIAL_SNAPSHOT=skip``.
+* ``incremental``: ``updated_after`` = the source's time at the start of the last completed poll minus
+  ``RELAY_OVERLAP_SECONDS``. The overlap makes late commits on the source's side safe; the diff makes the re-fetched
+  records free of duplicates.
+* ``reconcile``: every ``RELAY_RECONCILE_INTERVAL_SECONDS``, a full fetch that also finds remembered entities that
+  vanished outright (hard deletes) and emits ``deleted`` (reason ``vanished``) for them, unless the fetch was
+  incomplete or too many would vanish at once.
+
+Each page is one unit of work: its events, the state it changes and the pair's checkpoint (including the cursor of
+the next page, so a restart resumes a long snapshot where it stopped) go to Kafka in one transaction, and only then
+into memory. If the source rejects a saved cursor the poll restarts from the watermark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from relay import diff
+from relay.config import Config
+from relay.errors import (
+    AuthenticationError,
+    CursorRejected,
+    Fenced,
+    IntegrationError,
+    InvalidPage,
+    SinkError,
+    SourceError,
+)
+from relay.events import to_kafka_message
+from relay.metrics import Metrics
+from relay.sink import KafkaSink, OutMessage
+from relay.source import Page, SourceClient
+from relay.state import Checkpoint, InProgress, PollKind, StateStore, complete_poll
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class PairStatus:
+    """What ``/status`` reports for one pair; updated after every poll."""
+
+    integration: str
+    resource: str
+    healthy: bool = True
+    last_success_at: float | None = None
+    last_error_code: str | None = None
+    last_error_message: str | None = None
+    last_error_log_url: str | None = None
+    last_error_at: float | None = None
+    consecutive_failures: int = 0
+    events_published: int = 0
+    polls: int = 0
+    next_poll_at: float | None = None
+    polling: bool = False
+    paused: bool = False
+    trigger: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True)
+class PollOutcome:
+    kind: PollKind
+    pages: int = 0
+    records: int = 0
+    events: int = 0
+    interrupted: bool = False
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """Kombo's timestamp format: ``2024-01-02T03:04:05.678Z``."""
+    seconds, millis = divmod(epoch_ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+class Poller:
+    """Polls every configured pair on its own schedule, under a global concurrency limit."""
+
+    def __init__(
+        self,
+        config: Config,
+        source: SourceClient,
+        sink: KafkaSink,
+        store: StateStore,
+        metrics: Metrics,
+        *,
+        clock: Clock = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._source = source
+        self._sink = sink
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._slots = asyncio.Semaphore(config.max_concurrent_polls)
+        self._stopping = asyncio.Event()
+        self.fatal: BaseException | None = None
+        self.status: dict[tuple[str, str], PairStatus] = {
+            (integration, resource): PairStatus(integration, resource)
+            for integration in config.integrations
+            for resource in config.resources
+        }
+
+    # ----------------------------------------------------------------------------------------------- scheduling
+
+    async def run(self, grace_seconds: float | None = None) -> None:
+        """Poll until :meth:`stop`; return early (with :attr:`fatal` set) when an operator must act.
+
+        After a stop, a page in flight gets ``grace_seconds`` to commit; then it is cancelled, which aborts its
+        transaction. Either way the committed checkpoint says where the next run resumes.
+        """
+        grace = self._config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        tasks = [asyncio.create_task(self._run_pair(status), name=f"poll {key}") for key, status in self.status.items()]
+        try:
+            await self._stopping.wait()
+        finally:
+            self._stopping.set()
+            _, pending = await asyncio.wait(tasks, timeout=grace) if tasks else (set(), set())
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def trigger(self, integration: str, resource: str) -> bool:
+        """Ask for an immediate poll of a pair (webhooks use this); False when the pair is not configured."""
+        status = self.status.get((integration, resource))
+        if status is None:
+            return False
+        status.trigger.set()
+        return True
+
+    async def _run_pair(self, status: PairStatus) -> None:
+        # Spread the first polls over the first interval's jitter so a fleet of integrations does not start in step.
+        delay = self._rng.uniform(0, self._config.poll_interval_seconds * self._config.poll_jitter_fraction)
+        while not self._stopping.is_set():
+            status.next_poll_at = self._clock() + delay
+            await self._sleep_or_trigger(status, delay)
+            if self._stopping.is_set():
+                return
+            async with self._slots:
+                if self._stopping.is_set():
+                    return
+                delay = await self._poll_and_record(status)
+
+    async def _sleep_or_trigger(self, status: PairStatus, delay: float) -> None:
+        """Wait ``delay`` seconds, or less if the pair is triggered or the poller stops."""
+        if delay > 0:
+            waiters = [asyncio.ensure_future(status.trigger.wait()), asyncio.ensure_future(self._stopping.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        status.trigger.clear()
+
+    async def _poll_and_record(self, status: PairStatus) -> float:
+        """Poll once; return the delay until the next poll of this pair."""
+        status.polling = True
+        try:
+            await self.poll_once(status.integration, status.resource)
+        except IntegrationError as error:
+            return self._failed(status, error, outcome="integration_error", backoff=True)
+        except AuthenticationError as error:
+            self._failed(status, error, outcome="source_error", backoff=False)
+            log.critical(
+                "the source refused the API key; check RELAY_API_KEY",
+                extra={"integration": status.integration, "resource": status.resource, "code": error.code},
+            )
+            self.fatal = error
+            self._stopping.set()
+            return 0
+        except Fenced as error:
+            self._failed(status, error, outcome="kafka_error", backoff=False)
+            log.critical("fenced by another instance with the same transactional id; stopping for good")
+            self.fatal = error
+            self._stopping.set()
+            return 0
+        except InvalidPage as error:
+            return self._failed(status, error, outcome="invalid_page", backoff=True)
+        except SourceError as error:
+            return self._failed(status, error, outcome="source_error", backoff=True)
+        except SinkError as error:
+            return self._failed(status, error, outcome="kafka_error", backoff=True)
+        finally:
+            status.polling = False
+        status.healthy = True
+        status.consecutive_failures = 0
+        status.last_success_at = self._clock()
+        self._update_health_gauge()
+        return self._jittered_interval()
+
+    def _failed(self, status: PairStatus, error: Exception, *, outcome: str, backoff: bool) -> float:
+        status.consecutive_failures += 1
+        status.last_error_at = self._clock()
+        status.last_error_message = str(error)
+        status.last_error_code = getattr(error, "code", type(error).__name__)
+        status.last_error_log_url = getattr(error, "log_url", None)
+        status.healthy = False
+        self._update_health_gauge()
+        log.warning(
+            "poll failed",
+            extra={
+                "integration": status.integration,
+                "resource": status.resource,
+                "outcome": outcome,
+                "code": status.last_error_code,
+                "log_url": status.last_error_log_url,
+                "error": str(error),
+                "consecutive_failures": status.consecutive_failures,
+            },
+        )
+        if not backoff:
+            return 0
+        ceiling = min(
+            self._config.integration_backoff_max_seconds,
+            self._config.poll_interval_seconds * 2 ** min(status.consecutive_failures - 1, 16),
+        )
+        # A failing integration waits longer and longer, but never less than one interval (plus jitter).
+        return max(self._config.poll_interval_seconds, self._rng.uniform(ceiling / 2, ceiling))
+
+    def _jittered_interval(self) -> float:
+        spread = self._config.poll_interval_seconds * self._config.poll_jitter_fraction
+        return self._config.poll_interval_seconds + self._rng.uniform(-spread, spread)
+
+    def _update_health_gauge(self) -> None:
+        unhealthy_integrations = {s.integration for s in self.status.values() if not s.healthy}
+        self._metrics.integrations.labels("unhealthy").set(len(unhealthy_integrations))
+        self._metrics.integrations.labels("healthy").set(len(self._config.integrations) - len(unhealthy_integrations))
+
+    # ----------------------------------------------------------------------------------------------- one poll
+
+    def next_kind(self, checkpoint: Checkpoint) -> PollKind:
+        if not checkpoint.snapshot_done:
+            return "snapshot"
+        interval = self._config.reconcile_interval_seconds
+        if interval > 0 and (
+            checkpoint.last_reconcile_ms is None
+            or self._clock() * 1000 - checkpoint.last_reconcile_ms >= interval * 1000
+        ):
+            return "reconcile"
+        return "incremental"
+
+    async def poll_once(self, integration: str, resource: str) -> PollOutcome:
+        """Run one whole poll of a pair (all its pages); raise the error that stopped it, if any."""
+        checkpoint = self._store.pair(integration, resource).checkpoint
+        kind = self.next_kind(checkpoint)
+        started = time.monotonic()
+        outcome = PollOutcome(kind)
+        try:
+            await self._poll_pages(integration, resource, kind, checkpoint, outcome)
+        except CursorRejected:
+            self._metrics.polls.labels(resource, kind, "cursor_rejected").inc()
+            log.warning(
+                "the source rejected the saved cursor; restarting the poll from the watermark",
+                extra={"integration": integration, "resource": resource, "kind": kind},
+            )
+            fresh = replace(self._store.pair(integration, resource).checkpoint, in_progress=None)
+            self._store.set_checkpoint(integration, resource, fresh)
+            await self._poll_pages(integration, resource, kind, fresh, outcome)
+        except SourceError as error:
+            label = "integration_error" if isinstance(error, IntegrationError) else "source_error"
+            self._metrics.polls.labels(
+                resource, kind, "invalid_page" if isinstance(error, InvalidPage) else label
+            ).inc()
+            raise
+        except SinkError:
+            self._metrics.polls.labels(resource, kind, "kafka_error").inc()
+            raise
+        if outcome.interrupted:
+            log.info("poll interrupted by shutdown", extra={"integration": integration, "resource": resource})
+            return outcome
+        self._metrics.polls.labels(resource, kind, "success").inc()
+        self._metrics.poll_duration.labels(resource, kind).observe(time.monotonic() - started)
+        self._metrics.last_success.labels(resource).set(self._clock())
+        log.info(
+            "poll finished",
+            extra={
+                "integration": integration,
+                "resource": resource,
+                "kind": kind,
+                "pages": outcome.pages,
+                "records": outcome.records,
+                "events": outcome.events,
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+        return outcome
+
+    async def _poll_pages(
+        self, integration: str, resource: str, kind: PollKind, checkpoint: Checkpoint, outcome: PollOutcome
+    ) -> None:
+        resume = checkpoint.in_progress
+        # A reconciliation needs every id of one complete fetch in memory, so it cannot resume after a restart.
+        if resume is not None and (resume.kind != kind or kind == "reconcile"):
+            resume = None
+        cursor = resume.cursor if resume else None
+        updated_after = resume.updated_after if resume else self._updated_after(kind, checkpoint)
+        started_at_ms = resume.started_at_ms if resume else None
+        pages_before = resume.pages if resume else 0
+        seen: set[str] | None = set() if kind == "reconcile" else None
+        page_number = pages_before
+        while True:
+            if self._stopping.is_set():
+                outcome.interrupted = True  # the committed checkpoint says where the next run resumes
+                return
+            page = await self._source.fetch_page(
+                integration, resource, updated_after=updated_after, cursor=cursor, page_number=page_number
+            )
+            if started_at_ms is None:
+                started_at_ms = page.source_time_ms if page.source_time_ms is not None else int(self._clock() * 1000)
+            if seen is not None:
+                seen.update(record["id"] for record in page.records)
+            last = page.next_cursor is None
+            if last:
+                new_checkpoint = complete_poll(
+                    self._store.pair(integration, resource).checkpoint, kind=kind, started_at_ms=started_at_ms
+                )
+            else:
+                assert page.next_cursor is not None
+                new_checkpoint = replace(
+                    self._store.pair(integration, resource).checkpoint,
+                    in_progress=InProgress(kind, page.next_cursor, updated_after, started_at_ms, page_number + 1),
+                )
+            await self._commit_page(integration, resource, kind, page, new_checkpoint, seen if last else None, outcome)
+            page_number += 1
+            if last:
+                self._metrics.watermark.labels(resource).set(started_at_ms / 1000)
+                return
+            cursor = page.next_cursor
+
+    def _updated_after(self, kind: PollKind, checkpoint: Checkpoint) -> str | None:
+        if kind != "incremental" or checkpoint.watermark_ms is None:
+            return None
+        return iso_ms(max(0, checkpoint.watermark_ms - int(self._config.overlap_seconds * 1000)))
+
+    async def _commit_page(
+        self,
+        integration: str,
+        resource: str,
+        kind: PollKind,
+        page: Page,
+        checkpoint: Checkpoint,
+        reconcile_seen: set[str] | None,
+        outcome: PollOutcome,
+    ) -> None:
+        pair = self._store.pair(integration, resource)
+        result = diff.diff_page(
+            pair.entities,
+            pair.shapes,
+            page.records,
+            integration=integration,
+            resource=resource,
+            snapshot=kind == "snapshot",
+            emit_snapshot=self._config.initial_snapshot == "emit",
+        )
+        changes = list(result.changes)
+        delta = dict(result.delta)
+        if reconcile_seen is not None:
+            changes_v, delta_v = self._vanished(integration, resource, pair.entities, delta, reconcile_seen)
+            changes.extend(changes_v)
+            delta.update(delta_v)
+        now_ms = int(self._clock() * 1000)
+        messages = self._event_messages(integration, resource, changes, now_ms)
+        state_records = self._store.records_for(
+            integration, resource, delta=delta, new_shapes=result.new_shapes, checkpoint=checkpoint
+        )
+        messages.extend(
+            OutMessage(self._config.state_topic, r.key, r.value, partition=r.partition) for r in state_records
+        )
+        await self._sink.commit(messages)
+        self._store.apply(integration, resource, delta=delta, new_shapes=result.new_shapes, checkpoint=checkpoint)
+        self._count(resource, result, changes, len(page.records))
+        outcome.pages += 1
+        outcome.records += len(page.records)
+        outcome.events += len(changes)
+        self.status[(integration, resource)].events_published += len(changes)
+        self._metrics.entities.labels(resource).set(
+            sum(len(s.entities) for (i, r), s in self._store.pairs() if r == resource)
+        )
+
+    def _vanished(
+        self,
+        integration: str,
+        resource: str,
+        entities: dict[str, bytes],
+        delta: dict[str, bytes],
+        seen: set[str],
+    ) -> tuple[list[diff.Change], dict[str, bytes]]:
+        merged = {**entities, **delta} if delta else entities
+        result = diff.find_vanished(
+            merged,
+            seen,
+            integration=integration,
+            resource=resource,
+            complete=True,
+            max_vanish_fraction=self._config.reconcile_max_vanish_fraction,
+        )
+        if result.refused is not None:
+            self._metrics.vanish_refused.labels(resource, result.refused).inc()
+            log.warning(
+                "reconciliation refused to emit vanish-deletes",
+                extra={
+                    "integration": integration,
+                    "resource": resource,
+                    "reason": result.refused,
+                    "would_vanish": result.would_vanish,
+                },
+            )
+            return [], {}
+        return list(result.changes), dict(result.delta)
+
+    def _event_messages(
+        self, integration: str, resource: str, changes: list[diff.Change], now_ms: int
+    ) -> list[OutMessage]:
+        messages: list[OutMessage] = []
+        for change in changes:
+            message = to_kafka_message(change, integration=integration, resource=resource, detected_at_ms=now_ms)
+            topic = self._config.topic_for(resource, change.kind)
+            messages.append(OutMessage(topic, message.key, message.value, message.headers))
+            if change.kind == "deleted" and self._config.emit_tombstones:
+                messages.append(OutMessage(topic, message.key, None))
+        return messages
+
+    def _count(self, resource: str, result: diff.DiffResult, changes: list[diff.Change], records: int) -> None:
+        for change in changes:
+            self._metrics.events_published.labels(resource, change.kind).inc()
+        if result.suppressed:
+            self._metrics.events_suppressed.labels(resource, "noop").inc(result.suppressed)
+        if result.stale:
+            self._metrics.events_suppressed.labels(resource, "stale").inc(result.stale)
