@@ -1,0 +1,140 @@
+{{/*
+The relay's alert rules, as the `groups:` of a Prometheus rule file. The PrometheusRule renders them, and
+deploy/prometheus/alerts.yml is generated from them (deploy/tools/generate-alerts.py; a test checks it is current),
+so a plain Prometheus and the Prometheus Operator get the same alerts with the same expressions.
+Only metrics the relay exposes (relay/metrics.py) and Prometheus' own `up` are used.
+*/}}
+{{- define "change-relay.ruleGroups" -}}
+{{- $rule := .Values.prometheusRule }}
+{{- $alerts := $rule.alerts }}
+{{- $sel := include "change-relay.alertSelector" . }}
+{{- $runbook := $rule.runbookUrl }}
+groups:
+  - name: change-relay
+    rules:
+      {{- with $alerts.down }}
+      {{- if .enabled }}
+      - alert: ChangeRelayDown
+        expr: up{ {{- $sel -}} } == 0 or absent(up{ {{- $sel -}} })
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $rule.additionalLabels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: change-relay is down
+          description: >-
+            Prometheus cannot scrape the relay {{ "{{ $labels.instance }}" }} (or no relay target exists at all):
+            no changes are being published.
+          {{- with $runbook }}
+          runbook_url: {{ printf "%s#ChangeRelayDown" . }}
+          {{- end }}
+      {{- end }}
+      {{- end }}
+      {{- with $alerts.notReady }}
+      {{- if .enabled }}
+      - alert: ChangeRelayNotReady
+        expr: relay_ready{ {{- $sel -}} } == 0
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $rule.additionalLabels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: change-relay is not ready
+          description: >-
+            The relay {{ "{{ $labels.instance }}" }} has not been ready for {{ .for }}: its state is not restored,
+            Kafka is unreachable, or it was fenced. See its /readyz and logs.
+          {{- with $runbook }}
+          runbook_url: {{ printf "%s#ChangeRelayNotReady" . }}
+          {{- end }}
+      {{- end }}
+      {{- end }}
+      {{- with $alerts.pollsFailing }}
+      {{- if .enabled }}
+      - alert: ChangeRelayPollsFailing
+        expr: |-
+          sum by (namespace, job, resource) (rate(relay_polls_total{ {{- $sel -}} ,outcome!~"success|cursor_rejected"}[15m]))
+          /
+          sum by (namespace, job, resource) (rate(relay_polls_total{ {{- $sel -}} }[15m]))
+          > {{ .ratio }}
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $rule.additionalLabels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: change-relay polls of {{ "{{ $labels.resource }}" }} are failing
+          description: >-
+            {{ "{{ $value | humanizePercentage }}" }} of the polls of {{ "{{ $labels.resource }}" }} failed over the
+            last 15 minutes (see relay_polls_total by outcome, and relay_source_requests_total by code).
+          {{- with $runbook }}
+          runbook_url: {{ printf "%s#ChangeRelayPollsFailing" . }}
+          {{- end }}
+      {{- end }}
+      {{- end }}
+      {{- with $alerts.watermarkLag }}
+      {{- if .enabled }}
+      - alert: ChangeRelayWatermarkLagHigh
+        expr: |-
+          (time() - relay_watermark_timestamp_seconds{ {{- $sel -}} } > {{ .thresholdSeconds }})
+          and relay_watermark_timestamp_seconds{ {{- $sel -}} } > 0
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $rule.additionalLabels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: change-relay lags behind on {{ "{{ $labels.resource }}" }}
+          description: >-
+            The committed watermark of {{ "{{ $labels.resource }}" }} is {{ "{{ $value | humanizeDuration }}" }}
+            old: changes reach Kafka late, or not at all.
+          {{- with $runbook }}
+          runbook_url: {{ printf "%s#ChangeRelayWatermarkLagHigh" . }}
+          {{- end }}
+      {{- end }}
+      {{- end }}
+      {{- with $alerts.integrationUnhealthy }}
+      {{- if .enabled }}
+      - alert: ChangeRelayIntegrationUnhealthy
+        expr: relay_integrations{ {{- $sel -}} ,health="unhealthy"} > 0
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $rule.additionalLabels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: change-relay has unhealthy integrations
+          description: >-
+            {{ "{{ $value }}" }} integration(s) of {{ "{{ $labels.instance }}" }} cannot be polled (the others go on).
+            The relay's /status names them and their last error.
+          {{- with $runbook }}
+          runbook_url: {{ printf "%s#ChangeRelayIntegrationUnhealthy" . }}
+          {{- end }}
+      {{- end }}
+      {{- end }}
+      {{- with $alerts.fenced }}
+      {{- if .enabled }}
+      - alert: ChangeRelayFenced
+        expr: max_over_time(relay_fenced{ {{- $sel -}} }[15m]) > 0
+        labels:
+          severity: {{ .severity }}
+          {{- with $rule.additionalLabels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: change-relay was fenced by another instance
+          description: >-
+            Another relay with the same Kafka transactional id took over from {{ "{{ $labels.instance }}" }}, which
+            stopped. Two relays are configured alike: find the other one (or set RELAY_TRANSACTIONAL_ID apart).
+          {{- with $runbook }}
+          runbook_url: {{ printf "%s#ChangeRelayFenced" . }}
+          {{- end }}
+      {{- end }}
+      {{- end }}
+{{- end }}

@@ -1,0 +1,418 @@
+"""The Helm chart: `helm lint --strict`, `helm template` piped to `kubeconform -strict`, the values schema, and what
+the manifests must say (one writer, Recreate, hardened pod, secrets as files, probes, labels, the test hook)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.chart import CHART, CI_VALUES, KUBE_VERSIONS, NAMESPACE, Helm, Rendered, run_kubeconform
+
+VALUES_SETS = [pytest.param((), id="default"), *(pytest.param((path,), id=path.stem) for path in CI_VALUES)]
+SECRETS_DIR = "/var/run/secrets/change-relay"
+
+
+def relay_container(rendered: Rendered) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def pod_spec(rendered: Rendered) -> dict[str, Any]:
+    spec: dict[str, Any] = rendered.one("Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def test_ci_values_files_are_there() -> None:
+    assert {path.name for path in CI_VALUES} >= {
+        "minimal-values.yaml",
+        "monitoring-values.yaml",
+        "sasl-tls-existing-secrets-values.yaml",
+    }
+
+
+# --- helm lint, kubeconform --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_files", VALUES_SETS)
+def test_helm_lint_strict(helm: Helm, values_files: tuple[Path, ...]) -> None:
+    args = ["lint", "--strict", "--kube-version", KUBE_VERSIONS[0], str(CHART)]
+    for path in values_files:
+        args += ["--values", str(path)]
+    result = helm.run(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout, result.stdout
+    assert "[ERROR]" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("values_files", VALUES_SETS)
+def test_rendered_manifests_pass_kubeconform_strict(
+    helm: Helm, kubeconform: Path, values_files: tuple[Path, ...], kube_version: str
+) -> None:
+    rendered = helm.template(values_files, kube_version=kube_version)
+    result = run_kubeconform(kubeconform, rendered.text, kube_version)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Valid: {len(rendered.documents)}, Invalid: 0, Errors: 0, Skipped: 0" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["serviceAccount.create=false"],
+        ["nameOverride=y"],  # a YAML 1.1 boolean as the name: labels quote it
+        ["kafka.securityProtocol=SSL"],
+        ["podDisruptionBudget.enabled=true", "podDisruptionBudget.maxUnavailable=50%"],
+        ["livenessProbe.enabled=false", "readinessProbe.enabled=false", "replicaCount=0"],
+        ["apiKey.value=a", "apiKey.existingSecret=b"],
+    ],
+    ids=str,
+)
+def test_value_variants_pass_kubeconform_strict(helm: Helm, kubeconform: Path, sets: list[str]) -> None:
+    rendered = helm.template(sets=sets)
+    result = run_kubeconform(kubeconform, rendered.text, KUBE_VERSIONS[0])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kubeconform_rejects_an_unknown_field(helm: Helm, kubeconform: Path) -> None:
+    """The vendored schemas are strict: a misspelt field fails, so a clean run above means something."""
+    rendered = helm.template([CHART / "ci" / "minimal-values.yaml"])
+    broken = rendered.text.replace("readOnlyRootFilesystem: true", "readOnlyRootFS: true", 1)
+    assert broken != rendered.text
+    result = run_kubeconform(kubeconform, broken, KUBE_VERSIONS[0])
+    assert result.returncode == 1
+    assert "readOnlyRootFS" in result.stdout
+
+
+def test_every_kind_the_chart_can_render_has_a_vendored_schema(helm: Helm) -> None:
+    kinds = set()
+    for path in (None, *CI_VALUES):
+        kinds |= helm.template(() if path is None else (path,)).kinds()
+    assert kinds == {
+        "ConfigMap",
+        "Deployment",
+        "Pod",
+        "PodDisruptionBudget",
+        "PrometheusRule",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    }
+
+
+# --- the values schema -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("replicaCount=two", "/replicaCount"),
+        ("replicaCount=2", "/replicaCount"),
+        ("bogus=1", "'bogus' not allowed"),
+        ("relay.pageSize=251", "/relay/pageSize"),
+        ("relay.logLevel=LOUD", "/relay/logLevel"),
+        ("relay.reconcileMaxVanishFraction=1.5", "/relay/reconcileMaxVanishFraction"),
+        ("relay.pollIntervalSecond=5", "'pollIntervalSecond' not allowed"),
+        ("kafka.securityProtocol=TLS", "/kafka/securityProtocol"),
+        ("kafka.bootstrapServers[0]=kafka", "/kafka/bootstrapServers/0"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("fullnameOverride=on", "/fullnameOverride"),
+        ("serviceMonitor.interval=30", "/serviceMonitor/interval"),
+        ("commonLabels.app\\.kubernetes\\.io/name=x", "invalid propertyName 'app.kubernetes.io/name'"),
+    ],
+)
+def test_values_schema_rejects_a_bad_value(helm: Helm, assignment: str, message: str) -> None:
+    result = helm.template_result(sets=[assignment])
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("assignments", "message"),
+    [
+        (["relay.shutdownGraceSeconds=30"], "terminationGracePeriodSeconds (30) must exceed relay.shutdown"),
+        (["kafka.securityProtocol=SASL_SSL"], "kafka.sasl.mechanism is required"),
+        (
+            ["kafka.securityProtocol=SASL_SSL", "kafka.sasl.mechanism=PLAIN", "kafka.sasl.username=u"],
+            "kafka.sasl.password or kafka.sasl.existingSecret is required",
+        ),
+        (["kafka.sasl.username=u"], "does not use SASL"),
+        (["kafka.tls.existingSecret=tls"], "does not use TLS"),
+        (
+            ["kafka.securityProtocol=SSL", "kafka.tls.existingSecret=tls", "kafka.tls.keyKey=tls.key"],
+            "need kafka.tls.certKey",
+        ),
+        (
+            ["kafka.securityProtocol=SSL", "kafka.tls.existingSecret=tls", "kafka.tls.caKey="],
+            "none of kafka.tls.caKey",
+        ),
+    ],
+)
+def test_inconsistent_values_fail_the_render_with_a_message(helm: Helm, assignments: list[str], message: str) -> None:
+    result = helm.template_result(sets=assignments)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+# --- what the manifests say --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_files", VALUES_SETS)
+def test_one_writer_replaced_by_recreate(helm: Helm, values_files: tuple[Path, ...]) -> None:
+    deployment = helm.template(values_files).one("Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+@pytest.mark.parametrize("values_files", VALUES_SETS)
+def test_pod_is_hardened(helm: Helm, values_files: tuple[Path, ...]) -> None:
+    rendered = helm.template(values_files)
+    pod = pod_spec(rendered)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in (relay_container(rendered), *rendered.one("Pod")["spec"]["containers"]):
+        context = container["securityContext"]
+        assert context["runAsNonRoot"] is True
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    mounts = {mount["mountPath"]: mount["name"] for mount in relay_container(rendered)["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_container_runs_relay_run_with_probes_and_resources(helm: Helm) -> None:
+    rendered = helm.template([CHART / "ci" / "minimal-values.yaml"])
+    container = relay_container(rendered)
+    assert "command" not in container  # the image's entrypoint, `relay`
+    assert container["args"] == ["run"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["resources"]["requests"]["memory"]
+    assert container["resources"]["limits"]["memory"]
+    assert container["envFrom"][0] == {"configMapRef": {"name": "change-relay"}}
+    assert pod_spec(rendered)["terminationGracePeriodSeconds"] == 30
+
+
+def test_config_change_restarts_the_pod(helm: Helm) -> None:
+    def checksum(*sets: str) -> str:
+        annotations = helm.template(sets=list(sets)).one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+        value: str = annotations["checksum/config"]
+        return value
+
+    assert checksum() == checksum()
+    assert checksum() != checksum("relay.logLevel=DEBUG")
+
+
+def projected_sources(rendered: Rendered) -> dict[str, tuple[str, str]]:
+    """file under the secrets folder -> (Secret name, key)."""
+    [secrets] = [volume for volume in pod_spec(rendered)["volumes"] if volume["name"] == "secrets"]
+    files = {}
+    for source in secrets["projected"]["sources"]:
+        for item in source["secret"]["items"]:
+            files[item["path"]] = (source["secret"]["name"], item["key"])
+    return files
+
+
+def test_existing_secrets_are_mounted_as_files_and_no_secret_is_created(helm: Helm) -> None:
+    rendered = helm.template([CHART / "ci" / "sasl-tls-existing-secrets-values.yaml"])
+    assert "Secret" not in rendered.kinds()
+    assert projected_sources(rendered) == {
+        "api-key": ("kombo-api-key", "token"),
+        "kafka-sasl-password": ("kafka-user-change-relay", "sasl-password"),
+        "kafka-tls-ca.crt": ("kafka-client-tls", "ca.crt"),
+        "kafka-tls-client.crt": ("kafka-client-tls", "tls.crt"),
+        "kafka-tls-client.key": ("kafka-client-tls", "tls.key"),
+        "kafka-tls-key-password": ("kafka-client-tls", "key-password"),
+    }
+    mount = next(m for m in relay_container(rendered)["volumeMounts"] if m["name"] == "secrets")
+    assert mount == {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True}
+    data = rendered.one("ConfigMap")["data"]
+    assert data["RELAY_API_KEY_FILE"] == f"{SECRETS_DIR}/api-key"
+    assert data["RELAY_KAFKA_SASL_PASSWORD_FILE"] == f"{SECRETS_DIR}/kafka-sasl-password"
+    assert data["RELAY_KAFKA_SSL_KEY_PASSWORD_FILE"] == f"{SECRETS_DIR}/kafka-tls-key-password"
+    assert pod_spec(rendered)["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    assert relay_container(rendered)["image"].startswith("registry.example.com/data/change-relay@sha256:")
+
+
+def test_inline_secrets_go_to_the_charts_secret_never_to_the_configmap(helm: Helm) -> None:
+    rendered = helm.template([CHART / "ci" / "monitoring-values.yaml"])
+    secret = rendered.one("Secret")
+    assert set(secret["data"]) == {"api-key", "kafka-sasl-password"}
+    assert projected_sources(rendered) == {
+        "api-key": (secret["metadata"]["name"], "api-key"),
+        "kafka-sasl-password": (secret["metadata"]["name"], "kafka-sasl-password"),
+    }
+    assert "not-a-real" not in str(rendered.one("ConfigMap"))
+    assert "not-a-real" not in str(rendered.one("Deployment"))
+    annotations = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/secret" in annotations
+
+
+@pytest.fixture(scope="module")
+def notes_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the chart whose NOTES.txt is a template `helm template` renders: NOTES.txt itself is only rendered by
+    `helm install`, which needs a cluster even with --dry-run."""
+    copy = tmp_path_factory.mktemp("notes") / "change-relay"
+    shutil.copytree(CHART, copy)
+    notes = (copy / "templates" / "NOTES.txt").read_text()
+    (copy / "templates" / "NOTES.txt").unlink()
+    indented = "".join(f"  {line}" for line in notes.splitlines(keepends=True))
+    (copy / "templates" / "zz-notes.yaml").write_text(f"notes: |\n{indented}")
+    return copy
+
+
+def render_notes(helm: Helm, chart: Path, *args: str) -> str:
+    result = helm.run(
+        "template", "change-relay", str(chart), "--kube-version", KUBE_VERSIONS[0],
+        "--show-only", "templates/zz-notes.yaml", *args,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes: str = yaml.safe_load(result.stdout)["notes"]
+    return notes
+
+
+def test_defaults_render_without_secrets_and_notes_name_what_is_missing(helm: Helm, notes_chart: Path) -> None:
+    rendered = helm.template()
+    assert "Secret" not in rendered.kinds()
+    assert all(volume["name"] != "secrets" for volume in pod_spec(rendered)["volumes"])
+    assert "RELAY_API_KEY_FILE" not in rendered.one("ConfigMap")["data"]
+    notes = render_notes(helm, notes_chart)
+    assert "WARNING: the relay will refuse to start" in notes
+    for value in ("relay.integrations", "apiKey.existingSecret or apiKey.value", "kafka.bootstrapServers"):
+        assert value in notes
+    complete = render_notes(helm, notes_chart, "--values", str(CHART / "ci" / "monitoring-values.yaml"))
+    assert "WARNING" not in complete
+    assert "helm test change-relay" in complete
+    assert "ServiceMonitor change-relay" in complete
+    assert "the relay is paused" in render_notes(helm, notes_chart, "--set", "replicaCount=0")
+
+
+@pytest.mark.parametrize("values_files", VALUES_SETS)
+def test_every_object_has_the_standard_labels(helm: Helm, values_files: tuple[Path, ...]) -> None:
+    for doc in helm.template(values_files).documents:
+        labels = doc["metadata"]["labels"]
+        for name in ("name", "instance", "version", "managed-by", "component", "part-of"):
+            assert f"app.kubernetes.io/{name}" in labels, (doc["kind"], name)
+        assert labels["helm.sh/chart"] == "change-relay-0.1.0"
+        assert doc["metadata"]["namespace"] == NAMESPACE
+
+
+def test_service_selects_the_relay_pods_only(helm: Helm) -> None:
+    rendered = helm.template()
+    selector = rendered.one("Service")["spec"]["selector"]
+    pod_labels = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    test_pod_labels = rendered.one("Pod")["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert not selector.items() <= test_pod_labels.items()
+    assert rendered.one("Service")["spec"]["publishNotReadyAddresses"] is True
+    assert rendered.one("Deployment")["spec"]["selector"]["matchLabels"] == selector
+
+
+def test_monitoring_objects(helm: Helm) -> None:
+    rendered = helm.template([CHART / "ci" / "monitoring-values.yaml"])
+    monitor = rendered.one("ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["selector"]["matchLabels"] == rendered.one("Service")["spec"]["selector"]
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    pdb = rendered.one("PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb["spec"]
+    rules = [rule for group in rendered.one("PrometheusRule")["spec"]["groups"] for rule in group["rules"]]
+    assert {rule["alert"] for rule in rules} == {
+        "ChangeRelayDown",
+        "ChangeRelayNotReady",
+        "ChangeRelayPollsFailing",
+        "ChangeRelayWatermarkLagHigh",
+        "ChangeRelayIntegrationUnhealthy",
+        "ChangeRelayFenced",
+    }
+    for rule in rules:
+        assert rule["labels"]["team"] == "data-platform"
+        assert rule["annotations"]["runbook_url"] == f"https://runbooks.example.com/change-relay#{rule['alert']}"
+    lag = next(rule for rule in rules if rule["alert"] == "ChangeRelayWatermarkLagHigh")
+    assert "> 3600" in lag["expr"]
+
+
+def test_alerts_can_be_turned_off_one_by_one(helm: Helm) -> None:
+    rendered = helm.template(sets=["prometheusRule.enabled=true", "prometheusRule.alerts.fenced.enabled=false"])
+    alerts = {rule["alert"] for group in rendered.one("PrometheusRule")["spec"]["groups"] for rule in group["rules"]}
+    assert "ChangeRelayFenced" not in alerts
+    assert "ChangeRelayDown" in alerts
+
+
+def test_pdb_min_available_replaces_max_unavailable(helm: Helm) -> None:
+    rendered = helm.template(sets=["podDisruptionBudget.enabled=true", "podDisruptionBudget.minAvailable=1"])
+    assert rendered.one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert "maxUnavailable" not in rendered.one("PodDisruptionBudget")["spec"]
+
+
+def test_replica_count_zero_pauses_the_relay(helm: Helm) -> None:
+    assert helm.template(sets=["replicaCount=0"]).one("Deployment")["spec"]["replicas"] == 0
+
+
+# --- the helm test hook ------------------------------------------------------------------------------------------
+
+
+class _Readyz(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        body = b'{"ready": true}' if self.status == 200 else b'{"ready": false}'
+        self.send_response(self.status if self.path == "/readyz" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(params=[200, 503], ids=["ready", "not-ready"])
+def readyz_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
+    handler = type("Handler", (_Readyz,), {"status": request.param})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/readyz", request.param
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_helm_test_pod_checks_readyz(helm: Helm, readyz_server: tuple[str, int]) -> None:
+    """The hook's script, run here against a stand-in /readyz: 0 when ready, non-zero once its time is up."""
+    pod = helm.template().one("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    [container] = pod["spec"]["containers"]
+    assert container["command"] == ["python", "-c"]
+    script, url, timeout = container["args"]
+    assert url == f"http://change-relay.{NAMESPACE}.svc:8080/readyz"
+    assert timeout == "60"
+    local_url, status = readyz_server
+    result = subprocess.run(
+        [sys.executable, "-c", script, local_url, "0"], capture_output=True, text=True, check=False, timeout=30
+    )
+    if status == 200:
+        assert result.returncode == 0, result.stderr
+        assert '"ready": true' in result.stdout
+    else:
+        assert result.returncode == 1
+        assert "is not ready: HTTP Error 503" in result.stderr
