@@ -50,12 +50,13 @@ class Relay:
         self.store = StateStore(config.state_topic_partitions)
         self.source = SourceClient(config, self.metrics)
         self.sink = KafkaSink(config, self.metrics)
-        self.poller = Poller(config, self.source, self.sink, self.store, self.metrics)
+        self.poller = Poller(config, self.source, self.sink, self.store, self.metrics, reload_state=self.reload_state)
         self.heartbeat = Heartbeat()
         self.restored = False
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._stop_requested = asyncio.Event()
+        self._probe: asyncio.Task[None] | None = None
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         checks = {
@@ -131,6 +132,21 @@ class Relay:
             delay = min(delay * 2, 30.0)
         return False
 
+    async def reload_state(self) -> None:
+        """Forget what is in memory and read the state topic again (after a commit whose outcome is unknown)."""
+        self.restored = False
+        self.store.clear()
+        await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs())
+        self.restored = True
+        self._update_entity_gauges()
+        log.info("state re-read from the state topic after a Kafka error")
+
+    async def _probe_kafka(self, interval: float = 5.0) -> None:
+        """Keep readiness true to Kafka's reachability even while no page is being committed."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.sink.probe()
+
     def _update_entity_gauges(self) -> None:
         for resource in self.config.resources:
             count = sum(len(state.entities) for (_, r), state in self.store.pairs() if r == resource)
@@ -154,6 +170,7 @@ class Relay:
                     "transactional_id": self.config.transactional_id,
                 },
             )
+            self._probe = asyncio.create_task(self._probe_kafka(), name="kafka probe")
             await self.poller.run()
             return self._exit_code(self.poller.fatal)
         except StateError as error:
@@ -171,6 +188,10 @@ class Relay:
         return 0
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
         await self.sink.stop()
         await self.source.close()
         await self.heartbeat.stop()

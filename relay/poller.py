@@ -23,8 +23,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+
+from aiokafka.errors import KafkaError
 
 from relay import diff
 from relay.config import Config
@@ -34,6 +36,7 @@ from relay.errors import (
     Fenced,
     IntegrationError,
     InvalidPage,
+    KafkaUnavailable,
     SinkError,
     SourceError,
 )
@@ -46,6 +49,7 @@ from relay.state import Checkpoint, InProgress, PollKind, StateStore, complete_p
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+StateReload = Callable[[], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -97,6 +101,7 @@ class Poller:
         *,
         clock: Clock = time.time,
         rng: random.Random | None = None,
+        reload_state: StateReload | None = None,
     ) -> None:
         self._config = config
         self._source = source
@@ -107,6 +112,12 @@ class Poller:
         self._rng = rng or random.Random()
         self._slots = asyncio.Semaphore(config.max_concurrent_polls)
         self._stopping = asyncio.Event()
+        self._reload_state = reload_state
+        # After a failed commit the transaction may still have committed (the answer, not the commit, was lost),
+        # so memory may be behind Kafka. Polls then pause until the state is read back from the state topic.
+        self._state_suspect = False
+        self._active_polls = 0
+        self._gate = asyncio.Condition()
         self.fatal: BaseException | None = None
         self.status: dict[tuple[str, str], PairStatus] = {
             (integration, resource): PairStatus(integration, resource)
@@ -168,11 +179,28 @@ class Poller:
                     waiter.cancel()
         status.trigger.clear()
 
+    async def _enter_poll(self) -> None:
+        async with self._gate:
+            if self._state_suspect and self._reload_state is not None:
+                await self._gate.wait_for(lambda: self._active_polls == 0)
+                await self._reload_state()
+                self._state_suspect = False
+            self._active_polls += 1
+
+    async def _leave_poll(self) -> None:
+        async with self._gate:
+            self._active_polls -= 1
+            self._gate.notify_all()
+
     async def _poll_and_record(self, status: PairStatus) -> float:
         """Poll once; return the delay until the next poll of this pair."""
         status.polling = True
         try:
-            await self.poll_once(status.integration, status.resource)
+            await self._enter_poll()
+            try:
+                await self.poll_once(status.integration, status.resource)
+            finally:
+                await self._leave_poll()
         except IntegrationError as error:
             return self._failed(status, error, outcome="integration_error", backoff=True)
         except AuthenticationError as error:
@@ -195,7 +223,12 @@ class Poller:
         except SourceError as error:
             return self._failed(status, error, outcome="source_error", backoff=True)
         except SinkError as error:
-            return self._failed(status, error, outcome="kafka_error", backoff=True)
+            self._state_suspect = True
+            self._failed(status, error, outcome="kafka_error", backoff=False)
+            return self._kafka_retry_delay(status)
+        except (OSError, KafkaError) as error:  # reading the state back failed: Kafka is still away
+            self._failed(status, KafkaUnavailable(str(error)), outcome="kafka_error", backoff=False)
+            return self._kafka_retry_delay(status)
         finally:
             status.polling = False
         status.healthy = True
@@ -232,6 +265,11 @@ class Poller:
         )
         # A failing integration waits longer and longer, but never less than one interval (plus jitter).
         return max(self._config.poll_interval_seconds, self._rng.uniform(ceiling / 2, ceiling))
+
+    def _kafka_retry_delay(self, status: PairStatus) -> float:
+        """Kafka trouble is not the integration's fault: retry soon, so nothing waits long once Kafka is back."""
+        ceiling = min(30.0, self._config.poll_interval_seconds, 0.5 * 2 ** min(status.consecutive_failures, 6))
+        return self._rng.uniform(ceiling / 2, ceiling)
 
     def _jittered_interval(self) -> float:
         spread = self._config.poll_interval_seconds * self._config.poll_jitter_fraction

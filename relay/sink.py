@@ -52,6 +52,7 @@ class KafkaSink:
         self._metrics = metrics
         self._commit_timeout = commit_timeout_seconds
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
         self.fenced = False
         self.reachable = False
 
@@ -97,8 +98,12 @@ class KafkaSink:
     async def _producer_or_start(self) -> AIOKafkaProducer:
         if self.fenced:
             raise Fenced("this relay was fenced by another instance with the same transactional id")
-        if self._producer is not None:
+        async with self._starting:  # the health probe and a commit may both want a producer at once
+            if self._producer is None:
+                self._producer = await self._new_producer()
             return self._producer
+
+    async def _new_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             **self._config.kafka_client_kwargs(),
             transactional_id=self._config.transactional_id,
@@ -111,14 +116,24 @@ class KafkaSink:
             request_timeout_ms=30_000,
         )
         try:
-            await producer.start()
+            await producer.start()  # also InitProducerId: aborts what an earlier run of this id left open
         except Exception as exc:
             await _quietly_stop(producer)
             self.reachable = False
             raise self._classify(exc) from exc
-        self._producer = producer
         self.reachable = True
         return producer
+
+    async def probe(self, timeout: float = 5.0) -> bool:
+        """Check that Kafka answers (for readiness while no page is being committed); start a producer if needed."""
+        if self.fenced:
+            return False
+        try:
+            producer = await asyncio.wait_for(self._producer_or_start(), timeout)
+            self.reachable = bool(await asyncio.wait_for(producer.client.force_metadata_update(), timeout))
+        except (TimeoutError, Exception):
+            self.reachable = False
+        return self.reachable
 
     async def commit(self, messages: Sequence[OutMessage]) -> None:
         """Send ``messages`` in one transaction and commit it; raise :class:`SinkError` if it did not commit."""

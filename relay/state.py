@@ -100,6 +100,9 @@ class StateStore:
         self.partitions = partitions
         self._pairs: dict[Pair, PairState] = {}
 
+    def clear(self) -> None:
+        self._pairs.clear()
+
     def pair(self, integration: str, resource: str) -> PairState:
         key = (integration, resource)
         state = self._pairs.get(key)
