@@ -176,6 +176,11 @@ class Api:
             query = parse_query(collection, request.query.items(), self.cursors)
         except InputInvalid as exc:
             return error(400, "PLATFORM.INPUT_INVALID", str(exc), budget)
+        unknown = sorted(i for i in query.ids or () if i not in collection.by_id)
+        if unknown:
+            # Kombo answers a lookup of ids it does not know with a 404. Its error enum has no not-found code for
+            # records (and the spec's schema refuses a null code), so the code is the input one.
+            return error(404, "PLATFORM.INPUT_INVALID", f"No {resource} with the ID {unknown[0]}.", budget)
         results, next_cursor = run_query(collection, query, self.cursors)
         return _json(
             200,

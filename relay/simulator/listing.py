@@ -43,6 +43,7 @@ MAX_PAGE_SIZE = 250
 COMMON_PARAMETERS = frozenset(
     {"cursor", "page_size", "updated_after", "include_deleted", "ignore_unsupported_filters", "ids"}
 )
+KOMBO_ID_LENGTH = 24  # Kombo's ids, such as 26vafvWSRmbhNcxJYqjCzuJg
 
 
 class InputInvalid(ValueError):
@@ -101,6 +102,9 @@ def parse_query(collection: Collection, params: Iterable[tuple[str, str]], codec
     if "ignore_unsupported_filters" in seen:
         _boolean("ignore_unsupported_filters", seen["ignore_unsupported_filters"])
     ids = [i.strip() for i in seen.get("ids", "").split(",") if i.strip()]
+    malformed = [i for i in ids if len(i) != KOMBO_ID_LENGTH]
+    if malformed:
+        raise InputInvalid(f"ids: {malformed[0]!r} is not a {KOMBO_ID_LENGTH}-character Kombo id")
     if ids:
         query.ids = frozenset(ids)
     for name, value in seen.items():

@@ -113,7 +113,7 @@ async def test_a_hard_deleted_record_vanishes_outright(sim: Simulator, client: C
     everything = await client.all_pages(USERS, {"include_deleted": "true"})
     assert ids[3] not in _ids(everything)
     assert ids[4] not in _ids(everything)
-    assert (await client.get(USERS, {"ids": ids[3], "include_deleted": "true"})).results == []
+    assert (await client.get(USERS, {"ids": ids[3], "include_deleted": "true"})).status == 404  # unknown now
     assert sim.get(ACME, USERS, ids[3]) is None
 
 
@@ -127,10 +127,15 @@ async def test_ids_remote_ids_and_emails_or_within_and_across(sim: Simulator, cl
     assert _ids(emails.results) == [b["id"], c["id"]]
     both = await client.get(USERS, {"ids": f"{a['id']},{b['id']}", "emails": f"{b['email']},{c['email']}"})
     assert _ids(both.results) == [b["id"]]  # AND across parameters
-    unknown = await client.get(USERS, {"ids": "222k7eCGyUdgt2JWZDNnkDs3"})
-    assert unknown.status == 200
-    assert unknown.results == []
+    unknown = await client.get(USERS, {"ids": f"{a['id']},222k7eCGyUdgt2JWZDNnkDs3"})
+    assert unknown.failure == (404, "PLATFORM.INPUT_INVALID")  # unknown, even next to a known one
+    assert unknown.json["error"]["message"] == "No ats/users with the ID 222k7eCGyUdgt2JWZDNnkDs3."
+    assert (await client.get(USERS, {"ids": "not-an-id"})).failure == (400, "PLATFORM.INPUT_INVALID")
     assert len((await client.get(USERS, {"ids": "", "page_size": "250"})).results) == 60  # blank: no filter
+    deleted = users[5]
+    sim.delete(ACME, USERS, deleted["id"])
+    hidden = await client.get(USERS, {"ids": deleted["id"]})
+    assert (hidden.status, hidden.results) == (200, [])  # known but soft-deleted: hidden, not unknown
 
 
 async def test_filters_follow_updates_and_deletes(sim: Simulator, client: Client) -> None:
