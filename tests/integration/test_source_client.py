@@ -117,7 +117,8 @@ async def test_retries_are_bounded(server: SimulatorServer) -> None:
         with pytest.raises(RetryableSourceError) as raised:
             await client.fetch_page(ACME, USERS, updated_after=None, cursor=None, page_number=0)
     assert raised.value.code == "REMOTE.SERVICE_UNAVAILABLE"
-    assert raised.value.log_url is not None and "/_sim/interactions/" in raised.value.log_url
+    assert raised.value.log_url is not None
+    assert "/_sim/interactions/" in raised.value.log_url
     assert len(sleep.waits) == 3
     assert all(0 <= wait <= 0.05 for wait in sleep.waits)  # jittered, under RELAY_SOURCE_BACKOFF_MAX_SECONDS
 
@@ -134,7 +135,8 @@ async def test_rate_limit_waits_as_long_as_the_source_asks(server: SimulatorServ
     # With or without Retry-After, the wait comes from the source (Retry-After, else ratelimit-reset): ~30 s.
     assert raised.value.retry_after is not None
     assert 20 <= raised.value.retry_after <= 30
-    assert sleep.waits and 20 <= sleep.waits[0] <= 30
+    assert sleep.waits
+    assert 20 <= sleep.waits[0] <= 30
     assert sample(metrics.registry, "relay_rate_limit_waits_total", reason="retry_after") == 1
 
 
