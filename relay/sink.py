@@ -53,6 +53,7 @@ class KafkaSink:
         self._commit_timeout = commit_timeout_seconds
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
+        self._committing = asyncio.Lock()
         self.fenced = False
         self.reachable = False
 
@@ -136,20 +137,24 @@ class KafkaSink:
         return self.reachable
 
     async def commit(self, messages: Sequence[OutMessage]) -> None:
-        """Send ``messages`` in one transaction and commit it; raise :class:`SinkError` if it did not commit."""
-        producer = await self._producer_or_start()
-        started = time.monotonic()
-        try:
-            await asyncio.wait_for(self._transaction(producer, messages), self._commit_timeout)
-        except (Exception, asyncio.CancelledError) as exc:
-            error = self._classify(exc)
-            self._metrics.transaction_errors.labels(type(error).__name__).inc()
-            await self._discard_producer(abort=not self.fenced)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise error from exc
-        self.reachable = True
-        self._metrics.transaction_duration.observe(time.monotonic() - started)
+        """Send ``messages`` in one transaction and commit it; raise :class:`SinkError` if it did not commit.
+
+        A transactional producer runs one transaction at a time, and every pair shares it, so commits queue here.
+        """
+        async with self._committing:
+            producer = await self._producer_or_start()
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(self._transaction(producer, messages), self._commit_timeout)
+            except (Exception, asyncio.CancelledError) as exc:
+                error = self._classify(exc)
+                self._metrics.transaction_errors.labels(type(error).__name__).inc()
+                await self._discard_producer(abort=not self.fenced)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise error from exc
+            self.reachable = True
+            self._metrics.transaction_duration.observe(time.monotonic() - started)
 
     async def _transaction(self, producer: AIOKafkaProducer, messages: Sequence[OutMessage]) -> None:
         await producer.begin_transaction()

@@ -385,3 +385,27 @@ async def _wait_for_status(http: aiohttp.ClientSession, url: str, status: int, t
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{url} did not answer {status} within {timeout}s")
         await asyncio.sleep(0.1)
+
+
+async def test_many_integrations_poll_concurrently_through_one_transactional_producer(
+    bootstrap_servers: str, topic_prefix: str
+) -> None:
+    integrations = [f"personio:tenant{i}" for i in range(6)]
+    sim = Simulator(api_key="test-key", integrations=integrations, users=30, seed=11)
+    async with SimulatorServer(sim, host="127.0.0.1", port=0) as server:
+        world = World(sim, server, bootstrap_servers, topic_prefix, integrations)
+        async with world.relay(page_size=7, poll_interval_seconds=0.5, max_concurrent_polls=6) as relay:
+            async with collect(bootstrap_servers, world.topics()) as ev:
+                runner = asyncio.create_task(relay.poller.run(grace_seconds=5))
+                await ev.wait_for(6 * 30, timeout=60)
+                for integration in integrations:
+                    sim.update(integration, USERS, next(sim.records(integration, USERS))["id"], {"first_name": "X"})
+                await ev.wait_for(6 * 30 + 6, timeout=60)
+                relay.poller.stop()
+                await runner
+                await ev.settle()
+            failures = metric(relay.metrics.registry, "relay_kafka_transaction_errors_total", error="KafkaUnavailable")
+    assert failures == 0
+    assert len(ev.events) == 6 * 31
+    assert len({e.body["id"] for e in ev.events}) == 6 * 31
+    assert {e.data["integration_id"] for e in ev.events if e.kind == "updated"} == set(integrations)
