@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -113,6 +114,8 @@ async def tail(
 
 
 def main(args: argparse.Namespace) -> int:
+    # aiokafka reports every metadata retry (topics not created yet, leaders moving) at ERROR; tail has no use for it.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         bootstrap, topics = _resolve(args)
     except ConfigError as error:
