@@ -409,3 +409,26 @@ async def test_many_integrations_poll_concurrently_through_one_transactional_pro
     assert len(ev.events) == 6 * 31
     assert len({e.body["id"] for e in ev.events}) == 6 * 31
     assert {e.data["integration_id"] for e in ev.events if e.kind == "updated"} == set(integrations)
+
+
+async def test_topic_template_by_event_and_tombstones_after_deletes(world: World) -> None:
+    template = "{prefix}.{resource}.{event}"
+    topics = [f"{world.topic_prefix}.ats.users.{event}" for event in ("created", "updated", "deleted")]
+    async with world.relay(topic_template=template, emit_tombstones="true", initial_snapshot="skip") as relay:
+        await relay.poller.poll_once(ACME, USERS)
+        async with collect(world.bootstrap_servers, topics) as ev:
+            user = world.sim.create(ACME, USERS)
+            await relay.poller.poll_once(ACME, USERS)
+            world.sim.update(ACME, USERS, user["id"], {"first_name": "Changed"})
+            await relay.poller.poll_once(ACME, USERS)
+            world.sim.delete(ACME, USERS, user["id"])
+            await relay.poller.poll_once(ACME, USERS)
+            await ev.wait_for(3)
+            await ev.settle()
+    # One topic per event type: the consumer gets no order across them (the documented caveat), so compare sets.
+    assert sorted((e.topic.rsplit(".", 1)[1], e.kind) for e in ev.events) == [
+        ("created", "created"),
+        ("deleted", "deleted"),
+        ("updated", "updated"),
+    ]
+    assert ev.tombstones == [f"{ACME}:{user['id']}"]
