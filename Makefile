@@ -35,7 +35,7 @@ kafka: kafka-fetch ## run a local Kafka broker in the foreground (KAFKA_PORT, de
 simulator: venv ## run the Kombo simulator in the foreground with its defaults
 	$(BIN)/relay simulate
 
-run: venv kafka-fetch ## start Kafka, the simulator, the relay and `relay tail`; Ctrl-C stops them all
+run: prereqs venv kafka-fetch ## start Kafka, the simulator, the relay and `relay tail`; Ctrl-C stops them all
 	$(BIN)/python deploy/run-local.py
 
 lint: venv ## ruff and mypy --strict
@@ -43,7 +43,7 @@ lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff format --check relay tests deploy
 	$(BIN)/mypy
 
-test: venv kafka-fetch lint ## the whole suite against a real broker it starts and stops itself
+test: prereqs venv kafka-fetch lint ## the whole suite against a real broker it starts and stops itself
 	$(BIN)/pytest
 
 bench: venv kafka-fetch ## benchmarks (long): figures into tests/benchmarks/results/
