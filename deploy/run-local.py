@@ -4,14 +4,18 @@
 Within seconds created / updated / deleted events scroll by; metrics are at http://localhost:8080/metrics and
 per-integration detail at http://localhost:8080/status. Ctrl-C (or SIGTERM) stops everything this script started.
 
+The simulator sends signed Kombo data-changed webhooks to the relay (a secret made up for this run), so each change
+shows up within a second or two; polling every RELAY_POLL_INTERVAL_SECONDS stays on as the safety net.
+
 Environment knobs: KAFKA_PORT (9092), SIM_PORT (8765), RELAY_HTTP_PORT (8080), SIM_INTEGRATIONS, SIM_USERS,
-SIM_CHURN, RELAY_POLL_INTERVAL_SECONDS (5 here, so changes show up quickly).
+SIM_CHURN, RELAY_POLL_INTERVAL_SECONDS (60).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -57,6 +61,8 @@ def main() -> int:
     kafka_port = int(os.environ.get("KAFKA_PORT", "9092"))
     sim_port = int(os.environ.get("SIM_PORT", "8765"))
     integrations = os.environ.get("SIM_INTEGRATIONS", "personio:acme,greenhouse:globex,workday:initech")
+    http_port = os.environ.get("RELAY_HTTP_PORT", "8080")
+    webhook_secret = secrets.token_urlsafe(24)  # in the children's environment only, never on a command line
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -88,7 +94,10 @@ def main() -> int:
                     os.environ.get("SIM_USERS", "200"),
                     "--churn",
                     os.environ.get("SIM_CHURN", "2"),
-                ]
+                    "--webhook-url",
+                    f"http://127.0.0.1:{http_port}/webhooks/kombo",
+                ],
+                env={**os.environ, "SIM_WEBHOOK_SECRET": webhook_secret},
             )
         )
         wait_for_port(sim_port, "the simulator")
@@ -98,14 +107,15 @@ def main() -> int:
             "RELAY_API_KEY": SIM_API_KEY,
             "RELAY_INTEGRATIONS": integrations,
             "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "RELAY_POLL_INTERVAL_SECONDS": os.environ.get("RELAY_POLL_INTERVAL_SECONDS", "5"),
+            "RELAY_POLL_INTERVAL_SECONDS": os.environ.get("RELAY_POLL_INTERVAL_SECONDS", "60"),
+            "RELAY_HTTP_PORT": http_port,
+            "RELAY_KOMBO_WEBHOOK_SECRET": webhook_secret,
             "RELAY_OVERLAP_SECONDS": os.environ.get("RELAY_OVERLAP_SECONDS", "5"),
             "RELAY_LOG_FORMAT": os.environ.get("RELAY_LOG_FORMAT", "console"),
             "RELAY_TOPIC_PARTITIONS": os.environ.get("RELAY_TOPIC_PARTITIONS", "3"),
         }
         children.append(start([str(BIN / "relay"), "tail"], env=env))
         children.append(start([str(BIN / "relay"), "run"], env=env))
-        http_port = env.get("RELAY_HTTP_PORT", "8080")
         print(
             f"run-local: simulator at http://127.0.0.1:{sim_port}/v1, metrics at http://localhost:{http_port}/metrics,"
             f" status at http://localhost:{http_port}/status; Ctrl-C stops everything",

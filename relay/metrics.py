@@ -1,6 +1,6 @@
 """Prometheus metrics, named by Prometheus' rules: prefix ``relay_``, base units, ``_total`` counters, timestamps
-rather than ages, and low-cardinality labels (``resource``, ``outcome``, ``code``; never the integration id unless
-``RELAY_METRICS_PER_INTEGRATION`` asks for it, since a fleet can have thousands).
+rather than ages, and low-cardinality labels (``resource``, ``outcome``, ``code``; never the integration id, since a
+fleet can have thousands: ``/status`` gives per-integration detail instead).
 
 Each relay owns a :class:`Metrics` on its own ``CollectorRegistry``, so several relays can run in one process
 (the tests do) without colliding in prometheus-client's global registry.
@@ -22,6 +22,28 @@ STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")
 # Fast polls of small pages take milliseconds; snapshots of a million records take minutes.
 POLL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Webhook to event: a second or two when all is well; the tail shows polls queued behind the concurrency limit.
+WEBHOOK_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
+POLL_TRIGGERS = ("webhook", "schedule")
+# relay.webhooks.TYPE_LABELS and OUTCOMES (repeated here: relay.webhooks imports this module).
+WEBHOOK_TYPES = (
+    "data-changed",
+    "sync-finished",
+    "integration-state-changed",
+    "integration-deleted",
+    "other",
+    "unknown",
+)
+WEBHOOK_OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "unknown_integration",
+    "paused",
+    "ignored",
+    "invalid",
+    "unauthorized",
+    "too_large",
+)
 
 
 class Metrics:
@@ -128,6 +150,26 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("relay_ready", "1 when the relay is ready (state restored, Kafka reachable).", registry=r)
+        self.webhooks_received = Counter(
+            "relay_webhooks_received_total",
+            "Kombo webhooks received, by type and outcome (accepted, duplicate, unknown_integration, paused, ignored,"
+            " invalid, unauthorized, too_large).",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.polls_triggered = Counter(
+            "relay_polls_triggered_total",
+            "Polls started, by what started them: a webhook or the schedule.",
+            ["resource", "trigger"],
+            registry=r,
+        )
+        self.webhook_to_event = Histogram(
+            "relay_webhook_to_event_seconds",
+            "From receiving a webhook to the events of the poll it triggered being committed.",
+            ["resource"],
+            buckets=WEBHOOK_LATENCY_BUCKETS,
+            registry=r,
+        )
         self._initialise(tuple(resources))
 
     def _initialise(self, resources: tuple[str, ...]) -> None:
@@ -149,6 +191,12 @@ class Metrics:
             self.last_success.labels(resource)
             self.watermark.labels(resource)
             self.entities.labels(resource)
+            for trigger in POLL_TRIGGERS:
+                self.polls_triggered.labels(resource, trigger)
+            self.webhook_to_event.labels(resource)
+        for webhook_type in WEBHOOK_TYPES:
+            for outcome in WEBHOOK_OUTCOMES:
+                self.webhooks_received.labels(webhook_type, outcome)
         for health in ("healthy", "unhealthy"):
             self.integrations.labels(health)
         for reason in ("retry_after", "budget_low"):

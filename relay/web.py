@@ -1,4 +1,5 @@
-"""The relay's HTTP server: ``/metrics``, ``/livez``, ``/readyz`` and ``/status``.
+"""The relay's HTTP server: ``/metrics``, ``/livez``, ``/readyz``, ``/status`` and, when a webhook secret is
+configured, ``POST /webhooks/kombo`` (``relay/webhooks.py``).
 
 * ``/livez`` answers 200 while the event loop is alive and not stuck: a heartbeat task ticks every second, and a
   heartbeat older than ``stuck_after`` seconds fails the probe, so Kubernetes restarts a wedged process.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ from relay.metrics import Metrics
 
 StatusProvider = Callable[[], dict[str, Any]]
 ReadinessProvider = Callable[[], tuple[bool, dict[str, bool]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Heartbeat:
@@ -57,6 +59,7 @@ def build_app(
     heartbeat: Heartbeat,
     *,
     stuck_after: float = 30.0,
+    webhook: tuple[str, Handler] | None = None,
 ) -> web.Application:
     async def get_metrics(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -80,6 +83,9 @@ def build_app(
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", get_status)
+    if webhook is not None:
+        path, handler = webhook
+        app.router.add_post(path, handler)
     return app
 
 

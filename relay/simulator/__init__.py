@@ -24,6 +24,7 @@ Modules, one concept each:
 * ``clock``, ``dice``: injectable time and Kombo's timestamp formats; deterministic ids and draws from the seed;
 * ``faults``, ``ratelimit``, ``churn``: injected failures, the request budget, the steady stream of changes;
 * ``api``, ``control``, ``server``: the ``/v1`` API, the ``/_sim/`` control API and the aiohttp server;
+* ``webhooks``: signed Kombo ``data-changed`` webhooks after mutations (``--webhook-url``), batched per second;
 * ``cli``: ``relay simulate``.
 """
 
@@ -40,6 +41,7 @@ from relay.simulator.model import (
 )
 from relay.simulator.records import RESOURCES
 from relay.simulator.server import SimulatorServer
+from relay.simulator.webhooks import WebhookSender
 
 __all__ = [
     "RESOURCES",
@@ -55,4 +57,5 @@ __all__ = [
     "Simulator",
     "SimulatorError",
     "SimulatorServer",
+    "WebhookSender",
 ]

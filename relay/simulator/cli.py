@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -124,12 +125,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-retry-after", action="store_true", help="send 429s without a Retry-After header (default: with)"
     )
+    parser.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="send signed Kombo data-changed webhooks after mutations to this URL, e.g. "
+        "http://127.0.0.1:8080/webhooks/kombo (default: none)",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        metavar="SECRET",
+        default=os.environ.get("SIM_WEBHOOK_SECRET"),
+        help="the secret webhooks are signed with (X-Kombo-Signature); default: $SIM_WEBHOOK_SECRET",
+    )
+    parser.add_argument(
+        "--webhook-batch-seconds",
+        type=_non_negative_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="at most one data-changed per integration in this time, naming every model changed (default: %(default)s)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     integrations = [i.strip() for i in args.integrations.split(",") if i.strip()]
     if not integrations:
         print("relay simulate: --integrations names no integration", file=sys.stderr)
+        return 2
+    if args.webhook_url and not args.webhook_secret:
+        print("relay simulate: --webhook-url needs --webhook-secret (or SIM_WEBHOOK_SECRET)", file=sys.stderr)
         return 2
     started = time.monotonic()
     sim = Simulator(
@@ -144,24 +167,34 @@ def main(args: argparse.Namespace) -> int:
     )
     seeded_in = time.monotonic() - started
     try:
-        asyncio.run(_serve(sim, args.host, args.port, args.churn, seeded_in))
+        server = SimulatorServer(
+            sim,
+            host=args.host,
+            port=args.port,
+            webhook_url=args.webhook_url or None,
+            webhook_secret=args.webhook_secret if args.webhook_url else None,
+            webhook_batch_seconds=args.webhook_batch_seconds,
+        )
+        asyncio.run(_serve(server, args.churn, seeded_in))
     except OSError as exc:
         print(f"relay simulate: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(sim: Simulator, host: str, port: int, churn: float, seeded_in: float) -> None:
+async def _serve(server: SimulatorServer, churn: float, seeded_in: float) -> None:
+    sim = server.sim
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with SimulatorServer(sim, host=host, port=port) as server:
+    async with server:
         if churn > 0:
             sim.start_churn(churn)
+        webhooks = f" webhooks={server.webhooks.url}" if server.webhooks else ""
         print(
             f"relay simulate: serving {server.url} api-key={sim.api_key} integrations={','.join(sim.integrations)} "
-            f"churn={churn:g}/s control={server.control_url}/ (seeded in {seeded_in:.1f}s)",
+            f"churn={churn:g}/s control={server.control_url}/{webhooks} (seeded in {seeded_in:.1f}s)",
             flush=True,
         )
         await stop.wait()

@@ -8,6 +8,9 @@
         server.control_url  # "http://127.0.0.1:54321/_sim"
 
 ``port=0`` picks a free port. Stopping the server also stops the simulator's churn and releases stalled requests.
+
+With ``webhook_url`` and ``webhook_secret`` the server also runs a :class:`~relay.simulator.webhooks.WebhookSender`
+(``server.webhooks``): signed ``data-changed`` webhooks to that URL after the simulator's mutations.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from relay.simulator.api import Api, Interactions, error_response
 from relay.simulator.clock import http_date
 from relay.simulator.control import Control
 from relay.simulator.model import Simulator
+from relay.simulator.webhooks import WebhookSender
 
 SHUTDOWN_TIMEOUT_SECONDS = 2.0
 
@@ -51,12 +55,26 @@ def make_app(sim: Simulator, closing: asyncio.Event | None = None) -> web.Applic
 
 
 class SimulatorServer:
-    def __init__(self, sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        sim: Simulator,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        webhook_batch_seconds: float = 1.0,
+    ) -> None:
+        if (webhook_url is None) != (webhook_secret is None):
+            raise ValueError("webhook_url and webhook_secret go together")
         self.sim = sim
         self.host = host
         self.port = port
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.webhooks: WebhookSender | None = None
+        if webhook_url is not None and webhook_secret is not None:
+            self.webhooks = WebhookSender(sim, webhook_url, webhook_secret, batch_seconds=webhook_batch_seconds)
 
     @property
     def base_url(self) -> str:
@@ -86,9 +104,13 @@ class SimulatorServer:
             raise
         self._runner = runner
         self.port = _bound_port(runner, self.port)
+        if self.webhooks is not None:
+            await self.webhooks.start()
 
     async def stop(self) -> None:
         await self.sim.stop_churn()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         self._closing.set()
         runner, self._runner = self._runner, None
         if runner is not None:
