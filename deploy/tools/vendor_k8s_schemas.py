@@ -28,6 +28,7 @@ from typing import Any
 KINDS = (
     "configmap-v1",
     "deployment-apps-v1",
+    "ingress-networking-v1",
     "pod-v1",
     "poddisruptionbudget-policy-v1",
     "secret-v1",

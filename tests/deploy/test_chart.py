@@ -37,6 +37,7 @@ def test_ci_values_files_are_there() -> None:
         "minimal-values.yaml",
         "monitoring-values.yaml",
         "sasl-tls-existing-secrets-values.yaml",
+        "webhooks-values.yaml",
     }
 
 
@@ -74,6 +75,14 @@ def test_rendered_manifests_pass_kubeconform_strict(
         ["podDisruptionBudget.enabled=true", "podDisruptionBudget.maxUnavailable=50%"],
         ["livenessProbe.enabled=false", "readinessProbe.enabled=false", "replicaCount=0"],
         ["apiKey.value=a", "apiKey.existingSecret=b"],
+        ["webhooks.enabled=true", "webhooks.secret.value=s", "webhooks.ingress.enabled=true"],
+        [
+            "webhooks.enabled=true",
+            "webhooks.secret.existingSecret=s",
+            "webhooks.ingress.enabled=true",
+            "webhooks.ingress.hosts={a.example.com,*.example.org}",
+            "webhooks.modelMap.ats_tags[0]=ats/candidates",
+        ],
     ],
     ids=str,
 )
@@ -100,6 +109,7 @@ def test_every_kind_the_chart_can_render_has_a_vendored_schema(helm: Helm) -> No
     assert kinds == {
         "ConfigMap",
         "Deployment",
+        "Ingress",
         "Pod",
         "PodDisruptionBudget",
         "PrometheusRule",
@@ -300,6 +310,20 @@ def test_defaults_render_without_secrets_and_notes_name_what_is_missing(helm: He
     assert "helm test change-relay" in complete
     assert "ServiceMonitor change-relay" in complete
     assert "the relay is paused" in render_notes(helm, notes_chart, "--set", "replicaCount=0")
+    assert "webhook" not in complete.lower()
+
+
+def test_notes_give_the_webhook_url_to_register(helm: Helm, notes_chart: Path) -> None:
+    values = str(CHART / "ci" / "webhooks-values.yaml")
+    with_ingress = render_notes(helm, notes_chart, "--namespace", NAMESPACE, "--values", values)
+    assert "https://relay-webhooks.example.com/hooks/kombo" in with_ingress
+    assert f"http://change-relay.{NAMESPACE}.svc:8080/hooks/kombo" in with_ingress
+    assert "WARNING" not in with_ingress
+    sets = ["webhooks.enabled=true", "webhooks.secret.value=s", "webhooks.ingress.enabled=true"]
+    plain = render_notes(helm, notes_chart, "--namespace", NAMESPACE, *(f"--set={s}" for s in sets))
+    assert "http://<the Ingress's address>/webhooks/kombo" in plain
+    no_ingress = render_notes(helm, notes_chart, "--namespace", NAMESPACE, *(f"--set={s}" for s in sets[:2]))
+    assert "expose /webhooks/kombo (and only it, never /metrics or /status)" in no_ingress
 
 
 @pytest.mark.parametrize("values_files", VALUES_SETS)

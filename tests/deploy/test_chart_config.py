@@ -47,7 +47,21 @@ CONTRACT = {
     "RELAY_TOPIC_PARTITIONS",
     "RELAY_TOPIC_REPLICATION_FACTOR",
     "RELAY_STATE_TOPIC",
+    # Kombo webhooks (webhooks.*)
+    "RELAY_KOMBO_WEBHOOK_SECRET_FILE",
+    "RELAY_KOMBO_WEBHOOK_PATH",
+    "RELAY_KOMBO_WEBHOOK_MAX_BODY_BYTES",
+    "RELAY_KOMBO_WEBHOOK_MODEL_MAP",
+    "RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS",
+    "RELAY_FOLLOW_INTEGRATION_STATE",
 }
+# Secrets the relay could also take as plain values: the chart must only ever render their *_FILE variants.
+DIRECT_SECRETS = (
+    "RELAY_API_KEY",
+    "RELAY_KAFKA_SASL_PASSWORD",
+    "RELAY_KAFKA_SSL_KEY_PASSWORD",
+    "RELAY_KOMBO_WEBHOOK_SECRET",
+)
 VALUES_SETS = [pytest.param((), id="default"), *(pytest.param((path,), id=path.stem) for path in CI_VALUES)]
 
 
@@ -78,9 +92,7 @@ def test_every_rendered_relay_variable_is_a_setting(helm: Helm, values_files: tu
     environment = relay_environment(helm.template(values_files))
     unknown = sorted(name for name in environment if name.startswith("RELAY_") and name not in KNOWN_NAMES)
     assert unknown == []
-    secrets_given_directly = sorted(
-        name for name in environment if name in ("RELAY_API_KEY", "RELAY_KAFKA_SASL_PASSWORD")
-    )
+    secrets_given_directly = sorted(name for name in environment if name in DIRECT_SECRETS)
     assert secrets_given_directly == [], "secrets are files (the *_FILE settings), never values in the environment"
 
 
@@ -115,6 +127,11 @@ def test_the_relay_accepts_what_the_chart_renders(helm: Helm, values_file: Path,
     assert config.integrations
     assert config.api_key.reveal() == "stand-in for RELAY_API_KEY_FILE"
     assert config.http_port == 8080
+    if "RELAY_KOMBO_WEBHOOK_SECRET_FILE" in environment:
+        assert config.kombo_webhook_secret is not None
+        assert config.kombo_webhook_secret.reveal() == "stand-in for RELAY_KOMBO_WEBHOOK_SECRET_FILE"
+    else:
+        assert config.kombo_webhook_secret is None, "webhooks are off unless the values turn them on"
 
 
 def test_with_the_defaults_the_relay_names_the_missing_settings(helm: Helm) -> None:

@@ -104,7 +104,7 @@ paths stay the same whichever Secret each comes from.
 
 {{/* Whether the chart's own Secret holds anything (a value given inline), so is rendered at all. */}}
 {{- define "change-relay.ownSecretNeeded" -}}
-{{- if or (and .Values.apiKey.value (not .Values.apiKey.existingSecret)) (and (include "change-relay.sasl" .) .Values.kafka.sasl.password (not .Values.kafka.sasl.existingSecret)) -}}
+{{- if or (and .Values.apiKey.value (not .Values.apiKey.existingSecret)) (and (include "change-relay.sasl" .) .Values.kafka.sasl.password (not .Values.kafka.sasl.existingSecret)) (and (include "change-relay.webhooks" .) .Values.webhooks.secret.value (not .Values.webhooks.secret.existingSecret)) -}}
 true
 {{- end }}
 {{- end }}
@@ -119,6 +119,13 @@ true
 {{/* Non-empty when the security protocol uses TLS. */}}
 {{- define "change-relay.tls" -}}
 {{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") -}}
+true
+{{- end }}
+{{- end }}
+
+{{/* Non-empty when the Kombo webhook endpoint is on (webhooks.enabled; validate checks it has a secret). */}}
+{{- define "change-relay.webhooks" -}}
+{{- if and .Values.webhooks.enabled (or .Values.webhooks.secret.value .Values.webhooks.secret.existingSecret) -}}
 true
 {{- end }}
 {{- end }}
@@ -169,5 +176,18 @@ Checks that no schema can express: fail the render with a message naming the val
 {{- end }}
 {{- if and $tls.existingSecret (or $tls.keyKey $tls.keyPasswordKey) (not $tls.certKey) }}
 {{- fail "kafka.tls.keyKey and kafka.tls.keyPasswordKey need kafka.tls.certKey (the client certificate)" }}
+{{- end }}
+{{- $webhooks := .Values.webhooks }}
+{{- if $webhooks.enabled }}
+{{- if not (or $webhooks.secret.value $webhooks.secret.existingSecret) }}
+{{- fail "webhooks.enabled needs webhooks.secret.existingSecret or webhooks.secret.value: without a secret the relay serves no webhook endpoint" }}
+{{- end }}
+{{- else }}
+{{- if or $webhooks.secret.value $webhooks.secret.existingSecret }}
+{{- fail "webhooks.secret.* is set, but webhooks.enabled is false" }}
+{{- end }}
+{{- if $webhooks.ingress.enabled }}
+{{- fail "webhooks.ingress.enabled needs webhooks.enabled: the relay serves no webhook endpoint without it" }}
+{{- end }}
 {{- end }}
 {{- end }}
