@@ -124,7 +124,11 @@ def port_is_open(port: int) -> bool:
 
 
 def random_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # One id in 64 would start with "-", which the storage tool's argument parser takes for an option (and fails).
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 SERVER_PROPERTIES = """\
