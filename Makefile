@@ -47,7 +47,11 @@ test: prereqs venv kafka-fetch lint ## the whole suite against a real broker it 
 	$(BIN)/pytest
 
 bench: venv kafka-fetch ## benchmarks (long): figures into tests/benchmarks/results/
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m tests.benchmarks
+
+soak: venv kafka-fetch ## the exactly-once fault suite at soak size (200 SIGKILLs, long runs); summaries at the end
+	RELAY_SOAK=1 $(BIN)/pytest tests/faults -p no:cacheprovider -o addopts="" -q -rA
 
 clean: ## remove the virtualenv and caches (not the Kafka jars)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -23,7 +23,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from relay import __version__
-from relay.config import Config, ConfigError, add_config_argument, load_config
+from relay.config import Config, ConfigError, add_config_argument, load_config, settings_help
 from relay.errors import AuthenticationError, Fenced, KafkaUnavailable, StateError
 from relay.logs import configure_logging
 from relay.metrics import Metrics
@@ -32,6 +32,7 @@ from relay.sink import KafkaSink
 from relay.source import SourceClient
 from relay.state import StateStore, restore
 from relay.web import Heartbeat, build_app
+from relay.webhooks import WebhookReceiver, WebhookSettings, make_handler
 
 log = logging.getLogger("relay")
 
@@ -52,6 +53,8 @@ class Relay:
         self.sink = KafkaSink(config, self.metrics)
         self.poller = Poller(config, self.source, self.sink, self.store, self.metrics, reload_state=self.reload_state)
         self.heartbeat = Heartbeat()
+        webhook_settings = WebhookSettings.from_config(config)  # None: no secret, no endpoint
+        self.webhooks = None if webhook_settings is None else WebhookReceiver(webhook_settings, self.poller)
         self.restored = False
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -79,6 +82,7 @@ class Relay:
                     "resource": resource,
                     "healthy": status.healthy,
                     "polling": status.polling,
+                    "paused": status.paused,
                     "last_success_at": status.last_success_at,
                     "last_error": None
                     if status.last_error_code is None
@@ -104,7 +108,10 @@ class Relay:
 
     async def start_http(self) -> None:
         self.heartbeat.start()
-        app = build_app(self.metrics, self.readiness, self.status, self.heartbeat)
+        webhook = None
+        if self.webhooks is not None:
+            webhook = (self.webhooks.settings.path, make_handler(self.webhooks, self.metrics))
+        app = build_app(self.metrics, self.readiness, self.status, self.heartbeat, webhook=webhook)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
@@ -120,6 +127,7 @@ class Relay:
                 await self.sink.ensure_topics()
                 await self.sink.start()
                 await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs())
+                self.sink.state_read()
                 self.restored = True
                 self._update_entity_gauges()
                 return True
@@ -136,7 +144,11 @@ class Relay:
         """Forget what is in memory and read the state topic again (after a commit whose outcome is unknown)."""
         self.restored = False
         self.store.clear()
+        # The producer first: its InitProducerId completes or aborts the transaction in doubt and fences any other
+        # instance, so the state read next is final. Read before it, a commit still in flight could land afterwards.
+        await self.sink.start()
         await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs())
+        self.sink.state_read()
         self.restored = True
         self._update_entity_gauges()
         log.info("state re-read from the state topic after a Kafka error")
@@ -221,6 +233,7 @@ async def serve(config: Config) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
+    parser.epilog = settings_help()  # every setting, its default and meaning: `relay run --help` is the reference
 
 
 def main(args: argparse.Namespace) -> int:

@@ -77,6 +77,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 EventType = Literal["created", "updated", "deleted"]
+ModelMapEntries = tuple[tuple[str, tuple[str, ...]], ...]  # Kombo model -> resources, see relay/webhooks.py
 
 EVENT_TYPES: Final[tuple[EventType, ...]] = get_args(EventType)
 MASK: Final = "**********"
@@ -217,12 +218,20 @@ class Config:
     state_topic_partitions: int
     emit_tombstones: bool
     transactional_id: str
+    kafka_commit_timeout_seconds: float
     # The process
     http_host: str
     http_port: int
     shutdown_grace_seconds: float
     log_format: LogFormat
     log_level: LogLevel
+    # Kombo webhooks
+    kombo_webhook_secret: Secret | None
+    kombo_webhook_path: str
+    kombo_webhook_max_body_bytes: int
+    kombo_webhook_model_map: ModelMapEntries | None
+    kombo_webhook_dedup_seconds: float
+    follow_integration_state: bool
 
     def topic_for(self, resource: str, event: str) -> str:
         """The topic an ``event`` (created, updated, deleted) about a record of ``resource`` is published to."""
@@ -553,6 +562,39 @@ class TopicTemplate:
         return template
 
 
+@dataclass(frozen=True, slots=True)
+class ModelMapOverrides:
+    """Entries of the Kombo model -> resources map: ``model=resource,resource;model=...`` (``model=`` alone: the model
+    triggers nothing), or in a file a table of model -> list of resources."""
+
+    description: str = "model=resource,resource entries separated by ; (model= alone: ignore that model)"
+
+    def parse(self, raw: object) -> ModelMapEntries:
+        pairs: list[tuple[str, list[str]]] = []
+        if isinstance(raw, str):
+            for entry in (e.strip() for e in raw.split(";")):
+                model, sep, resources = entry.partition("=")
+                if not sep:
+                    if entry:
+                        raise _Invalid(f"has {_shown(entry)}, which is not model=resource,resource")
+                    continue
+                pairs.append((model.strip(), [r.strip() for r in resources.split(",") if r.strip()]))
+        elif isinstance(raw, dict):
+            pairs = [(str(model), _list_items(value) if value else []) for model, value in raw.items()]
+        else:
+            raise _Invalid(f"must be a string or a table, not {type(raw).__name__}")
+        if not pairs:
+            raise _Invalid("must map at least one model")
+        if bad := [model for model, _ in pairs if re.fullmatch(r"[a-z0-9_]+", model) is None]:
+            raise _Invalid(f"has model {', '.join(map(_shown, bad))}, which must be a Kombo model name like ats_users")
+        if bad := [r for _, resources in pairs for r in resources if not _is_resource_path(r)]:
+            raise _Invalid(f"has {', '.join(map(_shown, bad))}, which must be a path like ats/users")
+        models = [model for model, _ in pairs]
+        if repeated := sorted({model for model in models if models.count(model) > 1}):
+            raise _Invalid(f"maps {', '.join(map(_shown, repeated))} more than once")
+        return tuple((model, tuple(dict.fromkeys(resources))) for model, resources in pairs)
+
+
 # --- The settings -------------------------------------------------------------------------------------------------
 
 
@@ -632,6 +674,13 @@ def _is_integration_id(text: str) -> bool:
 
 def _is_resource_path(text: str) -> bool:
     return re.fullmatch(r"[a-z0-9_-]+(/[a-z0-9_-]+)*", text) is not None
+
+
+_RESERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/status")
+
+
+def _is_webhook_path(text: str) -> bool:
+    return re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", text) is not None and text not in _RESERVED_PATHS
 
 
 def _is_host_port(text: str) -> bool:
@@ -814,6 +863,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         Derived("change-relay-<hash of source, topics, integrations, resources>", _derive_transactional_id),
         "Kafka transactional id: stable across restarts, different for relays publishing different data",
     ),
+    Setting(
+        "RELAY_KAFKA_COMMIT_TIMEOUT_SECONDS",
+        Number(0, 600, exclusive=True),
+        60.0,
+        "Longest wait for Kafka to commit a page's transaction; then it is aborted and retried",
+    ),
     # The process
     Setting(
         "RELAY_HTTP_HOST",
@@ -830,6 +885,39 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     ),
     Setting("RELAY_LOG_FORMAT", Choice(get_args(LogFormat)), "json", "json for log collectors, console for people"),
     Setting("RELAY_LOG_LEVEL", Choice(get_args(LogLevel)), "INFO", "Least severe level of the messages logged"),
+    # Kombo webhooks
+    Setting(
+        "RELAY_KOMBO_WEBHOOK_SECRET",
+        SecretValue(),
+        None,
+        "Secret Kombo signs its webhooks with (X-Kombo-Signature); unset turns the webhook endpoint off",
+    ),
+    Setting(
+        "RELAY_KOMBO_WEBHOOK_PATH",
+        Text("a URL path like /webhooks/kombo (not /metrics, /livez, /readyz, /status)", _is_webhook_path),
+        "/webhooks/kombo",
+        "Path of the webhook endpoint, on the HTTP server of RELAY_HTTP_PORT",
+    ),
+    Setting("RELAY_KOMBO_WEBHOOK_MAX_BODY_BYTES", Integer(1), 1048576, "Larger webhook bodies are refused with 413"),
+    Setting(
+        "RELAY_KOMBO_WEBHOOK_MODEL_MAP",
+        ModelMapOverrides(),
+        None,
+        "Replaces entries of the map from Kombo's changed models to the resources they affect (README: Webhooks)",
+    ),
+    Setting(
+        "RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS",
+        Number(0),
+        3600.0,
+        "A webhook whose id was seen within this time is acted on once; 0 turns this off",
+    ),
+    Setting(
+        "RELAY_FOLLOW_INTEGRATION_STATE",
+        Flag(),
+        False,
+        "Pause polling an integration on Kombo's integration-state-changed (INACTIVE, INVALID) and "
+        "integration-deleted webhooks; resume on ACTIVE",
+    ),
 )
 
 

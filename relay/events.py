@@ -31,9 +31,8 @@ Records hold whatever JSON the source sent, including integers beyond 64 bits: t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote
 
 from relay.diff import Change, ChangeKind, encode_json, format_timestamp_ms
@@ -44,8 +43,7 @@ CONTENT_TYPE: Final = b"application/cloudevents+json"
 DATA_CONTENT_TYPE: Final = "application/json"
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaMessage:
+class KafkaMessage(NamedTuple):  # immutable, and several times faster to build than a frozen dataclass
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]

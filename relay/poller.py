@@ -23,8 +23,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
@@ -47,6 +48,12 @@ from relay.source import Page, SourceClient
 from relay.state import Checkpoint, InProgress, PollKind, StateStore, complete_poll
 
 log = logging.getLogger(__name__)
+
+# An incremental page that changed nothing commits no transaction: its checkpoint (the watermark moved) stays in
+# memory until the pair's next transaction, or until it has waited this long.
+CHECKPOINT_DEFER_SECONDS = 300.0
+# Events serialized between two yields to the event loop while the previous page commits.
+PREPARE_SLICE = 50
 
 Clock = Callable[[], float]
 StateReload = Callable[[], Awaitable[None]]
@@ -71,6 +78,8 @@ class PairStatus:
     polling: bool = False
     paused: bool = False
     trigger: asyncio.Event = field(default_factory=asyncio.Event)
+    # time.monotonic() of the first trigger (webhook) not yet served by a poll, for relay_webhook_to_event_seconds
+    triggered_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +126,8 @@ class Poller:
         # so memory may be behind Kafka. Polls then pause until the state is read back from the state topic.
         self._state_suspect = False
         self._active_polls = 0
+        # Pairs whose checkpoint in memory is ahead of the state topic (see CHECKPOINT_DEFER_SECONDS): since when.
+        self._deferred_since: dict[tuple[str, str], float] = {}
         self._gate = asyncio.Condition()
         self.fatal: BaseException | None = None
         self.status: dict[tuple[str, str], PairStatus] = {
@@ -134,6 +145,7 @@ class Poller:
         transaction. Either way the committed checkpoint says where the next run resumes.
         """
         grace = self._config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        self._update_health_gauge()
         tasks = [asyncio.create_task(self._run_pair(status), name=f"poll {key}") for key, status in self.status.items()]
         try:
             await self._stopping.wait()
@@ -147,13 +159,49 @@ class Poller:
     def stop(self) -> None:
         self._stopping.set()
 
-    def trigger(self, integration: str, resource: str) -> bool:
-        """Ask for an immediate poll of a pair (webhooks use this); False when the pair is not configured."""
+    def trigger(self, integration: str, resource: str, *, received_at: float | None = None) -> bool:
+        """Ask for an immediate poll of a pair (webhooks use this); False when the pair is not configured.
+
+        Triggers coalesce: any number of them before the pair's poll starts give that one poll, and any number while
+        it runs give exactly one follow-up (the flag is cleared when a poll starts, not when the pair wakes).
+        ``received_at`` (``time.monotonic()``) is when the webhook arrived, for the webhook-to-event latency.
+        """
         status = self.status.get((integration, resource))
         if status is None:
             return False
+        if status.triggered_at is None:
+            status.triggered_at = time.monotonic() if received_at is None else received_at
         status.trigger.set()
         return True
+
+    def resources_of(self, integration: str) -> tuple[str, ...]:
+        """The resources polled for ``integration``; empty when it is not configured."""
+        return self._config.resources if (integration, self._config.resources[0]) in self.status else ()
+
+    def is_paused(self, integration: str) -> bool:
+        status = self.status.get((integration, self._config.resources[0]))  # pauses apply to all its pairs
+        return status is not None and status.paused
+
+    def pause(self, integration: str) -> bool:
+        """Stop polling ``integration`` (a poll in progress finishes) until :meth:`resume`; False if unknown."""
+        pairs = [s for (i, _), s in self.status.items() if i == integration]
+        for status in pairs:
+            status.paused = True
+        if pairs:
+            log.info("integration paused", extra={"integration": integration})
+        return bool(pairs)
+
+    def resume(self, integration: str) -> bool:
+        """Poll ``integration`` again, at once (to catch up on what changed while paused); False if unknown."""
+        pairs = [s for (i, _), s in self.status.items() if i == integration]
+        was_paused = any(s.paused for s in pairs)
+        for status in pairs:
+            status.paused = False
+            if was_paused:
+                self.trigger(integration, status.resource)
+        if was_paused:
+            log.info("integration resumed", extra={"integration": integration})
+        return bool(pairs)
 
     async def _run_pair(self, status: PairStatus) -> None:
         # Spread the first polls over the first interval's jitter so a fleet of integrations does not start in step.
@@ -163,10 +211,29 @@ class Poller:
             await self._sleep_or_trigger(status, delay)
             if self._stopping.is_set():
                 return
+            if status.paused:  # by a webhook; resume() triggers the pair
+                status.trigger.clear()
+                status.triggered_at = None
+                delay = self._jittered_interval()
+                continue
             async with self._slots:
                 if self._stopping.is_set():
                     return
-                delay = await self._poll_and_record(status)
+                delay = await self._poll_counted(status)
+
+    async def _poll_counted(self, status: PairStatus) -> float:
+        """Poll once, counting what started the poll and, for a webhook, the time until its events committed."""
+        # Cleared as the poll starts: triggers that came while the pair waited for a slot are served by this poll, and
+        # triggers during it leave the flag set for exactly one follow-up.
+        triggered_at = status.triggered_at if status.trigger.is_set() else None
+        status.trigger.clear()
+        status.triggered_at = None
+        self._metrics.polls_triggered.labels(status.resource, "schedule" if triggered_at is None else "webhook").inc()
+        events_before = status.events_published
+        delay = await self._poll_and_record(status)
+        if triggered_at is not None and status.events_published > events_before:
+            self._metrics.webhook_to_event.labels(status.resource).observe(time.monotonic() - triggered_at)
+        return delay
 
     async def _sleep_or_trigger(self, status: PairStatus, delay: float) -> None:
         """Wait ``delay`` seconds, or less if the pair is triggered or the poller stops."""
@@ -177,7 +244,6 @@ class Poller:
             finally:
                 for waiter in waiters:
                     waiter.cancel()
-        status.trigger.clear()
 
     async def _enter_poll(self) -> None:
         async with self._gate:
@@ -231,10 +297,11 @@ class Poller:
             return self._kafka_retry_delay(status)
         finally:
             status.polling = False
-        status.healthy = True
+        was_healthy, status.healthy = status.healthy, True
         status.consecutive_failures = 0
         status.last_success_at = self._clock()
-        self._update_health_gauge()
+        if not was_healthy:  # the gauge counts over every pair: recount only when a pair's health changed
+            self._update_health_gauge()
         return self._jittered_interval()
 
     def _failed(self, status: PairStatus, error: Exception, *, outcome: str, backoff: bool) -> float:
@@ -325,7 +392,9 @@ class Poller:
         self._metrics.polls.labels(resource, kind, "success").inc()
         self._metrics.poll_duration.labels(resource, kind).observe(time.monotonic() - started)
         self._metrics.last_success.labels(resource).set(self._clock())
-        log.info(
+        # A fleet's idle polls (an incremental poll that found nothing) would be most of the log: DEBUG for those.
+        log.log(
+            logging.INFO if outcome.events or kind != "incremental" else logging.DEBUG,
             "poll finished",
             extra={
                 "integration": integration,
@@ -352,54 +421,115 @@ class Poller:
         pages_before = resume.pages if resume else 0
         seen: set[str] | None = set() if kind == "reconcile" else None
         page_number = pages_before
-        while True:
-            if self._stopping.is_set():
-                outcome.interrupted = True  # the committed checkpoint says where the next run resumes
-                return
-            page = await self._source.fetch_page(
-                integration, resource, updated_after=updated_after, cursor=cursor, page_number=page_number
-            )
-            if started_at_ms is None:
-                started_at_ms = page.source_time_ms if page.source_time_ms is not None else int(self._clock() * 1000)
-            if seen is not None:
-                seen.update(record["id"] for record in page.records)
-            last = page.next_cursor is None
-            if last:
-                new_checkpoint = complete_poll(
-                    self._store.pair(integration, resource).checkpoint, kind=kind, started_at_ms=started_at_ms
-                )
-            else:
-                assert page.next_cursor is not None
-                new_checkpoint = replace(
-                    self._store.pair(integration, resource).checkpoint,
-                    in_progress=InProgress(kind, page.next_cursor, updated_after, started_at_ms, page_number + 1),
-                )
-            await self._commit_page(integration, resource, kind, page, new_checkpoint, seen if last else None, outcome)
-            page_number += 1
-            if last:
-                self._metrics.watermark.labels(resource).set(started_at_ms / 1000)
-                return
-            cursor = page.next_cursor
+        # Two overlaps keep the relay busy while the source or Kafka answer: the next page is fetched while this one is
+        # diffed and committed, and a page is diffed and serialized while the previous one's transaction commits
+        # (against memory as it will be once that commits). Errors surface where they always did: a fetch's when it is
+        # awaited, after the previous page committed; a commit's before the next page commits or the poll ends.
+        prefetched: asyncio.Task[Page] | None = None
+        committing: asyncio.Task[None] | None = None
+        previous: _Prepared | None = None
+        try:
+            while True:
+                if self._stopping.is_set():
+                    if committing is not None:
+                        task, committing = committing, None
+                        await task
+                    outcome.interrupted = True  # the committed checkpoint says where the next run resumes
+                    return
+                if prefetched is None:
+                    page = await self._source.fetch_page(
+                        integration, resource, updated_after=updated_after, cursor=cursor, page_number=page_number
+                    )
+                else:
+                    page = await prefetched
+                    prefetched = None
+                if page.next_cursor is not None:
+                    prefetched = asyncio.create_task(
+                        self._source.fetch_page(
+                            integration,
+                            resource,
+                            updated_after=updated_after,
+                            cursor=page.next_cursor,
+                            page_number=page_number + 1,
+                        )
+                    )
+                if started_at_ms is None:
+                    started_at_ms = (
+                        page.source_time_ms if page.source_time_ms is not None else int(self._clock() * 1000)
+                    )
+                if seen is not None:
+                    seen.update(record["id"] for record in page.records)
+                last = page.next_cursor is None
+                if last:
+                    new_checkpoint = complete_poll(
+                        self._store.pair(integration, resource).checkpoint, kind=kind, started_at_ms=started_at_ms
+                    )
+                else:
+                    assert page.next_cursor is not None
+                    new_checkpoint = replace(
+                        self._store.pair(integration, resource).checkpoint,
+                        in_progress=InProgress(kind, page.next_cursor, updated_after, started_at_ms, page_number + 1),
+                    )
+                prepared = await self._prepare_page(integration, resource, kind, page, new_checkpoint, previous)
+                if committing is not None:
+                    task, committing = committing, None
+                    await task
+                previous = prepared
+                page_number += 1
+                if last:  # nothing left to overlap with: commit in this task
+                    await self._commit_page(integration, resource, prepared, seen, outcome)
+                    self._metrics.watermark.labels(resource).set(started_at_ms / 1000)
+                    return
+                committing = asyncio.create_task(self._commit_page(integration, resource, prepared, None, outcome))
+                # Let the commit hand its batches to the producer, and the producer its first request to Kafka, before
+                # the next page's diff holds the event loop: Kafka then works while the relay does.
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                cursor = page.next_cursor
+        except asyncio.CancelledError:
+            if committing is not None:  # the grace period is over: abort the transaction in flight
+                committing.cancel()
+                committing.add_done_callback(_retrieve)
+            raise
+        except BaseException as error:
+            if committing is not None:  # a fetch failed: the page before it may still commit, and must be waited for
+                try:
+                    await committing
+                except SinkError as sink_error:
+                    raise sink_error from error
+            raise
+        finally:
+            if prefetched is not None:  # stopped, or a page failed: the next one is not wanted
+                prefetched.cancel()
+                prefetched.add_done_callback(_retrieve)
 
     def _updated_after(self, kind: PollKind, checkpoint: Checkpoint) -> str | None:
         if kind != "incremental" or checkpoint.watermark_ms is None:
             return None
         return iso_ms(max(0, checkpoint.watermark_ms - int(self._config.overlap_seconds * 1000)))
 
-    async def _commit_page(
+    async def _prepare_page(
         self,
         integration: str,
         resource: str,
         kind: PollKind,
         page: Page,
         checkpoint: Checkpoint,
-        reconcile_seen: set[str] | None,
-        outcome: PollOutcome,
-    ) -> None:
+        previous: _Prepared | None,
+    ) -> _Prepared:
+        """Diff a page and serialize its events. ``previous`` is the page before it if that may still be committing:
+        the diff then sees memory as it will be once that page is applied (its fingerprints and shapes)."""
         pair = self._store.pair(integration, resource)
+        entities: Mapping[str, bytes] = pair.entities
+        shapes = pair.shapes
+        if previous is not None and not previous.applied:
+            if previous.delta:
+                entities = _Overlay(previous.delta, pair.entities)
+            if previous.new_shapes:
+                shapes = _with_shapes(pair.shapes, previous.new_shapes)
         result = diff.diff_page(
-            pair.entities,
-            pair.shapes,
+            entities,
+            shapes,
             page.records,
             integration=integration,
             resource=resource,
@@ -407,29 +537,62 @@ class Poller:
             emit_snapshot=self._config.initial_snapshot == "emit",
         )
         changes = list(result.changes)
-        delta = dict(result.delta)
+        now_ms = int(self._clock() * 1000)
+        messages: list[OutMessage] = []
+        # In slices, yielding in between, so that the previous page's transaction progresses meanwhile.
+        for start in range(0, len(changes), PREPARE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            messages.extend(self._event_messages(integration, resource, changes[start : start + PREPARE_SLICE], now_ms))
+        return _Prepared(kind, page, checkpoint, result, changes, dict(result.delta), list(result.new_shapes), messages)
+
+    async def _commit_page(
+        self,
+        integration: str,
+        resource: str,
+        prepared: _Prepared,
+        reconcile_seen: set[str] | None,
+        outcome: PollOutcome,
+    ) -> None:
+        """Commit a prepared page (with the vanished entities after a reconciliation's last page), then remember it."""
+        pair_key = (integration, resource)
+        pair = self._store.pair(integration, resource)
+        kind, page, checkpoint, result = prepared.kind, prepared.page, prepared.checkpoint, prepared.result
+        changes, delta, messages = prepared.changes, prepared.delta, prepared.messages
         if reconcile_seen is not None:
             changes_v, delta_v = self._vanished(integration, resource, pair.entities, delta, reconcile_seen)
             changes.extend(changes_v)
             delta.update(delta_v)
-        now_ms = int(self._clock() * 1000)
-        messages = self._event_messages(integration, resource, changes, now_ms)
-        state_records = self._store.records_for(
-            integration, resource, delta=delta, new_shapes=result.new_shapes, checkpoint=checkpoint
-        )
-        messages.extend(
-            OutMessage(self._config.state_topic, r.key, r.value, partition=r.partition) for r in state_records
-        )
-        await self._sink.commit(messages)
-        self._store.apply(integration, resource, delta=delta, new_shapes=result.new_shapes, checkpoint=checkpoint)
+            messages.extend(self._event_messages(integration, resource, changes_v, int(self._clock() * 1000)))
+        if kind == "incremental" and not changes and not delta and not result.new_shapes and self._may_defer(pair_key):
+            # Nothing changed: no transaction. Only the watermark moved; it is kept in memory and persisted with the
+            # pair's next transaction, or within CHECKPOINT_DEFER_SECONDS. A persisted watermark that lags is safe:
+            # after a restart the pair re-fetches a little more, and the diff drops what it already announced.
+            self._store.set_checkpoint(integration, resource, checkpoint)
+        else:
+            state_records = self._store.records_for(
+                integration, resource, delta=delta, new_shapes=prepared.new_shapes, checkpoint=checkpoint
+            )
+            messages.extend(
+                OutMessage(self._config.state_topic, r.key, r.value, partition=r.partition) for r in state_records
+            )
+            await self._sink.commit(messages)
+            self._deferred_since.pop(pair_key, None)
+            added = sum(1 for entity_id in delta if entity_id not in pair.entities)
+            self._store.apply(integration, resource, delta=delta, new_shapes=prepared.new_shapes, checkpoint=checkpoint)
+            if added:
+                self._metrics.entities.labels(resource).inc(added)
+        prepared.applied = True
         self._count(resource, result, changes, len(page.records))
         outcome.pages += 1
         outcome.records += len(page.records)
         outcome.events += len(changes)
-        self.status[(integration, resource)].events_published += len(changes)
-        self._metrics.entities.labels(resource).set(
-            sum(len(s.entities) for (i, r), s in self._store.pairs() if r == resource)
-        )
+        self.status[pair_key].events_published += len(changes)
+
+    def _may_defer(self, pair_key: tuple[str, str]) -> bool:
+        """Whether an unchanged page's checkpoint may stay unpersisted (for at most CHECKPOINT_DEFER_SECONDS)."""
+        now = time.monotonic()
+        return now - self._deferred_since.setdefault(pair_key, now) < CHECKPOINT_DEFER_SECONDS
 
     def _vanished(
         self,
@@ -466,18 +629,83 @@ class Poller:
         self, integration: str, resource: str, changes: list[diff.Change], now_ms: int
     ) -> list[OutMessage]:
         messages: list[OutMessage] = []
+        topics: dict[str, str] = {}
+        tombstones = self._config.emit_tombstones
         for change in changes:
             message = to_kafka_message(change, integration=integration, resource=resource, detected_at_ms=now_ms)
-            topic = self._config.topic_for(resource, change.kind)
+            topic = topics.get(change.kind)
+            if topic is None:
+                topic = topics[change.kind] = self._config.topic_for(resource, change.kind)
             messages.append(OutMessage(topic, message.key, message.value, message.headers))
-            if change.kind == "deleted" and self._config.emit_tombstones:
+            if tombstones and change.kind == "deleted":
                 messages.append(OutMessage(topic, message.key, None))
         return messages
 
     def _count(self, resource: str, result: diff.DiffResult, changes: list[diff.Change], records: int) -> None:
+        per_kind: dict[str, int] = {}
         for change in changes:
-            self._metrics.events_published.labels(resource, change.kind).inc()
+            per_kind[change.kind] = per_kind.get(change.kind, 0) + 1
+        for change_kind, count in per_kind.items():
+            self._metrics.events_published.labels(resource, change_kind).inc(count)
         if result.suppressed:
             self._metrics.events_suppressed.labels(resource, "noop").inc(result.suppressed)
         if result.stale:
             self._metrics.events_suppressed.labels(resource, "stale").inc(result.stale)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a discarded prefetch's outcome as seen, so asyncio does not log "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A page diffed and its events serialized, not yet committed."""
+
+    kind: PollKind
+    page: Page
+    checkpoint: Checkpoint
+    result: diff.DiffResult
+    changes: list[diff.Change]
+    delta: dict[str, bytes]
+    new_shapes: list[tuple[int, diff.Shape]]
+    messages: list[OutMessage]
+    applied: bool = False
+
+
+class _Overlay(Mapping[str, bytes]):
+    """Remembered fingerprints with a page's delta (not yet committed) laid over them: what the next page of the
+    same pair is diffed against while that page commits. Read-only; nothing is copied."""
+
+    __slots__ = ("_base", "_top")
+
+    def __init__(self, top: Mapping[str, bytes], base: Mapping[str, bytes]) -> None:
+        self._top = top
+        self._base = base
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = self._top.get(key)
+        return self._base.get(key, default) if found is None else found
+
+    def __getitem__(self, key: str) -> bytes:
+        found = self._top.get(key)
+        return self._base[key] if found is None else found
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._top or key in self._base
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._top
+        yield from (key for key in self._base if key not in self._top)
+
+    def __len__(self) -> int:
+        return len(self._base) + sum(1 for key in self._top if key not in self._base)
+
+
+def _with_shapes(shapes: diff.ShapeTable, pending: list[tuple[int, diff.Shape]]) -> diff.ShapeTable:
+    """A copy of ``shapes`` that also knows ``pending`` (shapes of a page not yet committed)."""
+    copy = diff.ShapeTable()
+    for shape_id, names in (*shapes.shape_records(), *pending):
+        copy.add_known(shape_id, names)
+    return copy

@@ -9,10 +9,13 @@ State-topic records (keys are JSON arrays, so ids containing ``:`` or anything e
 ============================================  ================================================================
 key                                           value
 ============================================  ================================================================
-``["e", integration, resource, entity_id]``   ``b"\\x01"`` + the entity's fingerprint (see :mod:`relay.diff`)
+``["e", integration, resource, entity_id]``   ``b"\\x02"`` + the entity's fingerprint (see :mod:`relay.diff`)
 ``["s", integration, resource, shape_id]``    JSON list of the field names of a record shape
 ``["c", integration, resource]``              JSON :class:`Checkpoint` (watermark, in-progress poll)
 ============================================  ================================================================
+
+Format ``b"\\x01"`` (fingerprints with 32-bit field hashes, written by earlier versions) is still read: each field
+hash keeps its low 16 bits (:func:`relay.diff.narrow_fingerprint`).
 
 Deleted entities keep their (small) fingerprint: the relay must remember that they are deleted, to detect restores
 and never announce them again.
@@ -25,18 +28,19 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from relay.diff import ShapeTable, is_deleted
+from relay.diff import ShapeTable, is_deleted, narrow_fingerprint
 from relay.errors import StateError
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT_FORMAT = b"\x01"
+FINGERPRINT_FORMAT = b"\x02"
+WIDE_FINGERPRINT_FORMAT = b"\x01"  # 32-bit field hashes: read, never written
 PollKind = Literal["snapshot", "incremental", "reconcile"]
 Pair = tuple[str, str]
 
@@ -84,8 +88,7 @@ class PairState:
     live_entities: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class StateRecord:
+class StateRecord(NamedTuple):  # immutable, and several times faster to build than a frozen dataclass
     """One record for the state topic."""
 
     key: bytes
@@ -171,15 +174,52 @@ class StateStore:
         except (orjson.JSONDecodeError, IndexError, TypeError) as exc:
             raise StateError(f"unreadable state key {key[:80]!r}") from exc
         if kind == "e":
-            if value[:1] != FINGERPRINT_FORMAT:
-                raise StateError(f"state record {key[:80]!r} has unknown format {value[:1]!r}")
-            self.apply(integration, resource, delta={parsed[3]: value[1:]}, new_shapes=(), checkpoint=None)
+            fingerprint = _fingerprint(key, value)
+            self.apply(integration, resource, delta={parsed[3]: fingerprint}, new_shapes=(), checkpoint=None)
         elif kind == "s":
             self.pair(integration, resource).shapes.add_known(int(parsed[3]), tuple(orjson.loads(value)))
         elif kind == "c":
             self.set_checkpoint(integration, resource, Checkpoint.from_json(value))
         else:
             raise StateError(f"state record with unknown kind {kind!r}")
+
+    def restore_records(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Apply many records read back from the state topic, in order: :meth:`restore_record`, faster.
+
+        Entity records, nearly all of a state topic, go straight into their pair's dict, which makes restoring a million
+        entities a matter of seconds.
+        """
+        touched: dict[Pair, PairState] = {}
+        loads = orjson.loads
+        for key, value in records:
+            if value is None:
+                continue
+            try:
+                parsed = loads(key)
+                is_entity = parsed[0] == "e" and len(parsed) == 4
+            except (orjson.JSONDecodeError, IndexError, TypeError, KeyError) as exc:
+                raise StateError(f"unreadable state key {key[:80]!r}") from exc
+            if not is_entity:
+                self.restore_record(key, value)
+                continue
+            pair = (parsed[1], parsed[2])
+            state = touched.get(pair)
+            if state is None:
+                state = touched[pair] = self.pair(*pair)
+            fingerprint = _fingerprint(key, value)
+            old = state.entities.get(parsed[3])
+            state.entities[parsed[3]] = fingerprint
+            state.live_entities += (not is_deleted(fingerprint)) - (old is not None and not is_deleted(old))
+
+
+def _fingerprint(key: bytes, value: bytes) -> bytes:
+    """The fingerprint in an entity record's value, in the current layout whatever the record's format."""
+    fmt = value[:1]
+    if fmt == FINGERPRINT_FORMAT:
+        return value[1:]
+    if fmt == WIDE_FINGERPRINT_FORMAT:
+        return narrow_fingerprint(value[1:])
+    raise StateError(f"state record {key[:80]!r} has unknown format {fmt!r}")
 
 
 def _liveness(fingerprint: bytes | None) -> int:
@@ -232,8 +272,7 @@ async def restore(
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=50_000)
             for records in batches.values():
-                for record in records:
-                    store.restore_record(record.key, record.value)
+                store.restore_records((record.key, record.value) for record in records)
                 count += len(records)
             # Positions step over transaction markers too, so comparing with the end offsets is exact.
             remaining = {tp for tp in remaining if (await consumer.position(tp)) < end_offsets[tp]}

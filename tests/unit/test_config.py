@@ -115,11 +115,18 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "topic_replication_factor": -1,
     "state_topic_partitions": 6,
     "emit_tombstones": False,
+    "kafka_commit_timeout_seconds": 60.0,
     "http_host": "0.0.0.0",
     "http_port": 8080,
     "shutdown_grace_seconds": 20.0,
     "log_format": "json",
     "log_level": "INFO",
+    "kombo_webhook_secret": None,
+    "kombo_webhook_path": "/webhooks/kombo",
+    "kombo_webhook_max_body_bytes": 1048576,
+    "kombo_webhook_model_map": None,
+    "kombo_webhook_dedup_seconds": 3600.0,
+    "follow_integration_state": False,
 }
 
 
@@ -191,11 +198,24 @@ OVERRIDES: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELAY_STATE_TOPIC_PARTITIONS", "1", "state_topic_partitions", 1, {}),
     ("RELAY_EMIT_TOMBSTONES", "yes", "emit_tombstones", True, {}),
     ("RELAY_TRANSACTIONAL_ID", "relay-eu-1", "transactional_id", "relay-eu-1", {}),
+    ("RELAY_KAFKA_COMMIT_TIMEOUT_SECONDS", "5", "kafka_commit_timeout_seconds", 5.0, {}),
     ("RELAY_HTTP_HOST", "127.0.0.1", "http_host", "127.0.0.1", {}),
     ("RELAY_HTTP_PORT", "0", "http_port", 0, {}),
     ("RELAY_SHUTDOWN_GRACE_SECONDS", "0", "shutdown_grace_seconds", 0.0, {}),
     ("RELAY_LOG_FORMAT", "console", "log_format", "console", {}),
     ("RELAY_LOG_LEVEL", "debug", "log_level", "DEBUG", {}),
+    ("RELAY_KOMBO_WEBHOOK_SECRET", "whsec", "kombo_webhook_secret", Secret("whsec"), {}),
+    ("RELAY_KOMBO_WEBHOOK_PATH", "/hooks/kombo-eu", "kombo_webhook_path", "/hooks/kombo-eu", {}),
+    ("RELAY_KOMBO_WEBHOOK_MAX_BODY_BYTES", "65536", "kombo_webhook_max_body_bytes", 65536, {}),
+    (
+        "RELAY_KOMBO_WEBHOOK_MODEL_MAP",
+        "ats_application_stages=ats/applications; ats_tags=",
+        "kombo_webhook_model_map",
+        (("ats_application_stages", ("ats/applications",)), ("ats_tags", ())),
+        {},
+    ),
+    ("RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS", "0", "kombo_webhook_dedup_seconds", 0.0, {}),
+    ("RELAY_FOLLOW_INTEGRATION_STATE", "on", "follow_integration_state", True, {}),
 ]
 
 

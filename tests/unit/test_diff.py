@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import uuid
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -434,9 +435,9 @@ def test_vanish_rejects_a_nonsense_fraction() -> None:
 def test_fingerprint_layout() -> None:
     digest = bytes(range(8))
     fp = diff.make_fingerprint(
-        digest, changed_at_ms=1_700_000_000_123, version=7, shape_id=3, deleted=False, field_hashes=[1, 2**32 - 1]
+        digest, changed_at_ms=1_700_000_000_123, version=7, shape_id=3, deleted=False, field_hashes=[1, 2**16 - 1]
     )
-    assert len(fp) == 25 + 2 * 4
+    assert len(fp) == 25 + 2 * 2
     assert fp[:8] == digest
     assert diff.content_hash(fp) == int.from_bytes(digest, "little")
     assert (diff.changed_at_ms(fp), diff.version(fp), diff.shape_id(fp)) == (1_700_000_000_123, 7, 3)
@@ -444,7 +445,7 @@ def test_fingerprint_layout() -> None:
     assert not diff.is_vanished(fp)
     shapes = ShapeTable()
     shapes.add_known(3, ("a", "b"))
-    assert diff.field_hashes(fp, shapes) == {"a": 1, "b": 2**32 - 1}
+    assert diff.field_hashes(fp, shapes) == {"a": 1, "b": 2**16 - 1}
     diff.check_fingerprint(fp, shapes)
 
 
@@ -469,7 +470,7 @@ def test_deleted_fingerprints_keep_the_header_only() -> None:
 def test_typical_fingerprint_is_small() -> None:
     memory = Memory()
     memory.feed({**record(), **{f"field_{i}": i for i in range(9)}})  # 15 fields
-    assert len(memory.state["u1"]) == 25 + 15 * 4
+    assert len(memory.state["u1"]) == 25 + 15 * 2
 
 
 @pytest.mark.parametrize(
@@ -597,6 +598,50 @@ def test_parse_timestamp_ms_rejects(text: str) -> None:
 )
 def test_format_and_parse_are_inverse(epoch_ms: int) -> None:
     assert diff.parse_timestamp_ms(diff.format_timestamp_ms(epoch_ms)) == epoch_ms
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2016-12-31T23:59:60.000Z",  # a leap second: fromisoformat refuses it, the general path takes it
+        "2024-01-02T03:04:05.+00Z",  # fromisoformat would read "+00" as a timezone
+        "2024-02-30T00:00:00.000Z",
+        "2024-01-02T24:00:00.000Z",
+        "2024-01-0٣T03:04:05.678Z",  # an Arabic-Indic digit
+        "2024-01-02T03:04:05.67aZ",
+    ],
+)
+def test_the_fast_timestamp_path_accepts_what_the_pattern_accepts(text: str) -> None:
+    """``...SS.mmmZ`` takes a fast path; it must agree with the general one (reached here through a lower-case z)."""
+    try:
+        expected: int | str = diff.parse_timestamp_ms(text[:-1] + "z")
+    except ValueError:
+        expected = "refused"
+    try:
+        fast: int | str = diff.parse_timestamp_ms(text)
+    except ValueError:
+        fast = "refused"
+    assert fast == expected
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_narrowing_a_wide_fingerprint_keeps_the_low_16_bits_of_each_hash(first: int, second: int) -> None:
+    header = diff.make_fingerprint(b"\1" * 8, changed_at_ms=5, version=2, shape_id=3, deleted=False)
+    wide = header + first.to_bytes(4, "little") + second.to_bytes(4, "little")
+    narrow = diff.narrow_fingerprint(wide)
+    shapes = ShapeTable()
+    shapes.add_known(3, ("a", "b"))
+    assert diff.field_hashes(narrow, shapes) == {"a": first & 0xFFFF, "b": second & 0xFFFF}
+    assert narrow[:25] == header
+    deleted = diff.make_fingerprint(b"\1" * 8, changed_at_ms=5, version=2, deleted=True)
+    assert diff.narrow_fingerprint(deleted) == deleted
+
+
+def test_field_hashes_are_16_bits_of_the_crc32() -> None:
+    memory = Memory()
+    memory.feed(record())
+    hashes = diff.field_hashes(memory.state["u1"], memory.shapes)
+    assert hashes["name"] == diff.field_hash("Ada") == zlib.crc32(b'"Ada"') & 0xFFFF
 
 
 # ------------------------------------------------------------------------------------------------- properties
