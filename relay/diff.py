@@ -115,6 +115,7 @@ _ONE_MS: Final = timedelta(milliseconds=1)
 _fromisoformat: Final = datetime.fromisoformat
 
 
+@lru_cache(maxsize=4096)  # a page's times are parsed twice: when the source client validates it, then in its diff
 def parse_timestamp_ms(text: str) -> int:
     """Epoch milliseconds of an RFC 3339 timestamp (``2024-01-02T03:04:05.678Z``, ``...05+02:00``, ``...05Z``).
 

@@ -63,6 +63,12 @@ def _type_prefix(resource: str) -> str:
     return prefix
 
 
+@lru_cache(maxsize=1024)
+def _types(resource: str, kind: ChangeKind) -> tuple[str, bytes]:
+    kind_type = event_type(resource, kind)
+    return kind_type, kind_type.encode()
+
+
 @lru_cache(maxsize=4096)
 def event_source(integration: str, resource: str) -> str:
     """The CloudEvents ``source``: ``/integrations/{integration}/{resource}``, percent-encoded per segment."""
@@ -79,7 +85,7 @@ def to_kafka_message(change: Change, *, integration: str, resource: str, detecte
 
     Raises InvalidPage if the record cannot be encoded as JSON (which :func:`relay.diff.diff_page` already checked).
     """
-    kind_type = event_type(resource, change.kind)
+    kind_type, kind_type_bytes = _types(resource, change.kind)
     record = change.record
     event: dict[str, Any] = {
         "specversion": SPEC_VERSION,
@@ -111,7 +117,7 @@ def to_kafka_message(change: Change, *, integration: str, resource: str, detecte
         ) from None
     headers = [
         ("content-type", CONTENT_TYPE),
-        ("ce_type", kind_type.encode()),
+        ("ce_type", kind_type_bytes),
         ("ce_id", change.event_id.encode()),
     ]
     return KafkaMessage(key=key, value=value, headers=headers, type=kind_type)

@@ -18,9 +18,8 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -39,8 +38,7 @@ _MASK32: Final = 0xFFFFFFFF
 FENCING_ERRORS: tuple[str, ...] = ("ProducerFenced", "InvalidProducerEpoch", "TransactionalIdAuthorizationFailed")
 
 
-@dataclass(frozen=True, slots=True)
-class OutMessage:
+class OutMessage(NamedTuple):  # immutable, and several times faster to build than a frozen dataclass
     topic: str
     key: bytes
     value: bytes | None

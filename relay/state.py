@@ -134,8 +134,12 @@ class StateStore:
             StateRecord(orjson.dumps(["s", integration, resource, shape_id]), orjson.dumps(names), partition)
             for shape_id, names in new_shapes
         ]
+        # The key of an entity record is the JSON array ["e", integration, resource, entity_id]: its first three
+        # items are the same for the whole delta, so they are serialized once.
+        prefix = orjson.dumps(["e", integration, resource])[:-1] + b","
+        dumps = orjson.dumps
         records.extend(
-            StateRecord(orjson.dumps(["e", integration, resource, entity_id]), FINGERPRINT_FORMAT + fp, partition)
+            StateRecord(prefix + dumps(entity_id) + b"]", FINGERPRINT_FORMAT + fp, partition)
             for entity_id, fp in delta.items()
         )
         if checkpoint is not None:
