@@ -1,0 +1,377 @@
+"""Snapshot throughput against its two limits, memory per remembered entity, and restore time (targets 1, 3, 5).
+
+For each N the simulator (a subprocess) holds N users in an integration of their own. Each run, for each N:
+
+1. **relay**: a relay subprocess starts with that integration ``inactive``, so that its first poll fails at once
+   and backs off; RSS is read then ("before"), the integration is made active, and the next poll is the snapshot.
+   Its duration is ``relay_poll_duration_seconds`` of that snapshot poll: first request to last transaction
+   committed. Every live record must have become one committed ``created`` event. RSS is read again ("after").
+2. **restore**: a second relay process with the same configuration: time from process start to ``/readyz`` 200,
+   with N entities in the state topic.
+3. **fetch-only limit**: a bare aiohttp loop paging the same integration with the same page size.
+4. **produce-only limit**: a bare aiokafka producer with the relay's producer settings sends the same messages the
+   relay sends per page (events, state records, checkpoint; pre-serialized by the relay's own code), one transaction
+   per page, batched per partition.
+
+The ratio relay / min(limits) is computed within each run; figures are medians over the runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from relay import diff
+from relay.events import to_kafka_message
+from relay.sink import partition_for_key
+from relay.state import Checkpoint, InProgress, StateStore, complete_poll
+from tests.benchmarks.support import (
+    API_KEY,
+    RESOURCE,
+    RelayProcess,
+    RelaySettings,
+    SimulatorProcess,
+    broker,
+    log,
+    median,
+    wait_for,
+)
+
+PAGE_SIZE = 250
+PARTITIONS = 6  # the relay's defaults for event and state topics
+# The relay's producer settings (relay/sink.py, KafkaSink._new_producer), for the produce-only limit.
+PRODUCER_SETTINGS: dict[str, Any] = {
+    "acks": "all",
+    "enable_idempotence": True,
+    "compression_type": "zstd",
+    "linger_ms": 5,
+    "max_batch_size": 512 * 1024,
+    "max_request_size": 8 * 1024 * 1024,
+    "request_timeout_ms": 30_000,
+}
+
+OutTuple = tuple[int, int | None, bytes, bytes, list[tuple[str, bytes]] | None]  # topic: 0 events, 1 state
+
+
+@dataclass
+class Run:
+    n: int
+    run: int
+    records: int
+    events: int
+    relay_seconds: float
+    fetch_seconds: float
+    produce_seconds: float
+    rss_before: int
+    rss_after: int
+    restore_seconds: float
+    restore_rss: int
+    relay_cpu_seconds: float
+    fetch_ms_per_page: float  # inside the relay: mean source request duration
+    commit_ms_per_page: float  # inside the relay: mean Kafka transaction duration (begin to commit)
+
+    @property
+    def relay_rps(self) -> float:
+        return self.records / self.relay_seconds
+
+    @property
+    def fetch_rps(self) -> float:
+        return self.records / self.fetch_seconds
+
+    @property
+    def produce_rps(self) -> float:
+        return self.records / self.produce_seconds
+
+    @property
+    def ratio(self) -> float:
+        return self.relay_rps / min(self.fetch_rps, self.produce_rps)
+
+    @property
+    def bytes_per_entity(self) -> float:
+        return (self.rss_after - self.rss_before) / self.records
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("relay_rps", "fetch_rps", "produce_rps", "ratio", "bytes_per_entity"):
+            data[name] = getattr(self, name)
+        return data
+
+
+# ----------------------------------------------------------------------------------------------- the limits
+
+
+async def fetch_pages(url: str, integration: str, keep: bool = False) -> tuple[float, int, list[Any]]:
+    """Page through ``integration`` as the relay's snapshot does; return (seconds, records, pages if ``keep``)."""
+    headers = {"Authorization": f"Bearer {API_KEY}", "X-Integration-Id": integration}
+    params = {"page_size": str(PAGE_SIZE), "include_deleted": "true"}
+    pages: list[Any] = []
+    records = 0
+    async with aiohttp.ClientSession(headers=headers) as session:
+        started = time.perf_counter()
+        cursor = None
+        while True:
+            query = params if cursor is None else {**params, "cursor": cursor}
+            async with session.get(f"{url}/{RESOURCE}", params=query) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"fetch-only: HTTP {response.status}: {body[:200]!r}")
+            data = orjson.loads(body)["data"]
+            records += len(data["results"])
+            if keep:
+                pages.append(data["results"])
+            cursor = data["next"]
+            if cursor is None:
+                return time.perf_counter() - started, records, pages
+
+
+async def prepare_messages(url: str, integration: str) -> list[list[OutTuple]]:
+    """The messages the relay writes for each page of a snapshot of ``integration``, serialized by the relay's
+    own code (diff, events, state records)."""
+    _, _, pages = await fetch_pages(url, integration, keep=True)
+    store = StateStore(PARTITIONS)
+    pair = store.pair(integration, RESOURCE)
+    out: list[list[OutTuple]] = []
+    for number, records in enumerate(pages):
+        result = diff.diff_page(
+            pair.entities, pair.shapes, records, integration=integration, resource=RESOURCE, snapshot=True
+        )
+        messages: list[OutTuple] = []
+        for change in result.changes:
+            message = to_kafka_message(change, integration=integration, resource=RESOURCE, detected_at_ms=0)
+            messages.append((0, None, message.key, message.value, message.headers))
+        last = number == len(pages) - 1
+        checkpoint = (
+            complete_poll(pair.checkpoint, kind="snapshot", started_at_ms=int(time.time() * 1000))
+            if last
+            else Checkpoint(in_progress=InProgress("snapshot", "c" * 40, None, 0, number + 1))
+        )
+        for record in store.records_for(
+            integration, RESOURCE, delta=result.delta, new_shapes=result.new_shapes, checkpoint=checkpoint
+        ):
+            messages.append((1, record.partition, record.key, record.value, None))
+        store.apply(integration, RESOURCE, delta=result.delta, new_shapes=result.new_shapes, checkpoint=checkpoint)
+        out.append(messages)
+    return out
+
+
+async def produce_only(bootstrap_servers: str, pages: list[list[OutTuple]], prefix: str) -> float:
+    """Send ``pages`` with a bare transactional producer, one transaction per page; return the seconds taken."""
+    event_topic, state_topic = f"{prefix}.ats.users", f"{prefix}.relay-state"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(event_topic, PARTITIONS, 1),
+                NewTopic(state_topic, PARTITIONS, 1, topic_configs={"cleanup.policy": "compact"}),
+            ]
+        )
+    finally:
+        await admin.close()
+    await asyncio.sleep(2.0)  # let the new partitions elect their leader (the relay's topics had as long)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, transactional_id=f"{prefix}-limit", **PRODUCER_SETTINGS
+    )
+    await producer.start()
+    try:
+        topics = (event_topic, state_topic)
+        counts = [len(await producer.partitions_for(topic)) for topic in topics]
+        started = time.perf_counter()
+        for page in pages:
+            await producer.begin_transaction()
+            batches: dict[tuple[str, int], Any] = {}
+            for which, partition, key, value, headers in page:
+                topic = topics[which]
+                if partition is None:
+                    partition = partition_for_key(key, counts[which])
+                batch = batches.get((topic, partition))
+                if batch is None:
+                    batch = batches[topic, partition] = producer.create_batch()
+                if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
+                    batch.close()
+                    await producer.send_batch(batch, topic, partition=partition)
+                    batch = batches[topic, partition] = producer.create_batch()
+                    batch.append(timestamp=None, key=key, value=value, headers=headers or [])
+            for (topic, partition), batch in batches.items():
+                batch.close()
+                await producer.send_batch(batch, topic, partition=partition)
+            await producer.commit_transaction()
+        return time.perf_counter() - started
+    finally:
+        await producer.stop()
+
+
+# ------------------------------------------------------------------------------------------------- the relay
+
+
+async def relay_snapshot(
+    sim: SimulatorProcess, bootstrap_servers: str, integration: str, prefix: str, expected_events: int
+) -> tuple[float, int, int, int, float, float, float]:
+    """Run the relay's snapshot of ``integration``; return (seconds, events, rss before, rss after, cpu seconds,
+    mean fetch ms per page, mean commit ms per page)."""
+    await sim.set_state(integration, "inactive")
+    settings = RelaySettings(
+        bootstrap_servers=bootstrap_servers,
+        source_url=sim.url,
+        integrations=[integration],
+        topic_prefix=prefix,
+        extra={"RELAY_POLL_INTERVAL_SECONDS": "2", "RELAY_POLL_JITTER_FRACTION": "0"},
+    )
+    relay = RelayProcess(settings, name=f"relay-{prefix}")
+    try:
+        await relay.wait_ready()
+
+        async def refused() -> bool:
+            return (await relay.metrics()).sum("relay_source_requests_total", code="INTEGRATION.INACTIVE") >= 1
+
+        await wait_for(refused, 60, "the relay's first (refused) poll", interval=0.1)
+        await asyncio.sleep(0.5)
+        rss_before = relay.rss_bytes()
+        cpu_before = relay.cpu_seconds()
+        await sim.set_state(integration, "active")
+
+        async def snapshot_done() -> Any:
+            metrics = await relay.metrics()
+            if metrics.sum("relay_polls_total", kind="snapshot", outcome="success") >= 1:
+                return metrics
+            relay.check_alive()
+            return None
+
+        metrics = await wait_for(snapshot_done, 3600, "the snapshot", interval=0.5)
+        cpu = relay.cpu_seconds() - cpu_before
+        await asyncio.sleep(1.0)
+        rss_after = relay.rss_bytes()
+        seconds = metrics.sum("relay_poll_duration_seconds_sum", kind="snapshot")
+        events = int(metrics.sum("relay_events_published_total", type="created"))
+        if events != expected_events:
+            raise RuntimeError(f"the snapshot published {events} created events, expected {expected_events}")
+        fetch_ms = (
+            1000
+            * metrics.sum("relay_source_request_duration_seconds_sum")
+            / max(1.0, metrics.sum("relay_source_request_duration_seconds_count"))
+        )
+        commit_ms = (
+            1000
+            * metrics.sum("relay_kafka_transaction_duration_seconds_sum")
+            / max(1.0, metrics.sum("relay_kafka_transaction_duration_seconds_count"))
+        )
+        return seconds, events, rss_before, rss_after, cpu, fetch_ms, commit_ms
+    finally:
+        relay.stop()
+
+
+async def relay_restore(
+    sim: SimulatorProcess, bootstrap_servers: str, integration: str, prefix: str
+) -> tuple[float, int]:
+    """Start a relay whose state topic holds the snapshot; return (seconds from start to ready, RSS when ready)."""
+    settings = RelaySettings(
+        bootstrap_servers=bootstrap_servers,
+        source_url=sim.url,
+        integrations=[integration],
+        topic_prefix=prefix,
+        extra={"RELAY_POLL_INTERVAL_SECONDS": "3600", "RELAY_POLL_JITTER_FRACTION": "0"},
+    )
+    relay = RelayProcess(settings, name=f"restore-{prefix}")
+    try:
+        seconds = await relay.wait_ready(timeout=600)
+        return seconds, relay.rss_bytes()
+    finally:
+        relay.stop()
+
+
+# ----------------------------------------------------------------------------------------------------- suite
+
+
+async def run(sizes: list[int], runs: int, kafka_port: int) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    results: list[Run] = []
+    with broker(kafka_port) as kafka:
+        sim = SimulatorProcess(["bench:empty"], users=0)
+        try:
+            await sim.wait_serving()
+            for n in sizes:
+                integration = f"bench:n{n}"
+                log(f"seeding {n} users in the simulator")
+                await sim.control("POST", "integrations", {"id": integration, "users": n, "state": "active"})
+                records = await sim.all_records(integration)
+                live = await sim.live_records(integration)
+                log(f"preparing the produce-only messages for N={n}")
+                pages = await prepare_messages(sim.url, integration)
+                for r in range(runs):
+                    prefix = f"b{tag}n{n}r{r}"
+                    seconds, events, before, after, cpu, fetch_ms, commit_ms = await relay_snapshot(
+                        sim, kafka.bootstrap_servers, integration, prefix, live
+                    )
+                    restore_seconds, restore_rss = await relay_restore(
+                        sim, kafka.bootstrap_servers, integration, prefix
+                    )
+                    fetch_seconds, fetched, _ = await fetch_pages(sim.url, integration)
+                    assert fetched == records, (fetched, records)
+                    produce_seconds = await produce_only(kafka.bootstrap_servers, pages, f"limit{tag}n{n}r{r}")
+                    result = Run(
+                        n=n,
+                        run=r,
+                        records=records,
+                        events=events,
+                        relay_seconds=seconds,
+                        fetch_seconds=fetch_seconds,
+                        produce_seconds=produce_seconds,
+                        rss_before=before,
+                        rss_after=after,
+                        restore_seconds=restore_seconds,
+                        restore_rss=restore_rss,
+                        relay_cpu_seconds=cpu,
+                        fetch_ms_per_page=fetch_ms,
+                        commit_ms_per_page=commit_ms,
+                    )
+                    results.append(result)
+                    log(
+                        f"N={n} run {r}: relay {result.relay_rps:,.0f}/s, fetch-only {result.fetch_rps:,.0f}/s, "
+                        f"produce-only {result.produce_rps:,.0f}/s, ratio {result.ratio:.2f}, "
+                        f"{result.bytes_per_entity:.0f} B/entity, restore {restore_seconds:.2f}s, relay CPU "
+                        f"{cpu / seconds:.0%}, in the relay: fetch {fetch_ms:.1f} ms/page, "
+                        f"commit {commit_ms:.1f} ms/page"
+                    )
+                del pages
+                await sim.control("DELETE", f"integrations/{integration}")
+        finally:
+            sim.stop()
+    return summarize(results, runs)
+
+
+def summarize(results: list[Run], runs: int) -> dict[str, Any]:
+    by_n: dict[int, list[Run]] = {}
+    for result in results:
+        by_n.setdefault(result.n, []).append(result)
+    sizes = []
+    for n, group in sorted(by_n.items()):
+        sizes.append(
+            {
+                "n": n,
+                "runs": len(group),
+                "records": group[0].records,
+                "relay_rps": median(r.relay_rps for r in group),
+                "fetch_rps": median(r.fetch_rps for r in group),
+                "produce_rps": median(r.produce_rps for r in group),
+                "ratio": median(r.ratio for r in group),
+                "relay_cpu_share": median(r.relay_cpu_seconds / r.relay_seconds for r in group),
+                "relay_fetch_ms_per_page": median(r.fetch_ms_per_page for r in group),
+                "relay_commit_ms_per_page": median(r.commit_ms_per_page for r in group),
+                "fetch_only_ms_per_page": median(1000 * r.fetch_seconds / (r.records / PAGE_SIZE) for r in group),
+                "produce_only_ms_per_page": median(1000 * r.produce_seconds / (r.records / PAGE_SIZE) for r in group),
+                "bytes_per_entity": median(r.bytes_per_entity for r in group),
+                "rss_before_mb": median(r.rss_before for r in group) / 2**20,
+                "rss_after_mb": median(r.rss_after for r in group) / 2**20,
+                "restore_seconds": median(r.restore_seconds for r in group),
+                "restore_rss_mb": median(r.restore_rss for r in group) / 2**20,
+            }
+        )
+    return {"runs_per_size": runs, "page_size": PAGE_SIZE, "sizes": sizes, "raw": [r.as_json() for r in results]}

@@ -1,0 +1,317 @@
+"""The results: ``results/latest.json``, ``results/latest.md`` (the targets table and the details), and one PNG per
+scaling curve (matplotlib, from the ``bench`` extra; without it the PNGs are skipped with a note)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from tests.benchmarks.support import RESULTS
+
+COMMAND = ".venv/bin/python -m tests.benchmarks"
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(target, measured, met/missed, command) per target, from whatever benchmarks the results hold."""
+    bench = results.get("benchmarks", {})
+    rows: list[tuple[str, str, str, str]] = []
+    quick = " --quick" if results.get("meta", {}).get("quick") else ""
+    snapshot = bench.get("snapshot")
+    if snapshot:
+        sizes = snapshot["sizes"]
+        parts = ", ".join(
+            f"N={s['n']:,}: **{s['ratio']:.0%}** (relay {_fmt(s['relay_rps'])}/s; "
+            f"{'fetch' if s['fetch_rps'] < s['produce_rps'] else 'produce'}-only "
+            f"{_fmt(min(s['fetch_rps'], s['produce_rps']))}/s)"
+            for s in sizes
+        )
+        rows.append(
+            (
+                "1. Snapshot throughput >= 70% of the lower limit at every N",
+                parts,
+                _met(all(s["ratio"] >= 0.70 for s in sizes)),
+                f"{COMMAND}{quick} --only snapshot",
+            )
+        )
+    latency = bench.get("latency")
+    if latency:
+        rows.append(
+            (
+                f"2. Incremental latency ({latency['users']:,} users, 1%/min, poll 5 s): p50 <= 3 s, p99 <= 6 s",
+                f"p50 {latency['p50']:.2f} s, p99 {latency['p99']:.2f} s ({latency['changes']:,} changes)",
+                _met(latency["p50"] <= 3.0 and latency["p99"] <= 6.0),
+                f"{COMMAND}{quick} --only latency",
+            )
+        )
+    if snapshot:
+        largest = snapshot["sizes"][-1]
+        curve = ", ".join(f"{s['n']:,}: {s['bytes_per_entity']:.0f} B" for s in snapshot["sizes"])
+        rows.append(
+            (
+                f"3. Memory <= 200 B per remembered entity at 1M (measured at N={largest['n']:,})",
+                f"{largest['bytes_per_entity']:.0f} B/entity (curve {curve})",
+                _met(largest["bytes_per_entity"] <= 200) if largest["n"] >= 1_000_000 else "n/a (N < 1M)",
+                f"{COMMAND}{quick} --only snapshot",
+            )
+        )
+    fleet = bench.get("fleet")
+    if fleet:
+        at_1000 = next((f for f in fleet["fleets"] if f["integrations"] == 1000), None)
+        parts = "; ".join(
+            f"{f['integrations']:,} integrations: {f['cpu_share']:.1%} of a core, {f['requests_per_poll']:.3f} "
+            f"requests/poll, {f['polls_per_pair_per_interval']:.2f} polls/pair/interval, "
+            f"{f['transactions_per_window']:.0f} transactions per {fleet['window_seconds']:.0f} s"
+            for f in fleet["fleets"]
+        )
+        ok = None
+        if at_1000 is not None:
+            ok = (
+                at_1000["cpu_share"] <= 0.10
+                and abs(at_1000["requests_per_poll"] - 1.0) < 1e-9
+                and at_1000["transactions_per_window"] == 0
+            )
+        rows.append(
+            (
+                "4. Fleet idle cost: <= 10% of one core at 1,000 integrations, 1 request per pair per interval, "
+                "no transaction",
+                parts,
+                _met(ok),
+                f"{COMMAND}{quick} --only fleet",
+            )
+        )
+    if snapshot:
+        largest = snapshot["sizes"][-1]
+        curve = ", ".join(f"{s['n']:,}: {s['restore_seconds']:.1f} s" for s in snapshot["sizes"])
+        rows.append(
+            (
+                f"5. Restore <= 15 s with 1M entities (measured at N={largest['n']:,})",
+                f"{largest['restore_seconds']:.1f} s start to ready (curve {curve})",
+                _met(largest["restore_seconds"] <= 15) if largest["n"] >= 1_000_000 else "n/a (N < 1M)",
+                f"{COMMAND}{quick} --only snapshot",
+            )
+        )
+    profile = bench.get("profile")
+    if profile:
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in profile["us_per_record"].items())
+        rows.append(
+            (
+                "6. Per-record cost, us per record",
+                f"{stages}; total {profile['total_us_per_record']:.1f}",
+                "n/a",
+                f"{COMMAND}{quick} --only profile",
+            )
+        )
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results.get("meta", {})
+    lines = [
+        "# change-relay benchmarks",
+        "",
+        f"Machine: {meta.get('machine', '?')}. Commit {meta.get('commit', '?')}, {meta.get('date', '?')}"
+        + (" (**--quick**: small N)" if meta.get("quick") else "")
+        + ".",
+        "",
+        "| target | measured | | command |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| {t} | {m} | {ok} | `{c}` |" for t, m, ok, c in targets(results)]
+    bench = results.get("benchmarks", {})
+    lines += ["", "Machine load (1/5/15-min load averages) before and after each benchmark:", ""]
+    for name, data in bench.items():
+        lines.append(
+            f"- {name}: {data.get('load_before', '?')} -> {data.get('load_after', '?')}, "
+            f"{data.get('seconds', 0):.0f} s, run {data.get('date', '?')}"
+        )
+    snapshot = bench.get("snapshot")
+    if snapshot:
+        lines += [
+            "",
+            f"## Snapshot throughput, memory, restore (median of {snapshot['runs_per_size']} runs per N)",
+            "",
+            "Each column is a median over the runs; *relay / lower limit* is the median of the ratios measured within "
+            "each run. *relay fetch / commit* are the relay's own mean source request and Kafka transaction times "
+            "per page (they overlap: the next page is fetched, and diffed, while a page commits).",
+            "",
+            "| N | relay rec/s | fetch-only rec/s | produce-only rec/s | relay / lower limit | relay CPU | "
+            "relay fetch / commit ms per page | B/entity | RSS before -> after | restore s | RSS after restore |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for s in snapshot["sizes"]:
+            lines.append(
+                f"| {s['n']:,} | {_fmt(s['relay_rps'])} | {_fmt(s['fetch_rps'])} | {_fmt(s['produce_rps'])} | "
+                f"{s['ratio']:.0%} | {s['relay_cpu_share']:.0%} | "
+                f"{s.get('relay_fetch_ms_per_page', math.nan):.1f} / "
+                f"{s.get('relay_commit_ms_per_page', math.nan):.1f} | "
+                f"{s['bytes_per_entity']:.0f} | "
+                f"{s['rss_before_mb']:.0f} -> {s['rss_after_mb']:.0f} MB | {s['restore_seconds']:.2f} | "
+                f"{s['restore_rss_mb']:.0f} MB |"
+            )
+        sizes = snapshot["sizes"]
+        if len(sizes) >= 2:
+            a, b = sizes[-2], sizes[-1]
+            slope = (b["rss_after_mb"] - b["rss_before_mb"] - a["rss_after_mb"] + a["rss_before_mb"]) * 2**20
+            lines += [
+                "",
+                f"Marginal memory from N={a['n']:,} to N={b['n']:,}: {slope / (b['n'] - a['n']):.0f} B/entity.",
+            ]
+    latency = bench.get("latency")
+    if latency:
+        lines += [
+            "",
+            f"## Incremental latency ({latency['users']:,} users, {latency['churn_per_second']:.2f} changes/s, "
+            f"poll interval {latency['poll_interval_seconds']:g} s, {len(latency['windows'])} windows of "
+            f"{latency['window_seconds']:g} s)",
+            "",
+            "| window | changes | p50 s | p90 s | p99 s | max s | unmatched |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for w in latency["windows"]:
+            lines.append(
+                f"| {w['window']} | {w['matched']} | {w['p50']:.2f} | {w['p90']:.2f} | {w['p99']:.2f} | "
+                f"{w['max']:.2f} | {w['unmatched']} |"
+            )
+    fleet = bench.get("fleet")
+    if fleet:
+        lines += [
+            "",
+            f"## Fleet idle cost (poll interval {fleet['poll_interval_seconds']:g} s, "
+            f"{fleet['users_per_integration']} users per integration, windows of {fleet['window_seconds']:g} s)",
+            "",
+            "| integrations | relay CPU (share of one core) | requests/poll | polls/pair/interval | "
+            "transactions per window | failed polls | RSS |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for f in fleet["fleets"]:
+            lines.append(
+                f"| {f['integrations']:,} | {f['cpu_share']:.1%} | {f['requests_per_poll']:.3f} | "
+                f"{f['polls_per_pair_per_interval']:.3f} | {f['transactions_per_window']:.0f} | "
+                f"{f['failed_polls']:.0f} | {f['rss_mb']:.0f} MB |"
+            )
+    profile = bench.get("profile")
+    if profile:
+        lines += [
+            "",
+            f"## Per-record cost ({profile['records']:,} records, median of {profile['runs']} runs)",
+            "",
+            "| stage | us/record |",
+            "| --- | --- |",
+        ]
+        lines += [f"| {stage} | {us:.1f} |" for stage, us in profile["us_per_record"].items()]
+        lines += [f"| **total** (parse to produce) | **{profile['total_us_per_record']:.1f}** |"]
+        lines += ["", "cProfile of one pass (by own time):", "", "```", profile["profile"], "```"]
+    if meta.get("plots_skipped"):
+        lines += ["", f"Plots skipped: {meta['plots_skipped']}"]
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict[str, Any], folder: Path = RESULTS) -> list[Path]:
+    """One PNG per scaling curve; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    bench = results.get("benchmarks", {})
+
+    def save(fig: Any, name: str) -> None:
+        path = folder / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    snapshot = bench.get("snapshot")
+    if snapshot:
+        ns = [s["n"] for s in snapshot["sizes"]]
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        ax.plot(ns, [s["relay_rps"] for s in snapshot["sizes"]], "o-", label="relay (end to end)")
+        ax.plot(ns, [s["fetch_rps"] for s in snapshot["sizes"]], "s--", label="fetch-only limit")
+        ax.plot(ns, [s["produce_rps"] for s in snapshot["sizes"]], "^--", label="produce-only limit")
+        ax.set_xscale("log")
+        ax.set_xlabel("users in the snapshot (N)")
+        ax.set_ylabel("records per second")
+        ax.set_ylim(bottom=0)
+        ax.set_title("Snapshot throughput")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "snapshot_throughput.png")
+
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        left.plot(ns, [s["rss_after_mb"] - s["rss_before_mb"] for s in snapshot["sizes"]], "o-")
+        left.set_xlabel("remembered entities (N)")
+        left.set_ylabel("RSS growth (MiB)")
+        left.set_title("Relay memory after a snapshot")
+        left.grid(alpha=0.3)
+        right.plot(ns, [s["bytes_per_entity"] for s in snapshot["sizes"]], "o-", label="measured")
+        right.axhline(200, color="red", linestyle=":", label="target 200 B")
+        right.set_xscale("log")
+        right.set_xlabel("remembered entities (N)")
+        right.set_ylabel("bytes per entity")
+        right.set_ylim(bottom=0)
+        right.set_title("Memory per entity")
+        right.legend()
+        right.grid(alpha=0.3)
+        save(fig, "memory.png")
+
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        ax.plot(ns, [s["restore_seconds"] for s in snapshot["sizes"]], "o-", label="start to ready")
+        ax.axhline(15, color="red", linestyle=":", label="target 15 s")
+        ax.set_xscale("log")
+        ax.set_xlabel("entities in the state topic (N)")
+        ax.set_ylabel("seconds")
+        ax.set_ylim(bottom=0)
+        ax.set_title("Restore time")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "restore.png")
+
+    fleet = bench.get("fleet")
+    if fleet:
+        sizes = [f["integrations"] for f in fleet["fleets"]]
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        ax.plot(sizes, [100 * f["cpu_share"] for f in fleet["fleets"]], "o-", label="relay CPU")
+        ax.axhline(10, color="red", linestyle=":", label="target at 1,000: 10%")
+        ax.set_xlabel("integrations (poll interval 10 s, nothing changing)")
+        ax.set_ylabel("% of one core")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.set_title("Fleet idle cost")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "fleet_idle_cpu.png")
+
+    latency = bench.get("latency")
+    if latency:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for w in latency["windows"]:
+            counts = w["histogram"]
+            total = sum(counts) or 1
+            cumulative, xs, ys = 0, [], []
+            for i, c in enumerate(counts):
+                cumulative += c
+                xs.append((i + 1) * 0.25)
+                ys.append(cumulative / total)
+            ax.step(xs, ys, where="post", label=f"window {w['window']}")
+        ax.axvline(3, color="orange", linestyle=":", label="p50 target 3 s")
+        ax.axvline(6, color="red", linestyle=":", label="p99 target 6 s")
+        ax.set_xlabel("seconds from change to committed event")
+        ax.set_ylabel("fraction of changes")
+        ax.set_title("Incremental latency (CDF)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "latency_cdf.png")
+    return written
