@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
 from typing import Any
 
@@ -23,7 +22,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from relay import __version__
-from relay.config import Config, ConfigError, add_config_argument, load_config, settings_help
+from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems, settings_help
 from relay.errors import AuthenticationError, Fenced, KafkaUnavailable, StateError
 from relay.logs import configure_logging
 from relay.metrics import Metrics
@@ -240,9 +239,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        print("relay: invalid configuration", file=sys.stderr)
-        for problem in error.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print_problems(error)
         return EXIT_CONFIG
     configure_logging(config.log_format, config.log_level, secrets=config.secret_values())
     code = asyncio.run(serve(config))

@@ -1220,15 +1220,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = settings_help()
 
 
+def print_problems(error: ConfigError) -> None:
+    """What every subcommand prints when the configuration is invalid: one line per problem, naming its key."""
+    print("relay: invalid configuration", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
     for warning in environment_warnings():
         print(f"relay: warning: {warning}", file=sys.stderr)
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        print("relay: invalid configuration", file=sys.stderr)
-        for problem in error.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print_problems(error)
         return 2
     sys.stdout.write(orjson.dumps(config.masked(), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0

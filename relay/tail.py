@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from relay.config import ConfigError, add_config_argument, load_config
+from relay.config import ConfigError, add_config_argument, load_config, print_problems
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
 
@@ -119,9 +119,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         bootstrap, topics = _resolve(args)
     except ConfigError as error:
-        print("relay: invalid configuration", file=sys.stderr)
-        for problem in error.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print_problems(error)
         return 2
 
     async def run() -> int:
