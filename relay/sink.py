@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
-from collections.abc import Callable, Sequence
-from functools import lru_cache
-from typing import Any, Final, NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -28,12 +26,11 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from relay.config import Config
 from relay.errors import Fenced, KafkaUnavailable
 from relay.metrics import Metrics
+from relay.partitioning import partitions_for_keys
 
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
-_M: Final = 0x5BD1E995
-_MASK32: Final = 0xFFFFFFFF
 # Fencing shows up under several names depending on where in the protocol the newer epoch is noticed.
 FENCING_ERRORS: tuple[str, ...] = ("ProducerFenced", "InvalidProducerEpoch", "TransactionalIdAuthorizationFailed")
 
@@ -44,41 +41,6 @@ class OutMessage(NamedTuple):  # immutable, and several times faster to build th
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
     partition: int | None = None
-
-
-@lru_cache(maxsize=64)
-def _words(count: int) -> Callable[[bytes], tuple[int, ...]]:
-    return struct.Struct(f"<{count}I").unpack_from
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 of ``data``, as the Java client and aiokafka's default partitioner compute it (unsigned).
-
-    The same result as ``aiokafka.partitioner.murmur2``, about twice as fast: the 4-byte words are unpacked at once.
-    """
-    length = len(data)
-    h = 0x9747B28C ^ length
-    words = length >> 2
-    for k in _words(words)(data):
-        k = (k * _M) & _MASK32
-        k = ((k ^ (k >> 24)) * _M) & _MASK32
-        h = ((h * _M) & _MASK32) ^ k
-    tail = length & 3
-    if tail:
-        base = words << 2
-        if tail == 3:
-            h ^= data[base + 2] << 16
-        if tail >= 2:
-            h ^= data[base + 1] << 8
-        h = ((h ^ data[base]) * _M) & _MASK32
-    h ^= h >> 13
-    h = (h * _M) & _MASK32
-    return h ^ (h >> 15)
-
-
-def partition_for_key(key: bytes, partitions: int) -> int:
-    """The partition aiokafka's (and Java's) default partitioner picks for ``key`` among ``partitions``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class KafkaSink:
@@ -219,15 +181,9 @@ class KafkaSink:
         # coroutine, a future, a metadata lookup and aiokafka's pure-Python murmur2, which made producing the largest
         # part of the per-record cost. Keyed messages get the partition aiokafka's default partitioner would give them.
         batches: dict[tuple[str, int], Any] = {}
-        partition_counts: dict[str, int] = {}
         deliveries = []
-        for message in messages:
-            topic, partition = message.topic, message.partition
-            if partition is None:
-                count = partition_counts.get(topic)
-                if count is None:
-                    count = partition_counts[topic] = len(await producer.partitions_for(topic))
-                partition = partition_for_key(message.key, count)
+        for message, partition in zip(messages, await _partitions(producer, messages), strict=True):
+            topic = message.topic
             batch = batches.get((topic, partition))
             if batch is None:
                 batch = batches[topic, partition] = producer.create_batch()
@@ -271,6 +227,21 @@ class KafkaSink:
 
     async def stop(self) -> None:
         await self._discard_producer(abort=False, timeout=5.0)
+
+
+async def _partitions(producer: AIOKafkaProducer, messages: Sequence[OutMessage]) -> list[int]:
+    """The partition of each message: its own, or the default partitioner's for its key (hashed per topic at once)."""
+    partitions = [-1 if message.partition is None else message.partition for message in messages]
+    keyed: dict[str, list[int]] = {}
+    for index, message in enumerate(messages):
+        if message.partition is None:
+            keyed.setdefault(message.topic, []).append(index)
+    for topic, indexes in keyed.items():
+        count = len(await producer.partitions_for(topic))
+        chosen = partitions_for_keys([messages[i].key for i in indexes], count)
+        for index, partition in zip(indexes, chosen, strict=True):
+            partitions[index] = partition
+    return partitions
 
 
 async def _quietly_stop(producer: Any, timeout: float = 10.0) -> None:

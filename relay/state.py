@@ -32,10 +32,10 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from relay.diff import ShapeTable, is_deleted, narrow_fingerprint
 from relay.errors import StateError
+from relay.partitioning import partition_for_key
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class StateStore:
         return iter(self._pairs.items())
 
     def partition_of(self, integration: str) -> int:
-        return int(murmur2(integration.encode()) & 0x7FFFFFFF) % self.partitions
+        return partition_for_key(integration.encode(), self.partitions)
 
     def records_for(
         self,

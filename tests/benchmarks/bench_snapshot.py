@@ -31,7 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from relay import diff
 from relay.events import to_kafka_message
-from relay.sink import partition_for_key
+from relay.partitioning import partition_for_key
 from relay.state import Checkpoint, InProgress, StateStore, complete_poll
 from tests.benchmarks.support import (
     API_KEY,
