@@ -466,30 +466,36 @@ def diff_page(
     or null (the source client validated that). An entity appearing twice in the page is handled in order, the later
     record compared with the earlier. Raises InvalidPage if a record cannot be encoded as JSON.
     """
-    page = _PageDiff(state, shapes, integration, resource, snapshot=snapshot, emit=emit_snapshot or not snapshot)
-    page.run(records)
+    page = PageDiff(
+        state, shapes, integration=integration, resource=resource, snapshot=snapshot, emit_snapshot=emit_snapshot
+    )
+    page.feed(records)
     return page.result()
 
 
-class _PageDiff:
-    """The working state of one :func:`diff_page` call: the delta so far overlays the state it was given."""
+class PageDiff:
+    """:func:`diff_page` in steps: :meth:`feed` the page's records in as many slices as wanted, in order, then take
+    the :meth:`result`. The outcome is the same as one :func:`diff_page` call over all of them; slices let an
+    asyncio caller give the event loop back between them, so that I/O in flight (a transaction committing) is not
+    held up by a long diff. The delta so far overlays the state it was given.
+    """
 
     def __init__(
         self,
         state: Mapping[str, bytes],
         shapes: ShapeTable,
+        *,
         integration: str,
         resource: str,
-        *,
         snapshot: bool,
-        emit: bool,
+        emit_snapshot: bool = True,
     ) -> None:
         self.state = state
         self.shapes = shapes
         self.integration = integration
         self.resource = resource
         self.snapshot = snapshot
-        self.emit = emit
+        self.emit = emit_snapshot or not snapshot
         self.changes: list[Change] = []
         self.delta: dict[str, bytes] = {}
         # Shapes first seen in this page: the caller learns them with the delta, after the commit.
@@ -508,7 +514,8 @@ class _PageDiff:
             snapshot_skipped=self.snapshot_skipped,
         )
 
-    def run(self, records: Sequence[dict[str, Any]]) -> None:
+    def feed(self, records: Sequence[dict[str, Any]]) -> None:
+        """Diff the next records of the page. Raises InvalidPage if one cannot be encoded as JSON."""
         state, delta = self.state, self.delta
         suppressed = 0
         for record in records:
@@ -769,6 +776,7 @@ __all__ = [
     "Change",
     "ChangeKind",
     "DiffResult",
+    "PageDiff",
     "ShapeTable",
     "VanishResult",
     "apply_result",

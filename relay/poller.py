@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 # An incremental page that changed nothing commits no transaction: its checkpoint (the watermark moved) stays in
 # memory until the pair's next transaction, or until it has waited this long.
 CHECKPOINT_DEFER_SECONDS = 300.0
-# Events serialized between two yields to the event loop while the previous page commits.
+# Records diffed, and events serialized, between two yields to the event loop while the previous page commits.
 PREPARE_SLICE = 50
 
 Clock = Callable[[], float]
@@ -527,22 +527,27 @@ class Poller:
                 entities = _Overlay(previous.delta, pair.entities)
             if previous.new_shapes:
                 shapes = _with_shapes(pair.shapes, previous.new_shapes)
-        result = diff.diff_page(
+        page_diff = diff.PageDiff(
             entities,
             shapes,
-            page.records,
             integration=integration,
             resource=resource,
             snapshot=kind == "snapshot",
             emit_snapshot=self._config.initial_snapshot == "emit",
         )
+        # Diffed and serialized in slices, yielding in between: a page's work holds the event loop for tens of
+        # milliseconds, and the previous page's transaction needs the loop for each of its round trips to Kafka.
+        records = page.records
+        for start in range(0, len(records), PREPARE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            page_diff.feed(records[start : start + PREPARE_SLICE])
+        result = page_diff.result()
         changes = list(result.changes)
         now_ms = int(self._clock() * 1000)
         messages: list[OutMessage] = []
-        # In slices, yielding in between, so that the previous page's transaction progresses meanwhile.
         for start in range(0, len(changes), PREPARE_SLICE):
-            if start:
-                await asyncio.sleep(0)
+            await asyncio.sleep(0)
             messages.extend(self._event_messages(integration, resource, changes[start : start + PREPARE_SLICE], now_ms))
         return _Prepared(kind, page, checkpoint, result, changes, dict(result.delta), list(result.new_shapes), messages)
 
