@@ -178,6 +178,25 @@ def _iso_day(days: int) -> str:
     return date.fromordinal(days + _EPOCH_ORDINAL).isoformat()
 
 
+def _event_time_text(text: Any) -> str | None:
+    """``text`` if it is a timestamp already in :func:`format_timestamp_ms`'s form, else None (format it).
+
+    For a ``text`` that :func:`parse_timestamp_ms` accepted, these checks are enough: 24 characters ending in ``Z``
+    with the ``.`` and ``T`` in place leave exactly three fraction digits and fixed-width fields, and a leap second
+    (``:60``), which parsing moves to the next minute, is the one other form excluded.
+    """
+    if (
+        type(text) is str
+        and len(text) == 24
+        and text[23] == "Z"
+        and text[19] == "."
+        and text[10] == "T"
+        and text[17] != "6"
+    ):
+        return text
+    return None
+
+
 # --------------------------------------------------------------------------------------------------------- JSON
 
 
@@ -401,6 +420,10 @@ class Change(NamedTuple):  # immutable, and several times faster to build than a
     content_hash: int
     time_ms: int | None
     event_id: str
+    # The record as JSON with sorted keys, as hashed: the event embeds it instead of encoding the record again.
+    record_json: bytes | None = None
+    # The source's own text of ``time_ms`` when it is already in the event's form (``2024-01-02T03:04:05.678Z``).
+    time_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,9 +544,10 @@ class PageDiff:
         for record in records:
             entity_id: str = record["id"]
             try:  # content_digest(), inlined: this loop runs for every record fetched
-                digest = _blake2b(_dumps(record, option=_SORT_KEYS), digest_size=8).digest()
+                record_json = _dumps(record, option=_SORT_KEYS)
             except orjson.JSONEncodeError:
-                digest = self._digest(record, entity_id)
+                record_json = self._encoded(record, entity_id)
+            digest = _blake2b(record_json, digest_size=8).digest()
             previous = delta.get(entity_id)
             if previous is None:
                 previous = state.get(entity_id)
@@ -532,10 +556,12 @@ class PageDiff:
             if previous is not None and previous.startswith(digest) and not previous[_FLAGS_OFFSET] & _VANISHED:
                 suppressed += 1
                 continue
-            self._changed(record, entity_id, digest, previous)
+            self._changed(record, entity_id, record_json, digest, previous)
         self.suppressed += suppressed
 
-    def _changed(self, record: dict[str, Any], entity_id: str, digest: bytes, previous: bytes | None) -> None:
+    def _changed(
+        self, record: dict[str, Any], entity_id: str, record_json: bytes, digest: bytes, previous: bytes | None
+    ) -> None:
         deleted_now = record.get("remote_deleted_at") is not None
         changed_at = self._timestamp(record, "changed_at", entity_id)
         if previous is None:
@@ -543,7 +569,16 @@ class PageDiff:
                 self.deleted_changes += 1
                 self._remember(record, entity_id, digest, changed_at, version=0, deleted=True)
             else:
-                self._emit("created", record, entity_id, digest, changed_at, previous_version=0, time_ms=changed_at)
+                self._emit(
+                    "created",
+                    record,
+                    entity_id,
+                    record_json,
+                    digest,
+                    changed_at,
+                    previous_version=0,
+                    time_ms=changed_at,
+                )
             return
         _, previous_changed_at, previous_version, _, flags = _HEADER.unpack_from(previous)
         if changed_at is not None and previous_changed_at != NO_TIMESTAMP and changed_at < previous_changed_at:
@@ -556,6 +591,7 @@ class PageDiff:
                 "created",
                 record,
                 entity_id,
+                record_json,
                 digest,
                 changed_at,
                 previous_version=previous_version,
@@ -565,13 +601,21 @@ class PageDiff:
         elif deleted_now:
             deleted_at = self._timestamp(record, "remote_deleted_at", entity_id)
             self._emit(
-                "deleted", record, entity_id, digest, changed_at, previous_version=previous_version, time_ms=deleted_at
+                "deleted",
+                record,
+                entity_id,
+                record_json,
+                digest,
+                changed_at,
+                previous_version=previous_version,
+                time_ms=deleted_at,
             )
         else:
             self._emit(
                 "updated",
                 record,
                 entity_id,
+                record_json,
                 digest,
                 changed_at,
                 previous_version=previous_version,
@@ -584,6 +628,7 @@ class PageDiff:
         kind: ChangeKind,
         record: dict[str, Any],
         entity_id: str,
+        record_json: bytes,
         digest: bytes,
         changed_at: int | None,
         *,
@@ -616,6 +661,8 @@ class PageDiff:
                 content_hash=content,
                 time_ms=time_ms,
                 event_id=event_id(self.integration, self.resource, entity_id, new_version, kind, content),
+                record_json=record_json,
+                time_text=_event_time_text(record.get("remote_deleted_at" if kind == "deleted" else "changed_at")),
             )
         )
 
@@ -677,9 +724,9 @@ class PageDiff:
             self.new_shape_names[known] = names
         return known
 
-    def _digest(self, record: dict[str, Any], entity_id: str) -> bytes:
+    def _encoded(self, record: dict[str, Any], entity_id: str) -> bytes:
         try:
-            return content_digest(record)
+            return encode_json(record, sort_keys=True)
         except ValueError as exc:
             raise self._invalid(entity_id, "RELAY.UNENCODABLE_RECORD", str(exc)) from None
 

@@ -16,7 +16,7 @@ attribute          value
                    detection time when the source gave neither (vanished entities)
 ``datacontenttype`` ``"application/json"``
 ``data``           ``integration_id``, ``resource``, ``id``, ``remote_id`` (null for vanished entities),
-                   ``record`` (as received; null for vanished entities, whose record is not kept),
+                   ``record`` (as received, keys sorted; null for vanished entities, whose record is not kept),
                    ``changed_fields`` (sorted top-level names for ``updated``, else null), ``snapshot``,
                    ``restored``, ``reason`` (``"vanished"`` or null)
 =================  ============================================================================================
@@ -34,6 +34,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Final, NamedTuple
 from urllib.parse import quote
+
+import orjson
 
 from relay.diff import Change, ChangeKind, encode_json, format_timestamp_ms
 from relay.errors import InvalidPage
@@ -93,14 +95,14 @@ def to_kafka_message(change: Change, *, integration: str, resource: str, detecte
         "source": event_source(integration, resource),
         "type": kind_type,
         "subject": change.entity_id,
-        "time": format_timestamp_ms(detected_at_ms if change.time_ms is None else change.time_ms),
+        "time": change.time_text or format_timestamp_ms(detected_at_ms if change.time_ms is None else change.time_ms),
         "datacontenttype": DATA_CONTENT_TYPE,
         "data": {
             "integration_id": integration,
             "resource": resource,
             "id": change.entity_id,
             "remote_id": None if record is None else record.get("remote_id"),
-            "record": record,
+            "record": record if change.record_json is None else orjson.Fragment(change.record_json),
             "changed_fields": change.changed_fields,
             "snapshot": change.snapshot,
             "restored": change.restored,

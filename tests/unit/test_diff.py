@@ -624,6 +624,34 @@ def test_the_fast_timestamp_path_accepts_what_the_pattern_accepts(text: str) -> 
     assert fast == expected
 
 
+@st.composite
+def timestamp_texts(draw: st.DrawFn) -> str:
+    """Texts near the RFC 3339 forms: any fraction length, offsets, lower-case separators, leap seconds."""
+    day = f"{draw(st.integers(1, 9999)):04d}-{draw(st.integers(1, 12)):02d}-{draw(st.integers(1, 31)):02d}"
+    clock = ":".join(f"{draw(st.integers(0, limit)):02d}" for limit in (24, 59, 60))
+    fraction = draw(st.sampled_from(["", "."])) + draw(st.text("0123456789", max_size=6))
+    zone = draw(st.sampled_from(["Z", "z", "+00:00", "-01:30", "+23:59", ""]))
+    return day + draw(st.sampled_from("Tt")) + clock + fraction + zone
+
+
+@given(timestamp_texts())
+def test_a_source_time_is_reused_only_when_it_is_the_event_form(text: str) -> None:
+    try:
+        epoch_ms = diff.parse_timestamp_ms(text)
+    except ValueError:
+        return
+    reused = diff._event_time_text(text)
+    assert reused is None or reused == diff.format_timestamp_ms(epoch_ms) == text
+
+
+@given(
+    st.integers(diff.parse_timestamp_ms("0001-01-01T00:00:00Z"), diff.parse_timestamp_ms("9999-12-31T23:59:59.999Z"))
+)
+def test_every_formatted_time_is_reused(epoch_ms: int) -> None:
+    text = diff.format_timestamp_ms(epoch_ms)
+    assert diff._event_time_text(text) == text
+
+
 @given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
 def test_narrowing_a_wide_fingerprint_keeps_the_low_16_bits_of_each_hash(first: int, second: int) -> None:
     header = diff.make_fingerprint(b"\1" * 8, changed_at_ms=5, version=2, shape_id=3, deleted=False)

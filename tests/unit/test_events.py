@@ -243,6 +243,21 @@ def test_integers_beyond_64_bits_are_published_exactly() -> None:
     assert data["record"]["nested"] == {"list": [2**64]}
 
 
+def test_the_record_is_embedded_as_hashed_with_sorted_keys() -> None:
+    # The diff encodes each record once (keys sorted, for its content hash); the event embeds those bytes, so the
+    # same record gives the same event bytes whatever order the source sent its keys in.
+    [forward] = changes_for([record(b=1, a={"z": 1, "y": 2})])
+    [backward] = changes_for([dict(reversed(record(a={"y": 2, "z": 1}, b=1).items()))])
+    assert message(forward).value == message(backward).value
+    assert b'"record":{"a":{"y":2,"z":1},"b":1,"changed_at":' in message(forward).value
+
+
+def test_a_change_without_its_encoded_record_still_publishes_it() -> None:
+    [change] = changes_for([record(b=1)])
+    bare = change._replace(record_json=None, time_text=None)
+    assert event_of(bare) == event_of(change)
+
+
 def test_unencodable_record_is_refused_cleanly() -> None:
     broken = Change(
         kind="created",
