@@ -11,7 +11,7 @@ For each N the simulator (a subprocess) holds N users in an integration of their
 3. **fetch-only limit**: a bare aiohttp loop paging the same integration with the same page size.
 4. **produce-only limit**: a bare aiokafka producer with the relay's producer settings sends the same messages the
    relay sends per page (events, state records, checkpoint; pre-serialized by the relay's own code), one transaction
-   per page, batched per partition.
+   per page, batched per partition, keys partitioned as the relay does (a page's keys hashed at once).
 
 The ratio relay / min(limits) is computed within each run; figures are medians over the runs.
 """
@@ -31,7 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from relay import diff
 from relay.events import to_kafka_message
-from relay.partitioning import partition_for_key
+from relay.partitioning import partitions_for_keys
 from relay.state import Checkpoint, InProgress, StateStore, complete_poll
 from tests.benchmarks.support import (
     API_KEY,
@@ -188,10 +188,14 @@ async def produce_only(bootstrap_servers: str, pages: list[list[OutTuple]], pref
         for page in pages:
             await producer.begin_transaction()
             batches: dict[tuple[str, int], Any] = {}
+            # The relay's own way to partition keyed messages: the page's event keys hashed at once.
+            event_keys = [key for _, partition, key, _, _ in page if partition is None]
+            keyed = iter(partitions_for_keys(event_keys, counts[0]))
             for which, partition, key, value, headers in page:
                 topic = topics[which]
                 if partition is None:
-                    partition = partition_for_key(key, counts[which])
+                    assert which == 0, "only events are partitioned by key; state records name their partition"
+                    partition = next(keyed)
                 batch = batches.get((topic, partition))
                 if batch is None:
                     batch = batches[topic, partition] = producer.create_batch()
