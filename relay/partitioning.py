@@ -56,16 +56,24 @@ def partitions_for_keys(keys: Sequence[bytes], partitions: int) -> list[int]:
     return [(h & 0x7FFFFFFF) % partitions for h in murmur2_many(keys)]
 
 
+_MIN_LANES: Final = 4  # below this, laying out lanes costs more than hashing key by key
+
+
 def murmur2_many(keys: Sequence[bytes]) -> list[int]:
     """:func:`murmur2` of every key, in order, hashing the keys of each length together."""
-    if len(keys) < 4:  # not worth laying out lanes
+    if len(keys) < _MIN_LANES:
         return [murmur2(key) for key in keys]
     by_length: dict[int, list[int]] = {}
     for index, key in enumerate(keys):
         by_length.setdefault(len(key), []).append(index)
     hashes = [0] * len(keys)
     for length, indexes in by_length.items():
-        for index, h in zip(indexes, _murmur2_lanes([keys[i] for i in indexes], length), strict=True):
+        same_length = [keys[i] for i in indexes]
+        if len(same_length) < _MIN_LANES:
+            group = [murmur2(key) for key in same_length]
+        else:
+            group = list(_murmur2_lanes(same_length, length))
+        for index, h in zip(indexes, group, strict=True):
             hashes[index] = h
     return hashes
 
