@@ -5,7 +5,9 @@ ready yet), create missing topics, restore the remembered state from the state t
 reachable the relay keeps trying, with backoff, and stays not ready.
 
 Exit codes: 0 after SIGTERM/SIGINT, 2 invalid configuration, 3 the source refused the API key, 4 fenced by another
-instance with the same transactional id, 5 the state topic holds records this version cannot read.
+instance with the same transactional id, 5 the state topic holds records this version cannot read, 6 Kafka's ACLs
+refuse the relay's principal. After 3 to 6 the relay waits RELAY_FATAL_EXIT_DELAY_SECONDS (or a signal), not ready,
+still serving its metrics, before it exits.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiokafka.errors import KafkaError
 
 from relay import __version__
 from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems, settings_help
-from relay.errors import AuthenticationError, Fenced, KafkaUnavailable, StateError
+from relay.errors import AuthenticationError, Fenced, KafkaAuthorizationFailed, KafkaUnavailable, StateError
 from relay.logs import configure_logging
 from relay.metrics import Metrics
 from relay.poller import Poller
@@ -39,6 +41,7 @@ EXIT_CONFIG = 2
 EXIT_AUTHENTICATION = 3
 EXIT_FENCED = 4
 EXIT_STATE = 5
+EXIT_KAFKA_AUTHORIZATION = 6
 
 
 class Relay:
@@ -59,12 +62,14 @@ class Relay:
         self._runner: web.AppRunner | None = None
         self._stop_requested = asyncio.Event()
         self._probe: asyncio.Task[None] | None = None
+        self.fatal_error: str | None = None  # why the relay is about to exit, once an operator must act
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         checks = {
             "state_restored": self.restored,
             "kafka_reachable": self.sink.reachable,
             "not_fenced": not self.sink.fenced,
+            "no_fatal_error": self.fatal_error is None,
         }
         ready = all(checks.values())
         self.metrics.ready.set(1 if ready else 0)
@@ -103,7 +108,13 @@ class Relay:
                 }
             )
         ready, checks = self.readiness()
-        return {"version": __version__, "ready": ready, "checks": checks, "pairs": pairs}
+        return {
+            "version": __version__,
+            "ready": ready,
+            "checks": checks,
+            "fatal_error": self.fatal_error,
+            "pairs": pairs,
+        }
 
     async def start_http(self) -> None:
         self.heartbeat.start()
@@ -171,8 +182,19 @@ class Relay:
         """Run until stopped; return the process exit code."""
         await self.start_http()
         try:
+            fatal = await self._serve_until_stopped()
+            code = self._exit_code(fatal)
+            if code:
+                await self._wait_before_exit(fatal)
+            return code
+        finally:
+            await self.close()
+
+    async def _serve_until_stopped(self) -> BaseException | None:
+        """Connect to Kafka, restore the state and poll until a stop; return the fatal error that ended it, if any."""
+        try:
             if not await self.connect_kafka():
-                return 0
+                return None
             log.info(
                 "relay started",
                 extra={
@@ -183,12 +205,13 @@ class Relay:
             )
             self._probe = asyncio.create_task(self._probe_kafka(), name="kafka probe")
             await self.poller.run()
-            return self._exit_code(self.poller.fatal)
+            return self.poller.fatal
         except StateError as error:
             log.critical("cannot read the state topic", extra={"error": str(error)})
-            return EXIT_STATE
-        finally:
-            await self.close()
+            return error
+        except KafkaAuthorizationFailed as error:
+            log.critical("Kafka refused this relay's principal; stopping", extra={"error": str(error)})
+            return error
 
     @staticmethod
     def _exit_code(fatal: BaseException | None) -> int:
@@ -196,7 +219,30 @@ class Relay:
             return EXIT_AUTHENTICATION
         if isinstance(fatal, Fenced):
             return EXIT_FENCED
+        if isinstance(fatal, StateError):
+            return EXIT_STATE
+        if isinstance(fatal, KafkaAuthorizationFailed):
+            return EXIT_KAFKA_AUTHORIZATION
         return 0
+
+    async def _wait_before_exit(self, fatal: BaseException | None) -> None:
+        """Stay up, not ready, for RELAY_FATAL_EXIT_DELAY_SECONDS after a fatal error (or until SIGTERM).
+
+        A process that exits at once is never scraped in that state: Prometheus would see a restart, not its cause
+        (``relay_fenced``, the failing polls), and the alerts made for those could not fire.
+        """
+        self.fatal_error = str(fatal)
+        if self._probe is not None:
+            self._probe.cancel()
+        delay = self.config.fatal_exit_delay_seconds
+        if delay <= 0 or self._stop_requested.is_set():
+            return
+        log.warning(
+            "exiting after a fatal error; metrics and status stay served until then",
+            extra={"exit_in_seconds": delay, "error": self.fatal_error},
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), delay)
 
     async def close(self) -> None:
         if self._probe is not None:

@@ -223,6 +223,7 @@ class Config:
     http_host: str
     http_port: int
     shutdown_grace_seconds: float
+    fatal_exit_delay_seconds: float
     log_format: LogFormat
     log_level: LogLevel
     # Kombo webhooks
@@ -882,6 +883,14 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         Number(0),
         20.0,
         "On SIGTERM, time left to the work in flight before the relay exits",
+    ),
+    Setting(
+        "RELAY_FATAL_EXIT_DELAY_SECONDS",
+        Number(0, 3600),
+        60.0,
+        "After an error only an operator can fix (API key refused, fenced, Kafka authorization), how long the relay "
+        "keeps serving /metrics and /status, not ready, before it exits, so that Prometheus records why; "
+        "SIGTERM ends the wait",
     ),
     Setting("RELAY_LOG_FORMAT", Choice(get_args(LogFormat)), "json", "json for log collectors, console for people"),
     Setting("RELAY_LOG_LEVEL", Choice(get_args(LogLevel)), "INFO", "Least severe level of the messages logged"),

@@ -13,7 +13,8 @@
     │   └── AuthenticationError     the API key is wrong: loud, an operator must act
     ├── SinkError                   Kafka did not accept a transaction
     │   ├── KafkaUnavailable        retry with backoff from the last committed state
-    │   └── Fenced                  another instance took over our transactional id: stop, never write again
+    │   ├── Fenced                  another instance took over our transactional id: stop, never write again
+    │   └── KafkaAuthorizationFailed  Kafka's ACLs refuse our principal a topic or the transactional id: stop
     └── StateError                  the state topic holds something this version cannot read
 
 Every error carries what an operator needs to find the cause (integration, resource, error code, the source's
@@ -101,6 +102,11 @@ class KafkaUnavailable(SinkError):
 
 class Fenced(SinkError):
     """Another instance with the same transactional id started; this one must stop writing for good."""
+
+
+class KafkaAuthorizationFailed(SinkError):
+    """Kafka refused this relay's principal (an ACL on the transactional id, a topic or the cluster). Nothing will be
+    written until an operator grants it, so the relay stops, loudly, instead of retrying forever."""
 
 
 class StateError(RelayError):

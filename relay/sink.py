@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from relay.config import Config
-from relay.errors import Fenced, KafkaUnavailable
+from relay.errors import Fenced, KafkaAuthorizationFailed, KafkaUnavailable
 from relay.metrics import Metrics
 from relay.partitioning import partitions_for_keys
 
@@ -32,7 +32,13 @@ log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
 # Fencing shows up under several names depending on where in the protocol the newer epoch is noticed.
-FENCING_ERRORS: tuple[str, ...] = ("ProducerFenced", "InvalidProducerEpoch", "TransactionalIdAuthorizationFailed")
+FENCING_ERRORS: tuple[str, ...] = ("ProducerFenced", "InvalidProducerEpoch")
+# An ACL refusing what the relay needs: not fencing (no other instance is involved), and not transient either.
+AUTHORIZATION_ERRORS: tuple[str, ...] = (
+    "TransactionalIdAuthorizationFailed",
+    "TopicAuthorizationFailedError",
+    "ClusterAuthorizationFailedError",
+)
 
 
 class OutMessage(NamedTuple):  # immutable, and several times faster to build than a frozen dataclass
@@ -204,11 +210,17 @@ class KafkaSink:
             raise failed
         await producer.commit_transaction()
 
-    def _classify(self, exc: BaseException) -> Fenced | KafkaUnavailable:
+    def _classify(self, exc: BaseException) -> Fenced | KafkaAuthorizationFailed | KafkaUnavailable:
         if isinstance(exc, ProducerFenced) or type(exc).__name__ in FENCING_ERRORS:
             self.fenced = True
             self._metrics.fenced.set(1)
             return Fenced(f"fenced by another instance with transactional id {self._config.transactional_id!r}")
+        if type(exc).__name__ in AUTHORIZATION_ERRORS:
+            return KafkaAuthorizationFailed(
+                f"Kafka refused this relay's principal ({type(exc).__name__}): grant it Write and Describe on the "
+                f"transactional id {self._config.transactional_id!r}, Write and Describe on the event topics and on "
+                f"the state topic {self._config.state_topic!r}, and Read on the state topic"
+            )
         self.reachable = False
         if isinstance(exc, asyncio.TimeoutError | TimeoutError):
             return KafkaUnavailable("Kafka did not commit the transaction in time")

@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -303,6 +304,15 @@ async def test_a_page_kafka_refuses_in_part_commits_nothing(
             await relay.close()
 
 
+async def _fenced_and_lingering(relay: RelayProcess) -> bool:
+    """Fenced, still serving: relay_fenced 1 on /metrics, /readyz 503, and /status naming the fatal error."""
+    assert relay.alive(), f"the fenced relay exited before SIGTERM ({relay.returncode}):\n{relay.tail()}"
+    if await relay.metric("relay_fenced") != 1:
+        return False
+    readiness, status = await relay.get("/readyz"), await relay.status()
+    return readiness is not None and readiness[0] == 503 and status is not None and bool(status["fatal_error"])
+
+
 async def _wait_for_commits(relay: RelayProcess, count: int, timeout: float = 60) -> None:
     """Wait until the relay finished ``count`` more polls (each commits at least its checkpoint)."""
     before = await relay.metric("relay_polls_total", outcome="success")
@@ -389,6 +399,8 @@ async def test_same_transactional_id_fences_the_older_instance(
 ) -> None:
     async with fault_world(bootstrap_servers, topic_prefix, tmp_path, users=scale.users) as world:
         world.env_overrides["RELAY_TRANSACTIONAL_ID"] = f"faults-{topic_prefix}"
+        # A fenced relay stays up, not ready, so that Prometheus scrapes relay_fenced; SIGTERM ends the wait.
+        world.env_overrides["RELAY_FATAL_EXIT_DELAY_SECONDS"] = "600"
         oracle = Oracle(world.sim, world.integrations)
         world.sim.start_churn(scale.churn)
         older = await world.relay()
@@ -397,7 +409,8 @@ async def test_same_transactional_id_fences_the_older_instance(
             await _wait_for_commits(older, 3)
             newer = await world.relay()
             await newer.wait_ready()
-            code = await older.wait_exit(60)
+            await wait_for(partial(_fenced_and_lingering, older), 60, "the older relay to report that it was fenced")
+            code, _ = await older.terminate()
             assert code == EXIT_FENCED, older.tail()
             assert "fenced" in older.log()
             older = newer

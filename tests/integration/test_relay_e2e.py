@@ -16,11 +16,11 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from relay.app import Relay
+from relay.app import EXIT_AUTHENTICATION, Relay
 from relay.errors import AuthenticationError, IntegrationError, InvalidPage
 from relay.simulator import FaultKind, Simulator, SimulatorServer
 from relay.state import InProgress
-from tests.integration.harness import World, collect
+from tests.integration.harness import World, collect, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -265,6 +265,36 @@ async def test_authentication_error_is_loud(world: World) -> None:
         # The scheduler stops by itself on an authentication error: nothing else could succeed.
         await asyncio.wait_for(relay.poller.run(grace_seconds=1), 30)
         assert isinstance(relay.poller.fatal, AuthenticationError)
+
+
+async def test_a_fatal_error_is_served_until_the_exit(world: World) -> None:
+    """After a fatal error the relay stays up, not ready, with the cause on /status and /metrics, until SIGTERM (here
+    request_stop) or RELAY_FATAL_EXIT_DELAY_SECONDS; then it exits with the error's code."""
+    relay = Relay(world.config(api_key="a-revoked-key", fatal_exit_delay_seconds=600, poll_interval_seconds=0.2))
+    running = asyncio.create_task(relay.run())
+    try:
+        await wait_until(lambda: relay.fatal_error is not None, 60, "the fatal error")
+        assert relay.http_port is not None
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{relay.http_port}") as http:
+            async with http.get("/readyz") as response:
+                assert response.status == 503
+                assert (await response.json())["checks"]["no_fatal_error"] is False
+            async with http.get("/status") as response:
+                assert (await response.json())["fatal_error"].startswith("PLATFORM.AUTHENTICATION_INVALID")
+            async with http.get("/metrics") as response:
+                assert 'relay_polls_total{kind="snapshot",outcome="source_error",resource="ats/users"} 1.0' in (
+                    await response.text()
+                )
+        assert not running.done()
+        relay.request_stop()
+        assert await asyncio.wait_for(running, 10) == EXIT_AUTHENTICATION
+    finally:
+        running.cancel()
+
+
+async def test_without_a_fatal_exit_delay_the_relay_exits_at_once(world: World) -> None:
+    relay = Relay(world.config(api_key="a-revoked-key", fatal_exit_delay_seconds=0))
+    assert await asyncio.wait_for(relay.run(), 60) == EXIT_AUTHENTICATION
 
 
 async def test_a_bad_page_fails_the_poll_and_publishes_nothing(

@@ -119,6 +119,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "http_host": "0.0.0.0",
     "http_port": 8080,
     "shutdown_grace_seconds": 20.0,
+    "fatal_exit_delay_seconds": 60.0,
     "log_format": "json",
     "log_level": "INFO",
     "kombo_webhook_secret": None,
@@ -202,6 +203,7 @@ OVERRIDES: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELAY_HTTP_HOST", "127.0.0.1", "http_host", "127.0.0.1", {}),
     ("RELAY_HTTP_PORT", "0", "http_port", 0, {}),
     ("RELAY_SHUTDOWN_GRACE_SECONDS", "0", "shutdown_grace_seconds", 0.0, {}),
+    ("RELAY_FATAL_EXIT_DELAY_SECONDS", "0", "fatal_exit_delay_seconds", 0.0, {}),
     ("RELAY_LOG_FORMAT", "console", "log_format", "console", {}),
     ("RELAY_LOG_LEVEL", "debug", "log_level", "DEBUG", {}),
     ("RELAY_KOMBO_WEBHOOK_SECRET", "whsec", "kombo_webhook_secret", Secret("whsec"), {}),
@@ -400,6 +402,7 @@ INVALID: list[tuple[str, str, str]] = [
     ("RELAY_TRANSACTIONAL_ID", "relay\x07", "must be a Kafka transactional id"),
     ("RELAY_HTTP_PORT", "65536", "must be an integer from 0 to 65535, got 65536"),
     ("RELAY_SHUTDOWN_GRACE_SECONDS", "-1", "must be a number >= 0, got -1"),
+    ("RELAY_FATAL_EXIT_DELAY_SECONDS", "3601", "must be a number from 0 to 3600, got 3601"),
     ("RELAY_LOG_FORMAT", "xml", "must be one of json, console, got 'xml'"),
     ("RELAY_LOG_LEVEL", "TRACE", "must be one of DEBUG, INFO, WARNING, ERROR, got 'TRACE'"),
 ]
