@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,6 +37,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from relay.config import Config
 from relay.diff import parse_timestamp_ms
@@ -114,6 +116,7 @@ class SourceClient:
         self._rng = rng or random.Random()
         self._budget = RateLimitBudget()
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}  # by resource: parsed once, not on every request
 
     async def __aenter__(self) -> SourceClient:
         return self
@@ -192,13 +195,18 @@ class SourceClient:
             delay = self._rng.uniform(0, ceiling)  # full jitter: many integrations must not retry in lockstep
         await self._sleep(delay)
 
+    def _url(self, resource: str) -> URL:
+        url = self._urls.get(resource)
+        if url is None:
+            url = self._urls[resource] = URL(f"{self._config.source_url}/{resource}")
+        return url
+
     async def _request(self, integration: str, resource: str, params: dict[str, str], page_number: int) -> Page:
-        url = f"{self._config.source_url}/{resource}"
-        where: dict[str, Any] = {"integration": integration, "resource": resource}
+        series = self._metrics.for_resource(resource)
         started = time.monotonic()
         try:
             async with self._get_session().get(
-                url, params=params, headers={"X-Integration-Id": integration}
+                self._url(resource), params=params, headers={"X-Integration-Id": integration}
             ) as response:
                 body = await response.read()
                 self._budget.observe(response.headers, time.monotonic())
@@ -206,17 +214,22 @@ class SourceClient:
                 headers = response.headers
         except TimeoutError as exc:
             self._count(resource, None, "RELAY.TIMEOUT")
-            raise RetryableSourceError("the source did not answer in time", code="RELAY.TIMEOUT", **where) from exc
+            raise RetryableSourceError(
+                "the source did not answer in time", code="RELAY.TIMEOUT", integration=integration, resource=resource
+            ) from exc
         except aiohttp.ClientError as exc:
             self._count(resource, None, "RELAY.CONNECTION_ERROR")
             raise RetryableSourceError(
-                f"cannot reach the source: {type(exc).__name__}", code="RELAY.CONNECTION_ERROR", **where
+                f"cannot reach the source: {type(exc).__name__}",
+                code="RELAY.CONNECTION_ERROR",
+                integration=integration,
+                resource=resource,
             ) from exc
         finally:
-            self._metrics.source_request_duration.labels(resource).observe(time.monotonic() - started)
+            series.source_request_duration.observe(time.monotonic() - started)
 
         if 200 <= status < 300:
-            self._count(resource, status, "")
+            series.source_requests_ok.inc()
             return self._parse_page(body, headers, integration, resource, page_number)
         raise self._error_from_response(status, headers, body, integration, resource, has_cursor="cursor" in params)
 
@@ -278,7 +291,8 @@ class SourceClient:
         results, next_cursor = _unwrap_envelope(document, page_number, where)
         for index, record in enumerate(results):
             _validate_record(record, index, page_number, where)
-        self._metrics.records_fetched.labels(resource).inc(len(results))
+        if results:  # an idle poll's page is empty: no lock taken to add 0
+            self._metrics.for_resource(resource).records_fetched.inc(len(results))
         return Page(records=results, next_cursor=next_cursor, source_time_ms=_date_header_ms(headers))
 
 
@@ -347,34 +361,33 @@ def _parse_error_envelope(body: bytes) -> tuple[str | None, str | None, str | No
 
 def _retry_after(headers: Headers) -> float | None:
     """Retry-After (seconds or an HTTP date), else ratelimit-reset; None when the source said neither."""
-    value = _header(headers, "retry-after")
+    value = headers.get("retry-after")
     if value is not None:
         try:
             return max(0.0, float(value))
         except ValueError:
-            when = email.utils.parsedate_to_datetime(value) if _looks_like_date(value) else None
+            when = _http_date_seconds(value)
             if when is not None:
-                return max(0.0, when.timestamp() - time.time())
+                return max(0.0, when - time.time())
     return _float_header(headers, "ratelimit-reset")
 
 
-def _looks_like_date(value: str) -> bool:
-    try:
-        email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def _date_header_ms(headers: Headers) -> int | None:
-    value = _header(headers, "date")
-    if value is None or not _looks_like_date(value):
+    value = headers.get("date")
+    if value is None:
         return None
-    return int(email.utils.parsedate_to_datetime(value).timestamp() * 1000)
+    seconds = _http_date_seconds(value)
+    return None if seconds is None else int(seconds * 1000)
 
 
-def _header(headers: Headers, name: str) -> str | None:
-    return headers.get(name)
+# Every response carries a Date header, to the second: the responses of a busy second share one, parsed once.
+@functools.lru_cache(maxsize=64)
+def _http_date_seconds(value: str) -> float | None:
+    """An HTTP date (``Tue, 01 Jul 2025 12:00:00 GMT``) as epoch seconds; None when it is not one."""
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def _int_header(headers: Headers, name: str) -> int | None:
@@ -383,7 +396,7 @@ def _int_header(headers: Headers, name: str) -> int | None:
 
 
 def _float_header(headers: Headers, name: str) -> float | None:
-    value = _header(headers, name)
+    value = headers.get(name)
     if value is None:
         return None
     try:

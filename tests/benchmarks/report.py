@@ -112,7 +112,32 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{COMMAND}{quick} --only profile",
             )
         )
+    webhooks = bench.get("webhooks")
+    if webhooks:
+        latency, goal = webhooks["latency_seconds"], webhooks["targets"]
+        poll = _webhook_setting(webhooks, "poll_interval_seconds")
+        rows.append(
+            (
+                f"7. Webhook latency (webhooks on{f', poll {poll:g} s' if poll is not None else ''}): "
+                f"p50 <= {goal['p50']:g} s, p99 <= {goal['p99']:g} s",
+                f"p50 {latency['p50']:.2f} s, p99 {latency['p99']:.2f} s ({webhooks['samples']:,} changes, "
+                f"{webhooks['missing']} missing); the relay's own part, webhook to committed event: "
+                f"{_webhook_to_event_ms(webhooks):.0f} ms on average",
+                _met(webhooks["pass"]),
+                f"{COMMAND}{quick} --only webhooks",
+            )
+        )
     return rows
+
+
+def _webhook_setting(webhooks: dict[str, Any], name: str) -> Any:
+    """A setting of the webhooks run, or None. ``python -m tests.benchmarks`` replaces the benchmark's own ``params``
+    (poll interval, batching, ...) with the runner's (``changes``, ``rate``), so the details may be missing."""
+    return webhooks.get("params", {}).get(name)
+
+
+def _webhook_to_event_ms(webhooks: dict[str, Any]) -> float:
+    return float(webhooks["relay"]["webhook_to_event_mean_seconds"]) * 1000
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -212,9 +237,42 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"| {stage} | {us:.1f} |" for stage, us in profile["us_per_record"].items()]
         lines += [f"| **total** (parse to produce) | **{profile['total_us_per_record']:.1f}** |"]
         lines += ["", "cProfile of one pass (by own time):", "", "```", profile["profile"], "```"]
+    webhooks = bench.get("webhooks")
+    if webhooks:
+        lines += _webhooks_section(webhooks)
     if meta.get("plots_skipped"):
         lines += ["", f"Plots skipped: {meta['plots_skipped']}"]
     return "\n".join(lines) + "\n"
+
+
+def _webhooks_section(webhooks: dict[str, Any]) -> list[str]:
+    latency, relay = webhooks["latency_seconds"], webhooks["relay"]
+    rate = _webhook_setting(webhooks, "rate_per_second") or _webhook_setting(webhooks, "rate")
+    setup = [f"{webhooks['samples'] + webhooks['missing']:,} changes" + (f" at {rate:g}/s" if rate else "")]
+    integrations = _webhook_setting(webhooks, "integrations")
+    users = _webhook_setting(webhooks, "users_per_integration")
+    if integrations and users:
+        setup.append(f"{integrations} integrations of {users:,} users")
+    if (poll := _webhook_setting(webhooks, "poll_interval_seconds")) is not None:
+        setup.append(f"poll interval {poll:g} s")
+    if (batch := _webhook_setting(webhooks, "webhook_batch_seconds")) is not None:
+        setup.append(f"webhooks batched per {batch:g} s")
+    return [
+        "",
+        f"## Webhook latency ({', '.join(setup)})",
+        "",
+        "From a change in the simulator (its `changed_at`) to its event read by a `read_committed` consumer, with "
+        "Kombo webhooks on: the simulator's batching, the webhook, the poll it triggers and the commit. *Relay's own "
+        "part* is `relay_webhook_to_event_seconds`, from the webhook's arrival to the commit of its poll's events.",
+        "",
+        "| p50 s | p90 s | p99 s | max s | mean s | missing | relay's own part (mean) | webhooks accepted / rejected "
+        "| polls by webhook / schedule |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {latency['p50']:.3f} | {latency['p90']:.3f} | {latency['p99']:.3f} | {latency['max']:.3f} | "
+        f"{latency['mean']:.3f} | {webhooks['missing']} | {_webhook_to_event_ms(webhooks):.0f} ms | "
+        f"{relay['webhooks_accepted']:.0f} / {relay['webhooks_rejected']:.0f} | "
+        f"{relay['polls_by_webhook']:.0f} / {relay['polls_by_schedule']:.0f} |",
+    ]
 
 
 def plots(results: dict[str, Any], folder: Path = RESULTS) -> list[Path]:

@@ -1,0 +1,243 @@
+"""How the poller's pairs wait between polls: the wake-up a trigger or a stop cuts short, the grid that scheduled polls
+start on, and the pause of every poll while the state is read back after a failed commit.
+
+The poller here is real; only ``poll_once`` is scripted (no source, no Kafka).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+import pytest
+
+from relay.config import Config, load_config
+from relay.errors import AuthenticationError, KafkaUnavailable
+from relay.metrics import Metrics
+from relay.poller import Poller, PollOutcome, Wakeup, next_on_grid
+from relay.sink import KafkaSink
+from relay.source import SourceClient
+from relay.state import StateStore
+
+ACME = "personio:acme"
+GLOBEX = "greenhouse:globex"
+USERS = "ats/users"
+EMPLOYEES = "hris/employees"
+
+
+def config(**env: str) -> Config:
+    environ = {
+        "RELAY_API_KEY": "k",
+        "RELAY_INTEGRATIONS": f"{ACME},{GLOBEX}",
+        "RELAY_RESOURCES": f"{USERS},{EMPLOYEES}",
+        "RELAY_POLL_INTERVAL_SECONDS": "600",
+        "RELAY_POLL_JITTER_FRACTION": "0",
+    }
+    environ.update({f"RELAY_{name.upper()}": value for name, value in env.items()})
+    return load_config(None, environ)
+
+
+async def quiescent() -> None:
+    """Let every runnable task run until it blocks (no wall-clock wait)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def far_future() -> float:
+    return asyncio.get_running_loop().time() + 3600
+
+
+# --- Wakeup ----------------------------------------------------------------------------------------------------------
+
+
+async def test_setting_the_flag_ends_a_sleep_early() -> None:
+    wakeup = Wakeup()
+    sleeping = asyncio.create_task(wakeup.sleep_until(far_future()))
+    await quiescent()
+    assert not sleeping.done()
+    wakeup.set()
+    await quiescent()
+    assert sleeping.done()
+    assert wakeup.is_set()  # the poll that follows clears it
+
+
+async def test_a_flag_set_before_the_sleep_makes_it_return_at_once() -> None:
+    wakeup = Wakeup()
+    wakeup.set()
+    sleeping = asyncio.create_task(wakeup.sleep_until(far_future()))
+    await asyncio.sleep(0)
+    assert sleeping.done()
+
+
+async def test_waking_ends_a_sleep_without_setting_the_flag() -> None:
+    wakeup = Wakeup()
+    sleeping = asyncio.create_task(wakeup.sleep_until(far_future()))
+    await quiescent()
+    wakeup.wake()
+    await quiescent()
+    assert sleeping.done()
+    assert not wakeup.is_set()
+
+
+async def test_a_sleep_lasts_until_its_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 0.05
+    await asyncio.wait_for(Wakeup().sleep_until(deadline), timeout=10)
+    assert loop.time() >= deadline
+
+
+async def test_a_cleared_flag_lets_the_next_sleep_last() -> None:
+    wakeup = Wakeup()
+    wakeup.set()
+    await wakeup.sleep_until(far_future())
+    wakeup.clear()
+    sleeping = asyncio.create_task(wakeup.sleep_until(far_future()))
+    await quiescent()
+    assert not sleeping.done()
+    sleeping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeping
+    wakeup.set()  # nobody sleeps any more: nothing to wake, no error
+    assert wakeup.is_set()
+
+
+@pytest.mark.parametrize("now", [0.0, 12.34, 98_765.4321])
+def test_a_scheduled_poll_starts_on_the_next_step_of_the_grid(now: float) -> None:
+    step = 0.1
+    for delay in (0.001, 5.0, 9.95):
+        start = next_on_grid(now + delay, step)
+        assert now + delay <= start < now + delay + step  # never early, less than a step late
+
+
+@pytest.mark.parametrize("now", [0.0, 12.34, 98_765.4321])
+def test_polls_due_within_one_step_start_at_the_very_same_time(now: float) -> None:
+    step = 0.1
+    boundary = next_on_grid(now + 10, step)
+    due = (boundary - 0.09, boundary - 0.05, boundary - 0.001)
+    # The same float, not merely close ones: their timers then fire in the same turn of the event loop.
+    assert {next_on_grid(when, step) for when in due} == {boundary}
+
+
+# --- The poller ------------------------------------------------------------------------------------------------------
+
+
+class ScriptedPoller(Poller):
+    """A real Poller whose ``poll_once`` runs ``script(pair, n)``, n counting that pair's polls from 1."""
+
+    def __init__(self, cfg: Config) -> None:
+        metrics = Metrics(cfg.resources)
+        super().__init__(
+            cfg,
+            SourceClient(cfg, metrics),
+            KafkaSink(cfg, metrics),
+            StateStore(2),
+            metrics,
+            rng=random.Random(7),
+            reload_state=self._reload,
+        )
+        self.polls: dict[tuple[str, str], int] = {}
+        self.in_flight = 0
+        self.failures: dict[tuple[str, str], BaseException] = {}  # raised by the pair's next poll
+        self.holds: dict[tuple[str, str], asyncio.Event] = {}  # the pair's polls wait for this
+        self.reloads: list[int] = []  # polls in flight at each state reload
+
+    async def poll_once(self, integration: str, resource: str) -> PollOutcome:
+        pair = (integration, resource)
+        self.polls[pair] = self.polls.get(pair, 0) + 1
+        self.in_flight += 1
+        try:
+            if pair in self.holds:
+                await self.holds[pair].wait()
+            if pair in self.failures:
+                raise self.failures.pop(pair)
+            return PollOutcome("incremental")
+        finally:
+            self.in_flight -= 1
+
+    async def _reload(self) -> None:
+        self.reloads.append(self.in_flight)
+        await asyncio.sleep(0)  # a real reload reads Kafka: polls must not slip in meanwhile
+
+    def polled(self, integration: str, resource: str) -> int:
+        return self.polls.get((integration, resource), 0)
+
+
+async def start(poller: ScriptedPoller, grace_seconds: float = 600) -> asyncio.Task[None]:
+    """Run the poller until every pair made its first (immediate) poll and went to sleep for its 600 s."""
+    runner = asyncio.create_task(poller.run(grace_seconds=grace_seconds))
+    await wait_until(lambda: sum(poller.polls.values()) == len(poller.status), "the first polls")
+    await quiescent()
+    return runner
+
+
+async def test_stop_wakes_every_sleeping_pair_at_once() -> None:
+    poller = ScriptedPoller(config())
+    runner = await start(poller, grace_seconds=600)
+    assert all(status.next_poll_at is not None for status in poller.status.values())
+    poller.stop()
+    # Pairs left asleep would hold run() for the 600 s grace; woken, they end within a few turns of the loop.
+    await asyncio.wait_for(runner, timeout=10)
+    assert all(count == 1 for count in poller.polls.values())
+
+
+async def test_a_fatal_error_in_one_pair_wakes_every_other() -> None:
+    poller = ScriptedPoller(config())
+    runner = await start(poller, grace_seconds=600)
+    poller.failures[(ACME, USERS)] = AuthenticationError("refused", code="PLATFORM.AUTHENTICATION_INVALID")
+    poller.trigger(ACME, USERS)
+    await asyncio.wait_for(runner, timeout=10)
+    assert isinstance(poller.fatal, AuthenticationError)
+    assert poller.polled(GLOBEX, EMPLOYEES) == 1
+
+
+async def test_a_trigger_wakes_only_its_pair() -> None:
+    poller = ScriptedPoller(config())
+    runner = await start(poller)
+    try:
+        poller.trigger(GLOBEX, USERS)
+        await wait_until(lambda: poller.polled(GLOBEX, USERS) == 2, "the triggered poll")
+        await quiescent()
+        assert sum(poller.polls.values()) == len(poller.status) + 1
+    finally:
+        poller.stop()
+        await runner
+
+
+async def test_after_a_failed_commit_polls_wait_until_the_state_is_read_back() -> None:
+    poller = ScriptedPoller(config())
+    runner = await start(poller, grace_seconds=1)  # a pair stuck at the gate is cancelled, and the test fails
+    try:
+        held = poller.holds[(GLOBEX, EMPLOYEES)] = asyncio.Event()
+        poller.failures[(ACME, USERS)] = KafkaUnavailable("the commit's outcome is unknown")
+        poller.trigger(GLOBEX, EMPLOYEES)  # in flight, and held there
+        poller.trigger(ACME, USERS)  # fails: memory may now be behind Kafka
+        await wait_until(lambda: poller.polled(ACME, USERS) == 2, "the failing poll")
+        # The failed pair retries within a second, and waits: a poll is still in flight, so no reload yet.
+        await wait_until(lambda: poller.status[(ACME, USERS)].polling, "the retry to wait for the reload")
+        poller.trigger(ACME, EMPLOYEES)  # another pair: it waits for the reload too
+        await wait_until(lambda: poller.status[(ACME, EMPLOYEES)].polling, "the second pair to wait")
+        await quiescent()
+        assert poller.reloads == []
+        assert poller.polled(ACME, USERS) == 2
+        assert poller.polled(ACME, EMPLOYEES) == 1
+        retry_held = poller.holds[(ACME, USERS)] = asyncio.Event()
+        held.set()
+        await wait_until(lambda: poller.polled(ACME, USERS) == 3, "the retry after the reload")
+        # The second pair is not forgotten while the retry is in flight: it polls once that ends.
+        retry_held.set()
+        await wait_until(lambda: poller.polled(ACME, EMPLOYEES) == 2, "the second pair after the reload")
+        assert poller.reloads  # the state was read back, and never while a poll was in flight
+        assert all(in_flight == 0 for in_flight in poller.reloads)
+    finally:
+        poller.stop()
+        await runner
