@@ -39,6 +39,7 @@ from relay.errors import (
     Fenced,
     IntegrationError,
     InvalidPage,
+    KafkaAuthorizationFailed,
     KafkaUnavailable,
     SinkError,
     SourceError,
@@ -364,6 +365,12 @@ class Poller:
         except Fenced as error:
             self._failed(status, error, outcome="kafka_error", backoff=False)
             log.critical("fenced by another instance with the same transactional id; stopping for good")
+            self.fatal = error
+            self.stop()
+            return 0
+        except KafkaAuthorizationFailed as error:
+            self._failed(status, error, outcome="kafka_error", backoff=False)
+            log.critical("Kafka refused this relay's principal; stopping", extra={"error": str(error)})
             self.fatal = error
             self.stop()
             return 0
