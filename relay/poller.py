@@ -748,10 +748,9 @@ class Poller:
             per_kind[change.kind] = per_kind.get(change.kind, 0) + 1
         for change_kind, count in per_kind.items():
             series.events_published[change_kind].inc(count)
-        if result.suppressed:
-            series.events_suppressed["noop"].inc(result.suppressed)
-        if result.stale:
-            series.events_suppressed["stale"].inc(result.stale)
+        for reason, count in result.suppressed_by_reason().items():
+            if count:
+                series.events_suppressed[reason].inc(count)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -79,6 +79,11 @@ async def test_initial_snapshot_skip_remembers_but_announces_only_later_changes(
         await relay.poller.poll_once(ACME, USERS)
         await ev.settle()
         assert ev.events == []
+        live = sum(1 for _ in world.sim.records(ACME, USERS, include_deleted=False))
+        skipped = metric(
+            relay.metrics.registry, "relay_events_suppressed_total", resource=USERS, reason="snapshot_skipped"
+        )
+        assert skipped == live
         world.sim.update(ACME, USERS, some_id, {"first_name": "Renamed"})
         await relay.poller.poll_once(ACME, USERS)
         await ev.wait_for(1)
