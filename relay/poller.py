@@ -43,6 +43,7 @@ from relay.errors import (
     KafkaUnavailable,
     SinkError,
     SourceError,
+    StateError,
 )
 from relay.events import to_kafka_message
 from relay.metrics import Metrics
@@ -371,6 +372,12 @@ class Poller:
         except KafkaAuthorizationFailed as error:
             self._failed(status, error, outcome="kafka_error", backoff=False)
             log.critical("Kafka refused this relay's principal; stopping", extra={"error": str(error)})
+            self.fatal = error
+            self.stop()
+            return 0
+        except StateError as error:  # reading the state back after a failed commit met records it cannot read
+            self._failed(status, error, outcome="kafka_error", backoff=False)
+            log.critical("cannot read the state topic; stopping", extra={"error": str(error)})
             self.fatal = error
             self.stop()
             return 0

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from relay.config import Config, load_config
-from relay.errors import AuthenticationError, KafkaUnavailable
+from relay.errors import AuthenticationError, KafkaUnavailable, StateError
 from relay.metrics import Metrics
 from relay.poller import Poller, PollOutcome, Wakeup, next_on_grid
 from relay.sink import KafkaSink
@@ -241,3 +241,13 @@ async def test_after_a_failed_commit_polls_wait_until_the_state_is_read_back() -
     finally:
         poller.stop()
         await runner
+
+
+async def test_an_unreadable_state_stops_the_poller() -> None:
+    # Reading the state back after a failed commit can meet records this version cannot read: nothing can go on.
+    poller = ScriptedPoller(config())
+    runner = await start(poller)
+    poller.failures[(ACME, USERS)] = StateError("unknown record shape 7")
+    poller.trigger(ACME, USERS)
+    await asyncio.wait_for(runner, 10)
+    assert isinstance(poller.fatal, StateError)
