@@ -569,16 +569,7 @@ class PageDiff:
                 self.deleted_changes += 1
                 self._remember(record, entity_id, digest, changed_at, version=0, deleted=True)
             else:
-                self._emit(
-                    "created",
-                    record,
-                    entity_id,
-                    record_json,
-                    digest,
-                    changed_at,
-                    previous_version=0,
-                    time_ms=changed_at,
-                )
+                self._emit("created", record, entity_id, record_json, digest, changed_at, previous_version=0)
             return
         _, previous_changed_at, previous_version, _, flags = _HEADER.unpack_from(previous)
         if changed_at is not None and previous_changed_at != NO_TIMESTAMP and changed_at < previous_changed_at:
@@ -587,40 +578,13 @@ class PageDiff:
             self.deleted_changes += 1
             self._remember(record, entity_id, digest, changed_at, version=previous_version, deleted=True)
         elif flags & _DELETED:
-            self._emit(
-                "created",
-                record,
-                entity_id,
-                record_json,
-                digest,
-                changed_at,
-                previous_version=previous_version,
-                time_ms=changed_at,
-                restored=previous_version > 0,
-            )
+            restored = previous_version > 0
+            self._emit("created", record, entity_id, record_json, digest, changed_at, previous_version, restored)
         elif deleted_now:
-            deleted_at = self._timestamp(record, "remote_deleted_at", entity_id)
-            self._emit(
-                "deleted",
-                record,
-                entity_id,
-                record_json,
-                digest,
-                changed_at,
-                previous_version=previous_version,
-                time_ms=deleted_at,
-            )
+            self._emit("deleted", record, entity_id, record_json, digest, changed_at, previous_version)
         else:
             self._emit(
-                "updated",
-                record,
-                entity_id,
-                record_json,
-                digest,
-                changed_at,
-                previous_version=previous_version,
-                time_ms=changed_at,
-                previous=previous,
+                "updated", record, entity_id, record_json, digest, changed_at, previous_version, previous=previous
             )
 
     def _emit(
@@ -631,12 +595,14 @@ class PageDiff:
         record_json: bytes,
         digest: bytes,
         changed_at: int | None,
-        *,
         previous_version: int,
-        time_ms: int | None,
         restored: bool = False,
+        *,
         previous: bytes | None = None,
     ) -> None:
+        # An event's time is its record's changed_at, or remote_deleted_at for a deletion (see relay.events).
+        time_field = "remote_deleted_at" if kind == "deleted" else "changed_at"
+        time_ms = changed_at if kind != "deleted" else self._timestamp(record, time_field, entity_id)
         if not self.emit:
             # A silent snapshot builds memory only. The version counts emitted events, so it stays.
             self.snapshot_skipped += 1
@@ -662,7 +628,7 @@ class PageDiff:
                 time_ms=time_ms,
                 event_id=event_id(self.integration, self.resource, entity_id, new_version, kind, content),
                 record_json=record_json,
-                time_text=_event_time_text(record.get("remote_deleted_at" if kind == "deleted" else "changed_at")),
+                time_text=_event_time_text(record.get(time_field)),
             )
         )
 

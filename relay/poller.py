@@ -41,6 +41,7 @@ from relay.errors import (
     InvalidPage,
     KafkaAuthorizationFailed,
     KafkaUnavailable,
+    RelayError,
     SinkError,
     SourceError,
     StateError,
@@ -355,32 +356,17 @@ class Poller:
         except IntegrationError as error:
             return self._failed(status, error, outcome="integration_error", backoff=True)
         except AuthenticationError as error:
-            self._failed(status, error, outcome="source_error", backoff=False)
-            log.critical(
-                "the source refused the API key; check RELAY_API_KEY",
-                extra={"integration": status.integration, "resource": status.resource, "code": error.code},
+            return self._stop_for_good(
+                status, error, "source_error", "the source refused the API key; check RELAY_API_KEY"
             )
-            self.fatal = error
-            self.stop()
-            return 0
         except Fenced as error:
-            self._failed(status, error, outcome="kafka_error", backoff=False)
-            log.critical("fenced by another instance with the same transactional id; stopping for good")
-            self.fatal = error
-            self.stop()
-            return 0
+            return self._stop_for_good(
+                status, error, "kafka_error", "fenced by another instance with the same transactional id; stopping"
+            )
         except KafkaAuthorizationFailed as error:
-            self._failed(status, error, outcome="kafka_error", backoff=False)
-            log.critical("Kafka refused this relay's principal; stopping", extra={"error": str(error)})
-            self.fatal = error
-            self.stop()
-            return 0
+            return self._stop_for_good(status, error, "kafka_error", "Kafka refused this relay's principal; stopping")
         except StateError as error:  # reading the state back after a failed commit met records it cannot read
-            self._failed(status, error, outcome="kafka_error", backoff=False)
-            log.critical("cannot read the state topic; stopping", extra={"error": str(error)})
-            self.fatal = error
-            self.stop()
-            return 0
+            return self._stop_for_good(status, error, "kafka_error", "cannot read the state topic; stopping")
         except InvalidPage as error:
             return self._failed(status, error, outcome="invalid_page", backoff=True)
         except SourceError as error:
@@ -400,6 +386,16 @@ class Poller:
         if not was_healthy:  # the gauge counts over every pair: recount only when a pair's health changed
             self._update_health_gauge()
         return self._jittered_interval()
+
+    def _stop_for_good(self, status: PairStatus, error: RelayError, outcome: str, message: str) -> float:
+        """An error no retry can mend: count it, say it loudly, and stop every pair; the relay exits with its code."""
+        self._failed(status, error, outcome=outcome, backoff=False)
+        log.critical(
+            message, extra={"integration": status.integration, "resource": status.resource, "error": str(error)}
+        )
+        self.fatal = error
+        self.stop()
+        return 0
 
     def _failed(self, status: PairStatus, error: Exception, *, outcome: str, backoff: bool) -> float:
         status.consecutive_failures += 1
