@@ -123,6 +123,13 @@ class Metrics:
             buckets=REQUEST_BUCKETS,
             registry=r,
         )
+        self.transaction_units = Histogram(
+            "relay_kafka_transaction_units",
+            "Units of work (a pair's page, with its state records) committed by one Kafka transaction: more than one "
+            "when units arrived while the previous transaction was in flight (group commit).",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128),
+            registry=r,
+        )
         self.last_success = Gauge(
             "relay_last_successful_poll_timestamp_seconds",
             "Unix time at which the last poll of this resource succeeded (for the oldest integration, see /status).",

@@ -25,6 +25,7 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DEFER_SECONDS = 300.0
 # Records diffed, and events serialized, between two yields to the event loop while the previous page commits.
 PREPARE_SLICE = 50
+# Pages of one pair committed but not yet known to be: enough for the sink to group several pages per transaction
+# while the source keeps sending, few enough to bound what a poll holds in memory (their records and events).
+MAX_PAGES_IN_FLIGHT = 8
 # Scheduled polls start on a grid of this many seconds (or of 1% of the poll interval, if that is finer), so that the
 # pairs due within one step are polled together, in one turn of the event loop. Waking an idle process is most of what
 # an idle poll costs: on the benchmark machine a request alone in its wake-up took about 1.1 ms of CPU, one of ten
@@ -520,18 +524,17 @@ class Poller:
         seen: set[str] | None = set() if kind == "reconcile" else None
         page_number = pages_before
         # Two overlaps keep the relay busy while the source or Kafka answer: the next page is fetched while this one is
-        # diffed and committed, and a page is diffed and serialized while the previous one's transaction commits
-        # (against memory as it will be once that commits). Errors surface where they always did: a fetch's when it is
-        # awaited, after the previous page committed; a commit's before the next page commits or the poll ends.
+        # diffed, and pages are diffed and serialized while earlier ones commit (against memory as it will be once
+        # they have: see _Unapplied). Up to MAX_PAGES_IN_FLIGHT pages wait for Kafka at once; the sink commits those
+        # that arrive during a transaction together in the next one. Pages are applied to memory in order, each once
+        # it committed; a failed commit stops the poll before any later page is applied.
         prefetched: asyncio.Task[Page] | None = None
-        committing: asyncio.Task[None] | None = None
-        previous: _Prepared | None = None
+        in_flight: deque[tuple[_Prepared, asyncio.Task[None] | None]] = deque()
+        unapplied = _Unapplied()
         try:
             while True:
                 if self._stopping.is_set():
-                    if committing is not None:
-                        task, committing = committing, None
-                        await task
+                    await self._apply_committed(integration, resource, in_flight, unapplied, outcome, wait_all=True)
                     outcome.interrupted = True  # the committed checkpoint says where the next run resumes
                     return
                 if prefetched is None:
@@ -559,6 +562,8 @@ class Poller:
                     seen.update(record["id"] for record in page.records)
                 last = page.next_cursor is None
                 if last:
+                    # The last page completes the poll from the checkpoint every earlier page leaves behind.
+                    await self._apply_committed(integration, resource, in_flight, unapplied, outcome, wait_all=True)
                     new_checkpoint = complete_poll(
                         self._store.pair(integration, resource).checkpoint, kind=kind, started_at_ms=started_at_ms
                     )
@@ -568,38 +573,83 @@ class Poller:
                         self._store.pair(integration, resource).checkpoint,
                         in_progress=InProgress(kind, page.next_cursor, updated_after, started_at_ms, page_number + 1),
                     )
-                prepared = await self._prepare_page(integration, resource, kind, page, new_checkpoint, previous)
-                if committing is not None:
-                    task, committing = committing, None
-                    await task
-                previous = prepared
+                prepared = await self._prepare_page(integration, resource, kind, page, new_checkpoint, unapplied)
                 page_number += 1
                 if last:  # nothing left to overlap with: commit in this task
                     await self._commit_page(integration, resource, prepared, seen, outcome)
                     self._metrics.watermark.labels(resource).set(started_at_ms / 1000)
                     return
-                committing = asyncio.create_task(self._commit_page(integration, resource, prepared, None, outcome))
+                await self._apply_committed(
+                    integration,
+                    resource,
+                    in_flight,
+                    unapplied,
+                    outcome,
+                    wait_all=False,
+                    room_for_one=True,
+                )
+                messages = self._messages_to_commit(integration, resource, prepared, None)
+                committing = None if messages is None else asyncio.create_task(self._sink.commit(messages))
+                in_flight.append((prepared, committing))
+                unapplied.add(prepared)
                 # Let the commit hand its batches to the producer, and the producer its first request to Kafka, before
                 # the next page's diff holds the event loop: Kafka then works while the relay does.
                 for _ in range(3):
                     await asyncio.sleep(0)
                 cursor = page.next_cursor
         except asyncio.CancelledError:
-            if committing is not None:  # the grace period is over: abort the transaction in flight
-                committing.cancel()
-                committing.add_done_callback(_retrieve)
+            for _, committing in in_flight:  # the grace period is over: abort the transactions in flight
+                if committing is not None:
+                    committing.cancel()
+                    committing.add_done_callback(_retrieve)
+            raise
+        except SinkError:
             raise
         except BaseException as error:
-            if committing is not None:  # a fetch failed: the page before it may still commit, and must be waited for
-                try:
-                    await committing
-                except SinkError as sink_error:
-                    raise sink_error from error
+            # A fetch or a diff failed: the pages before it may still commit, and must be waited for and applied.
+            try:
+                await self._apply_committed(integration, resource, in_flight, unapplied, outcome, wait_all=True)
+            except SinkError as sink_error:
+                raise sink_error from error
             raise
         finally:
             if prefetched is not None:  # stopped, or a page failed: the next one is not wanted
                 prefetched.cancel()
                 prefetched.add_done_callback(_retrieve)
+
+    async def _apply_committed(
+        self,
+        integration: str,
+        resource: str,
+        in_flight: deque[tuple[_Prepared, asyncio.Task[None] | None]],
+        unapplied: _Unapplied,
+        outcome: PollOutcome,
+        *,
+        wait_all: bool,
+        room_for_one: bool = False,
+    ) -> None:
+        """Apply the pages of ``in_flight`` that committed, oldest first: all of them (``wait_all``), or those done
+        already plus, with ``room_for_one``, as many as needed to leave room for one more page in flight.
+
+        Raises the first page's commit error; the pages behind it are then not applied (the sink failed them too)."""
+        while in_flight:
+            prepared, committing = in_flight[0]
+            must_wait = wait_all or (room_for_one and len(in_flight) >= MAX_PAGES_IN_FLIGHT)
+            if committing is not None and not committing.done() and not must_wait:
+                return
+            in_flight.popleft()
+            if committing is not None:
+                try:
+                    await committing
+                except BaseException:
+                    for _, later in in_flight:
+                        if later is not None:
+                            later.cancel()
+                            later.add_done_callback(_retrieve)
+                    in_flight.clear()
+                    raise
+            unapplied.remove(prepared)
+            self._apply_page(integration, resource, prepared, committed=committing is not None, outcome=outcome)
 
     def _updated_after(self, kind: PollKind, checkpoint: Checkpoint) -> str | None:
         if kind != "incremental" or checkpoint.watermark_ms is None:
@@ -613,18 +663,17 @@ class Poller:
         kind: PollKind,
         page: Page,
         checkpoint: Checkpoint,
-        previous: _Prepared | None,
+        unapplied: _Unapplied,
     ) -> _Prepared:
-        """Diff a page and serialize its events. ``previous`` is the page before it if that may still be committing:
-        the diff then sees memory as it will be once that page is applied (its fingerprints and shapes)."""
+        """Diff a page and serialize its events. ``unapplied`` holds the earlier pages still committing: the diff
+        sees memory as it will be once they are applied (their fingerprints and shapes)."""
         pair = self._store.pair(integration, resource)
         entities: Mapping[str, bytes] = pair.entities
         shapes = pair.shapes
-        if previous is not None and not previous.applied:
-            if previous.delta:
-                entities = _Overlay(previous.delta, pair.entities)
-            if previous.new_shapes:
-                shapes = _with_shapes(pair.shapes, previous.new_shapes)
+        if unapplied.delta:
+            entities = _Overlay(unapplied.delta, pair.entities)
+        if unapplied.shapes:
+            shapes = _with_shapes(pair.shapes, unapplied.shapes)
         page_diff = diff.PageDiff(
             entities,
             shapes,
@@ -658,37 +707,63 @@ class Poller:
         outcome: PollOutcome,
     ) -> None:
         """Commit a prepared page (with the vanished entities after a reconciliation's last page), then remember it."""
-        pair_key = (integration, resource)
+        messages = self._messages_to_commit(integration, resource, prepared, reconcile_seen)
+        if messages is not None:
+            await self._sink.commit(messages)
+        self._apply_page(integration, resource, prepared, committed=messages is not None, outcome=outcome)
+
+    def _messages_to_commit(
+        self, integration: str, resource: str, prepared: _Prepared, reconcile_seen: set[str] | None
+    ) -> list[OutMessage] | None:
+        """What a prepared page commits: its events and state records; None when it needs no transaction at all."""
         pair = self._store.pair(integration, resource)
-        kind, page, checkpoint, result = prepared.kind, prepared.page, prepared.checkpoint, prepared.result
+        kind, checkpoint, result = prepared.kind, prepared.checkpoint, prepared.result
         changes, delta, messages = prepared.changes, prepared.delta, prepared.messages
         if reconcile_seen is not None:
             changes_v, delta_v = self._vanished(integration, resource, pair.entities, delta, reconcile_seen)
             changes.extend(changes_v)
             delta.update(delta_v)
             messages.extend(self._event_messages(integration, resource, changes_v, int(self._clock() * 1000)))
-        if kind == "incremental" and not changes and not delta and not result.new_shapes and self._may_defer(pair_key):
+        if (
+            kind == "incremental"
+            and not changes
+            and not delta
+            and not result.new_shapes
+            and self._may_defer((integration, resource))
+        ):
             # Nothing changed: no transaction. Only the watermark moved; it is kept in memory and persisted with the
             # pair's next transaction, or within CHECKPOINT_DEFER_SECONDS. A persisted watermark that lags is safe:
             # after a restart the pair re-fetches a little more, and the diff drops what it already announced.
-            self._store.set_checkpoint(integration, resource, checkpoint)
-        else:
-            state_records = self._store.records_for(
-                integration, resource, delta=delta, new_shapes=prepared.new_shapes, checkpoint=checkpoint
-            )
-            messages.extend(
-                OutMessage(self._config.state_topic, r.key, r.value, partition=r.partition) for r in state_records
-            )
-            await self._sink.commit(messages)
+            return None
+        state_records = self._store.records_for(
+            integration, resource, delta=delta, new_shapes=prepared.new_shapes, checkpoint=checkpoint
+        )
+        messages.extend(
+            OutMessage(self._config.state_topic, r.key, r.value, partition=r.partition) for r in state_records
+        )
+        return messages
+
+    def _apply_page(
+        self, integration: str, resource: str, prepared: _Prepared, *, committed: bool, outcome: PollOutcome
+    ) -> None:
+        """Remember a page once its transaction committed (or, ``committed`` False, once it needed none)."""
+        pair_key = (integration, resource)
+        if committed:
+            pair = self._store.pair(integration, resource)
+            delta = prepared.delta
             self._deferred_since.pop(pair_key, None)
             added = sum(1 for entity_id in delta if entity_id not in pair.entities)
-            self._store.apply(integration, resource, delta=delta, new_shapes=prepared.new_shapes, checkpoint=checkpoint)
+            self._store.apply(
+                integration, resource, delta=delta, new_shapes=prepared.new_shapes, checkpoint=prepared.checkpoint
+            )
             if added:
                 self._metrics.entities.labels(resource).inc(added)
-        prepared.applied = True
-        self._count(resource, result, changes, len(page.records))
+        else:
+            self._store.set_checkpoint(integration, resource, prepared.checkpoint)
+        changes = prepared.changes
+        self._count(resource, prepared.result, changes, len(prepared.page.records))
         outcome.pages += 1
-        outcome.records += len(page.records)
+        outcome.records += len(prepared.page.records)
         outcome.events += len(changes)
         self.status[pair_key].events_published += len(changes)
 
@@ -774,7 +849,30 @@ class _Prepared:
     delta: dict[str, bytes]
     new_shapes: list[tuple[int, diff.Shape]]
     messages: list[OutMessage]
-    applied: bool = False
+
+
+class _Unapplied:
+    """What the pages still committing will change, in page order: their fingerprints (a later page's win) and their
+    new shapes. A page leaves once it is applied to memory, except the fingerprints a later page overwrote."""
+
+    __slots__ = ("delta", "shapes")
+
+    def __init__(self) -> None:
+        self.delta: dict[str, bytes] = {}
+        self.shapes: list[tuple[int, diff.Shape]] = []
+
+    def add(self, prepared: _Prepared) -> None:
+        self.delta.update(prepared.delta)
+        self.shapes.extend(prepared.new_shapes)
+
+    def remove(self, prepared: _Prepared) -> None:
+        delta = self.delta
+        for entity_id, fingerprint in prepared.delta.items():
+            if delta.get(entity_id) is fingerprint:  # the same object: no later page changed this entity
+                del delta[entity_id]
+        if prepared.new_shapes:
+            gone = {shape_id for shape_id, _ in prepared.new_shapes}
+            self.shapes = [shape for shape in self.shapes if shape[0] not in gone]
 
 
 class _Overlay(Mapping[str, bytes]):

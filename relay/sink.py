@@ -1,8 +1,14 @@
 """The Kafka side: topics, and one transaction per unit of work.
 
-The unit of work is one page: its events, the state records it changes and the pair's checkpoint are sent in one
-Kafka transaction, so ``read_committed`` consumers see all of them or none. Nothing in memory changes until
+The unit of work is one page: its events, the state records it changes and the pair's checkpoint are committed
+together, so ``read_committed`` consumers see all of them or none. Nothing in memory changes until
 :meth:`KafkaSink.commit` has returned.
+
+Group commit: a transaction costs several round trips to Kafka (adding partitions, producing, ending it), whatever
+its size, and one transactional producer runs one transaction at a time. So units that arrive while a transaction is
+in flight wait, and the next transaction takes them all, in arrival order, up to :data:`MAX_TRANSACTION_MESSAGES`.
+Each unit stays atomic (it is inside one transaction), units keep their order, and every unit of a transaction gets
+its outcome: all committed, or all failed with the same error. A lone unit is committed at once, as before.
 
 The producer is transactional (``RELAY_TRANSACTIONAL_ID``), which also makes it idempotent with ``acks=all``.
 A second instance with the same transactional id fences this one: :class:`~relay.errors.Fenced` is raised and the
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -31,6 +38,9 @@ from relay.partitioning import partitions_for_keys
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
+# A transaction takes waiting units until it holds this many messages (one unit always goes, however large): a few
+# thousand amortize a transaction's round trips, and a commit of that size stays far within its timeout.
+MAX_TRANSACTION_MESSAGES = 5_000
 # Fencing shows up under several names depending on where in the protocol the newer epoch is noticed.
 FENCING_ERRORS: tuple[str, ...] = ("ProducerFenced", "InvalidProducerEpoch")
 # An ACL refusing what the relay needs: not fencing (no other instance is involved), and not transient either.
@@ -49,6 +59,13 @@ class OutMessage(NamedTuple):  # immutable, and several times faster to build th
     partition: int | None = None
 
 
+class _Unit(NamedTuple):
+    """Messages that must commit together, and the future that tells their caller how it went."""
+
+    messages: Sequence[OutMessage]
+    outcome: asyncio.Future[None]
+
+
 class KafkaSink:
     """A transactional producer plus the admin work of creating topics."""
 
@@ -60,7 +77,9 @@ class KafkaSink:
         )
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
-        self._committing = asyncio.Lock()
+        # Units waiting for a transaction, oldest first, and the future of the transaction in flight (None when idle).
+        self._waiting: deque[_Unit] = deque()
+        self._in_flight: asyncio.Future[None] | None = None
         self.fenced = False
         self.reachable = False
         # Producers started so far, and the one under which the state was last read from the state topic. A new
@@ -157,29 +176,86 @@ class KafkaSink:
         return self.reachable
 
     async def commit(self, messages: Sequence[OutMessage]) -> None:
-        """Send ``messages`` in one transaction and commit it; raise :class:`SinkError` if it did not commit.
+        """Commit ``messages`` atomically; raise :class:`SinkError` if they did not commit.
 
-        A transactional producer runs one transaction at a time, and every pair shares it, so commits queue here.
+        One transaction runs at a time (the producer is shared by every pair); units that arrive meanwhile are
+        committed together by the next one (see the module docstring). The caller that finds no transaction in flight
+        runs the next one itself, so cancelling it (shutdown after the grace period) aborts that transaction.
         """
-        async with self._committing:
-            producer = await self._producer_or_start()
-            if self._state_generation not in (None, self._generation):
-                raise KafkaUnavailable("the Kafka producer was restarted since the state was read; reading it again")
-            started = time.monotonic()
-            try:
-                await asyncio.wait_for(self._transaction(producer, messages), self._commit_timeout)
-            except (Exception, asyncio.CancelledError) as exc:
-                error = self._classify(exc)
-                self._metrics.transaction_errors.labels(type(error).__name__).inc()
-                if isinstance(exc, asyncio.CancelledError):
-                    # Shutting down after the grace period: do not wait long for an abort Kafka may not answer. A
-                    # transaction left open is aborted by the next start with this transactional id.
-                    await self._discard_producer(abort=True, timeout=1.0)
-                    raise
-                await self._discard_producer(abort=not self.fenced)
-                raise error from exc
-            self.reachable = True
-            self._metrics.transaction_duration.observe(time.monotonic() - started)
+        unit = _Unit(messages, asyncio.get_running_loop().create_future())
+        self._waiting.append(unit)
+        try:
+            while not unit.outcome.done():
+                if self._in_flight is None:
+                    await self._commit_waiting()
+                else:
+                    await asyncio.wait((unit.outcome, self._in_flight), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if unit in self._waiting:  # not taken by a transaction yet: it never will be
+                self._waiting.remove(unit)
+            unit.outcome.add_done_callback(_retrieve_outcome)
+            raise
+        unit.outcome.result()  # raises the transaction's error
+
+    async def _commit_waiting(self) -> None:
+        """Run one transaction with the oldest waiting units, and give each of them the outcome."""
+        in_flight = self._in_flight = asyncio.get_running_loop().create_future()
+        units = self._take_units()
+        try:
+            await self._commit_units(units)
+        except BaseException as exc:
+            error = (
+                KafkaUnavailable("the transaction was abandoned: the relay is shutting down")
+                if isinstance(exc, asyncio.CancelledError)
+                else exc
+            )
+            # The units still waiting fail too: a pair's later page must never commit after its earlier one failed
+            # (it would move the checkpoint past events that are not in Kafka), and the sink does not know pairs.
+            units.extend(self._waiting)
+            self._waiting.clear()
+            for unit in units:
+                if not unit.outcome.done():
+                    unit.outcome.set_exception(error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            for unit in units:
+                if not unit.outcome.done():
+                    unit.outcome.set_result(None)
+        finally:
+            self._in_flight = None
+            in_flight.set_result(None)
+
+    def _take_units(self) -> list[_Unit]:
+        units = [self._waiting.popleft()]
+        count = len(units[0].messages)
+        while self._waiting and count + len(self._waiting[0].messages) <= MAX_TRANSACTION_MESSAGES:
+            unit = self._waiting.popleft()
+            units.append(unit)
+            count += len(unit.messages)
+        return units
+
+    async def _commit_units(self, units: list[_Unit]) -> None:
+        producer = await self._producer_or_start()
+        if self._state_generation not in (None, self._generation):
+            raise KafkaUnavailable("the Kafka producer was restarted since the state was read; reading it again")
+        messages = units[0].messages if len(units) == 1 else [m for unit in units for m in unit.messages]
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._transaction(producer, messages), self._commit_timeout)
+        except (Exception, asyncio.CancelledError) as exc:
+            error = self._classify(exc)
+            self._metrics.transaction_errors.labels(type(error).__name__).inc()
+            if isinstance(exc, asyncio.CancelledError):
+                # Shutting down after the grace period: do not wait long for an abort Kafka may not answer. A
+                # transaction left open is aborted by the next start with this transactional id.
+                await self._discard_producer(abort=True, timeout=1.0)
+                raise
+            await self._discard_producer(abort=not self.fenced)
+            raise error from exc
+        self.reachable = True
+        self._metrics.transaction_duration.observe(time.monotonic() - started)
+        self._metrics.transaction_units.observe(len(units))
 
     async def _transaction(self, producer: AIOKafkaProducer, messages: Sequence[OutMessage]) -> None:
         await producer.begin_transaction()
@@ -254,6 +330,12 @@ async def _partitions(producer: AIOKafkaProducer, messages: Sequence[OutMessage]
         for index, partition in zip(indexes, chosen, strict=True):
             partitions[index] = partition
     return partitions
+
+
+def _retrieve_outcome(outcome: asyncio.Future[None]) -> None:
+    """Mark the outcome of a unit whose caller went away as seen, so asyncio does not log it as never retrieved."""
+    if not outcome.cancelled():
+        outcome.exception()
 
 
 async def _quietly_stop(producer: Any, timeout: float = 10.0) -> None:
