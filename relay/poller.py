@@ -197,6 +197,7 @@ class Poller:
         self._rng = rng or random.Random()
         self._slots = asyncio.Semaphore(config.max_concurrent_polls)
         self._stopping = asyncio.Event()
+        self._stopped: asyncio.Future[None] | None = None  # the same, as a future to wait on with others
         self._reload_state = reload_state
         # After a failed commit the transaction may still have committed (the answer, not the commit, was lost),
         # so memory may be behind Kafka. Polls then pause until the state is read back from the state topic.
@@ -236,6 +237,8 @@ class Poller:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
         for status in self.status.values():  # wake every sleeping pair now, not at the end of its interval
             status.trigger.wake()
 
@@ -542,7 +545,9 @@ class Poller:
                         integration, resource, updated_after=updated_after, cursor=cursor, page_number=page_number
                     )
                 else:
-                    page = await prefetched
+                    if not await self._done_unless_stopping(prefetched):
+                        continue  # stopping: the page was not needed after all; the loop's top ends the poll
+                    page = prefetched.result()
                     prefetched = None
                 if page.next_cursor is not None:
                     prefetched = asyncio.create_task(
@@ -616,6 +621,17 @@ class Poller:
             if prefetched is not None:  # stopped, or a page failed: the next one is not wanted
                 prefetched.cancel()
                 prefetched.add_done_callback(_retrieve)
+
+    async def _done_unless_stopping(self, fetching: asyncio.Task[Page]) -> bool:
+        """Wait for a page being fetched; False if the relay began to stop first (a slow source must not hold up a
+        shutdown: the committed checkpoint says where the next run resumes)."""
+        if not fetching.done():
+            if self._stopped is None:
+                self._stopped = asyncio.get_running_loop().create_future()
+                if self._stopping.is_set():
+                    self._stopped.set_result(None)
+            await asyncio.wait((fetching, self._stopped), return_when=asyncio.FIRST_COMPLETED)
+        return fetching.done()
 
     async def _apply_committed(
         self,
