@@ -60,9 +60,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DEFER_SECONDS = 300.0
 # Records diffed, and events serialized, between two yields to the event loop while the previous page commits.
 PREPARE_SLICE = 50
-# Pages of one pair committed but not yet known to be: enough for the sink to group several pages per transaction
-# while the source keeps sending, few enough to bound what a poll holds in memory (their records and events).
-MAX_PAGES_IN_FLIGHT = 8
+# Pages of one pair sent to the sink and not yet committed: enough for the sink to group several pages per
+# transaction while the source keeps sending, few enough to bound what a poll holds in memory (their messages).
+MAX_PAGES_IN_FLIGHT = 4
 # Scheduled polls start on a grid of this many seconds (or of 1% of the poll interval, if that is finer), so that the
 # pairs due within one step are polled together, in one turn of the event loop. Waking an idle process is most of what
 # an idle poll costs: on the benchmark machine a request alone in its wake-up took about 1.1 ms of CPU, one of ten
@@ -712,7 +712,18 @@ class Poller:
         for start in range(0, len(changes), PREPARE_SLICE):
             await asyncio.sleep(0)
             messages.extend(self._event_messages(integration, resource, changes[start : start + PREPARE_SLICE], now_ms))
-        return _Prepared(kind, page, checkpoint, result, changes, dict(result.delta), list(result.new_shapes), messages)
+        # Only what the commit and the counters need is kept: the records and changes go now, not once the page has
+        # committed, which holds several pages in flight to their messages.
+        return _Prepared(
+            kind,
+            len(records),
+            checkpoint,
+            result.suppressed_by_reason(),
+            _events_by_kind(changes),
+            dict(result.delta),
+            list(result.new_shapes),
+            messages,
+        )
 
     async def _commit_page(
         self,
@@ -733,18 +744,18 @@ class Poller:
     ) -> list[OutMessage] | None:
         """What a prepared page commits: its events and state records; None when it needs no transaction at all."""
         pair = self._store.pair(integration, resource)
-        kind, checkpoint, result = prepared.kind, prepared.checkpoint, prepared.result
-        changes, delta, messages = prepared.changes, prepared.delta, prepared.messages
+        kind, checkpoint, delta, messages = prepared.kind, prepared.checkpoint, prepared.delta, prepared.messages
         if reconcile_seen is not None:
             changes_v, delta_v = self._vanished(integration, resource, pair.entities, delta, reconcile_seen)
-            changes.extend(changes_v)
+            for event_kind, count in _events_by_kind(changes_v).items():
+                prepared.events_by_kind[event_kind] = prepared.events_by_kind.get(event_kind, 0) + count
             delta.update(delta_v)
             messages.extend(self._event_messages(integration, resource, changes_v, int(self._clock() * 1000)))
         if (
             kind == "incremental"
-            and not changes
+            and not prepared.events_by_kind
             and not delta
-            and not result.new_shapes
+            and not prepared.new_shapes
             and self._may_defer((integration, resource))
         ):
             # Nothing changed: no transaction. Only the watermark moved; it is kept in memory and persisted with the
@@ -776,12 +787,12 @@ class Poller:
                 self._metrics.entities.labels(resource).inc(added)
         else:
             self._store.set_checkpoint(integration, resource, prepared.checkpoint)
-        changes = prepared.changes
-        self._count(resource, prepared.result, changes, len(prepared.page.records))
+        self._count(resource, prepared)
+        events = sum(prepared.events_by_kind.values())
         outcome.pages += 1
-        outcome.records += len(prepared.page.records)
-        outcome.events += len(changes)
-        self.status[pair_key].events_published += len(changes)
+        outcome.records += prepared.records
+        outcome.events += events
+        self.status[pair_key].events_published += events
 
     def _may_defer(self, pair_key: tuple[str, str]) -> bool:
         """Whether an unchanged page's checkpoint may stay unpersisted (for at most CHECKPOINT_DEFER_SECONDS)."""
@@ -835,16 +846,20 @@ class Poller:
                 messages.append(OutMessage(topic, message.key, None))
         return messages
 
-    def _count(self, resource: str, result: diff.DiffResult, changes: list[diff.Change], records: int) -> None:
+    def _count(self, resource: str, prepared: _Prepared) -> None:
         series = self._metrics.for_resource(resource)
-        per_kind: dict[str, int] = {}
-        for change in changes:
-            per_kind[change.kind] = per_kind.get(change.kind, 0) + 1
-        for change_kind, count in per_kind.items():
+        for change_kind, count in prepared.events_by_kind.items():
             series.events_published[change_kind].inc(count)
-        for reason, count in result.suppressed_by_reason().items():
+        for reason, count in prepared.suppressed_by_reason.items():
             if count:
                 series.events_suppressed[reason].inc(count)
+
+
+def _events_by_kind(changes: list[diff.Change]) -> dict[str, int]:
+    per_kind: dict[str, int] = {}
+    for change in changes:
+        per_kind[change.kind] = per_kind.get(change.kind, 0) + 1
+    return per_kind
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -858,10 +873,10 @@ class _Prepared:
     """A page diffed and its events serialized, not yet committed."""
 
     kind: PollKind
-    page: Page
+    records: int
     checkpoint: Checkpoint
-    result: diff.DiffResult
-    changes: list[diff.Change]
+    suppressed_by_reason: dict[str, int]
+    events_by_kind: dict[str, int]
     delta: dict[str, bytes]
     new_shapes: list[tuple[int, diff.Shape]]
     messages: list[OutMessage]
