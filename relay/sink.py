@@ -1,4 +1,4 @@
-"""The Kafka side: topics, and one transaction per unit of work.
+"""The Kafka side: topics, and transactions that each commit one or more units of work, whole.
 
 The unit of work is one page: its events, the state records it changes and the pair's checkpoint are committed
 together, so ``read_committed`` consumers see all of them or none. Nothing in memory changes until
