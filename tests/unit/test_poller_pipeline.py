@@ -1,0 +1,155 @@
+"""A poll's pages in flight: diffed while earlier pages commit, committed in groups, remembered in order.
+
+The poller and the sink's queue are real; the source serves scripted pages and the sink's transactions are
+hand-written fakes that can be held open or made to fail. What real Kafka makes of the transactions is the
+end-to-end and fault tests' business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from relay.config import Config, load_config
+from relay.errors import KafkaUnavailable
+from relay.metrics import Metrics
+from relay.poller import MAX_PAGES_IN_FLIGHT, Poller
+from relay.sink import KafkaSink, OutMessage
+from relay.source import Page, SourceClient
+from relay.state import StateStore
+
+ACME = "acme"
+USERS = "ats/users"
+PAGE_SIZE = 10
+PAGES = 12
+
+
+def config() -> Config:
+    return load_config(
+        None,
+        {
+            "RELAY_API_KEY": "k",
+            "RELAY_INTEGRATIONS": ACME,
+            "RELAY_RESOURCES": USERS,
+            "RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+        },
+    )
+
+
+def page_records(number: int) -> list[dict[str, Any]]:
+    return [
+        {"id": f"u{number}-{i}", "changed_at": "2024-01-01T00:00:00.000Z", "remote_deleted_at": None, "n": i}
+        for i in range(PAGE_SIZE)
+    ]
+
+
+class ScriptedSource(SourceClient):
+    """Serves PAGES pages of PAGE_SIZE records; a page listed in ``holds`` is served once its event is set."""
+
+    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+        super().__init__(cfg, metrics)
+        self.holds: dict[int, asyncio.Event] = {}
+        self.held = asyncio.Event()  # set once a held page was asked for
+
+    async def fetch_page(
+        self, integration: str, resource: str, *, updated_after: str | None, cursor: str | None, page_number: int
+    ) -> Page:
+        if page_number in self.holds:
+            self.held.set()
+            await self.holds[page_number].wait()
+        last = page_number == PAGES - 1
+        return Page(page_records(page_number), None if last else f"c{page_number + 1}", 1_700_000_000_000)
+
+
+class ScriptedTransactions(KafkaSink):
+    """Transactions recorded (the pages they carry) and held open until released; ``fail`` fails the n-th (from 1)."""
+
+    def __init__(self, cfg: Config, metrics: Metrics, *, fail: int | None = None) -> None:
+        super().__init__(cfg, metrics)
+        self.pages: list[list[str]] = []
+        self.release = asyncio.Semaphore(0)
+        self.fail = fail
+
+    async def _producer_or_start(self) -> Any:
+        return object()
+
+    async def _transaction(self, producer: Any, messages: Sequence[OutMessage]) -> None:
+        checkpoints = [orjson.loads(m.value) for m in messages if m.value and m.key.startswith(b'["c"')]
+        self.pages.append([c["in_progress"]["cursor"] if c["in_progress"] else "done" for c in checkpoints])
+        await self.release.acquire()
+        if self.fail == len(self.pages):
+            raise KafkaUnavailable("broker gone")
+
+    async def _discard_producer(self, *, abort: bool, timeout: float = 10.0) -> None:
+        pass
+
+
+def relay(*, fail: int | None = None) -> tuple[Poller, ScriptedSource, ScriptedTransactions, StateStore]:
+    cfg = config()
+    metrics = Metrics(cfg.resources, registry=CollectorRegistry())
+    source, sink, store = ScriptedSource(cfg, metrics), ScriptedTransactions(cfg, metrics, fail=fail), StateStore(1)
+    return Poller(cfg, source, sink, store, metrics, rng=random.Random(1)), source, sink, store
+
+
+async def release_each_transaction(sink: ScriptedTransactions, poll: asyncio.Task[Any]) -> None:
+    """Let each transaction end once the poller has had every chance to queue more pages behind it."""
+    while not poll.done():
+        for _ in range(50):
+            await asyncio.sleep(0)
+        sink.release.release()
+
+
+async def test_pages_ready_during_a_transaction_share_the_next_and_are_remembered_in_order() -> None:
+    poller, _, sink, store = relay()
+    poll = asyncio.create_task(poller.poll_once(ACME, USERS))
+    await asyncio.gather(poll, release_each_transaction(sink, poll))
+    outcome = poll.result()
+    assert (outcome.pages, outcome.records, outcome.events) == (PAGES, PAGES * PAGE_SIZE, PAGES * PAGE_SIZE)
+    # Every page committed once, in order, and transactions carried several (but never more than in flight).
+    committed = [cursor for transaction in sink.pages for cursor in transaction]
+    assert committed == [f"c{n}" for n in range(1, PAGES)] + ["done"]
+    assert max(len(transaction) for transaction in sink.pages) > 1
+    assert max(len(transaction) for transaction in sink.pages) <= MAX_PAGES_IN_FLIGHT
+    pair = store.pair(ACME, USERS)
+    assert len(pair.entities) == PAGES * PAGE_SIZE
+    assert pair.checkpoint.snapshot_done
+    assert pair.checkpoint.in_progress is None
+
+
+async def test_a_failed_transaction_leaves_memory_at_the_last_committed_page() -> None:
+    poller, _, sink, store = relay(fail=2)
+    poll = asyncio.create_task(poller.poll_once(ACME, USERS))
+    with pytest.raises(KafkaUnavailable):
+        await asyncio.gather(poll, release_each_transaction(sink, poll))
+    first = sink.pages[0]  # the one transaction that committed
+    pair = store.pair(ACME, USERS)
+    assert len(pair.entities) == len(first) * PAGE_SIZE  # no page of the failed transaction, nor any after it
+    assert pair.entities.keys() == {f"u{n}-{i}" for n in range(len(first)) for i in range(PAGE_SIZE)}
+    assert pair.checkpoint.in_progress is not None
+    assert pair.checkpoint.in_progress.cursor == first[-1]  # the next run resumes right after it
+    assert len(sink.pages) == 2  # nothing was committed after the failure
+
+
+async def test_a_stop_does_not_wait_for_a_page_being_fetched_but_keeps_what_committed() -> None:
+    poller, source, sink, store = relay()
+    source.holds[3] = asyncio.Event()  # never set: a source that does not answer
+    poll = asyncio.create_task(poller.poll_once(ACME, USERS))
+    releasing = asyncio.create_task(release_each_transaction(sink, poll))
+    async with asyncio.timeout(10):
+        await source.held.wait()
+    poller.stop()
+    async with asyncio.timeout(10):
+        outcome = await poll
+    await releasing
+    assert outcome.interrupted
+    assert outcome.pages == 3
+    pair = store.pair(ACME, USERS)
+    assert len(pair.entities) == 3 * PAGE_SIZE
+    assert pair.checkpoint.in_progress is not None
+    assert pair.checkpoint.in_progress.cursor == "c3"  # the next run asks for page 3 again
