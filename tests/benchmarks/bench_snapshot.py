@@ -79,7 +79,7 @@ class Run:
     restore_rss: int
     relay_cpu_seconds: float
     fetch_ms_per_page: float  # inside the relay: mean source request duration
-    commit_ms_per_page: float  # inside the relay: mean Kafka transaction duration (begin to commit)
+    commit_ms_per_page: float  # inside the relay: mean Kafka transaction duration (begin to commit), per transaction
 
     @property
     def relay_rps(self) -> float:
@@ -360,7 +360,7 @@ async def run(sizes: list[int], runs: int, kafka_port: int) -> dict[str, Any]:
                         f"produce-only {result.produce_rps:,.0f}/s, ratio {result.ratio:.2f}, "
                         f"{result.bytes_per_entity:.0f} B/entity, restore {restore_seconds:.2f}s, relay CPU "
                         f"{cpu / seconds:.0%}, in the relay: fetch {fetch_ms:.1f} ms/page, "
-                        f"commit {commit_ms:.1f} ms/page"
+                        f"commit {commit_ms:.1f} ms/transaction"
                     )
                 del pages
                 await sim.control("DELETE", f"integrations/{integration}")

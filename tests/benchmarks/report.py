@@ -167,11 +167,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"## Snapshot throughput, memory, restore (median of {snapshot['runs_per_size']} runs per N)",
             "",
             "Each column is a median over the runs; *relay / lower limit* is the median of the ratios measured within "
-            "each run. *relay fetch / commit* are the relay's own mean source request and Kafka transaction times "
-            "per page (they overlap: the next page is fetched, and diffed, while a page commits).",
+            "each run. *relay fetch / commit* are the relay's own mean source request time, per page, and Kafka "
+            "transaction time, per transaction, which carries the pages that became ready while the previous one was "
+            "in flight (group commit). They overlap: pages are fetched and diffed while earlier ones commit.",
             "",
             "| N | relay rec/s | fetch-only rec/s | produce-only rec/s | relay / lower limit | relay CPU | "
-            "relay fetch / commit ms per page | B/entity | RSS before -> after | restore s | RSS after restore |",
+            "relay fetch ms per page / commit ms per transaction | B/entity | RSS before -> after | restore s | "
+            "RSS after restore |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for s in snapshot["sizes"]:
