@@ -16,30 +16,19 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from relay.config import Config, load_config
+from relay.config import Config
 from relay.errors import KafkaUnavailable
 from relay.metrics import Metrics
 from relay.poller import MAX_PAGES_IN_FLIGHT, Poller
 from relay.sink import KafkaSink, OutMessage
 from relay.source import Page, SourceClient
 from relay.state import StateStore
+from tests.unit.support import config_without_kafka
 
 ACME = "acme"
 USERS = "ats/users"
 PAGE_SIZE = 10
 PAGES = 12
-
-
-def config() -> Config:
-    return load_config(
-        None,
-        {
-            "RELAY_API_KEY": "k",
-            "RELAY_INTEGRATIONS": ACME,
-            "RELAY_RESOURCES": USERS,
-            "RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
-        },
-    )
 
 
 def page_records(number: int) -> list[dict[str, Any]]:
@@ -91,7 +80,7 @@ class ScriptedTransactions(KafkaSink):
 
 
 def relay(*, fail: int | None = None) -> tuple[Poller, ScriptedSource, ScriptedTransactions, StateStore]:
-    cfg = config()
+    cfg = config_without_kafka(RELAY_INTEGRATIONS=ACME, RELAY_RESOURCES=USERS)
     metrics = Metrics(cfg.resources, registry=CollectorRegistry())
     source, sink, store = ScriptedSource(cfg, metrics), ScriptedTransactions(cfg, metrics, fail=fail), StateStore(1)
     return Poller(cfg, source, sink, store, metrics, rng=random.Random(1)), source, sink, store

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import Callable
 
 import pytest
 
@@ -20,6 +18,7 @@ from relay.poller import Poller, PollOutcome, Wakeup, next_on_grid
 from relay.sink import KafkaSink
 from relay.source import SourceClient
 from relay.state import StateStore
+from tests.unit.support import quiescent, wait_until
 
 ACME = "personio:acme"
 GLOBEX = "greenhouse:globex"
@@ -37,20 +36,6 @@ def config(**env: str) -> Config:
     }
     environ.update({f"RELAY_{name.upper()}": value for name, value in env.items()})
     return load_config(None, environ)
-
-
-async def quiescent() -> None:
-    """Let every runnable task run until it blocks (no wall-clock wait)."""
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def far_future() -> float:

@@ -13,22 +13,14 @@ from aiokafka.errors import (
 )
 from prometheus_client import CollectorRegistry
 
-from relay.config import load_config
 from relay.errors import Fenced, KafkaAuthorizationFailed, KafkaUnavailable
 from relay.metrics import Metrics
 from relay.sink import KafkaSink
+from tests.unit.support import config_without_kafka
 
 
 def sink() -> KafkaSink:
-    config = load_config(
-        None,
-        {
-            "RELAY_API_KEY": "k",
-            "RELAY_INTEGRATIONS": "acme",
-            "RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
-            "RELAY_TRANSACTIONAL_ID": "relay-test",
-        },
-    )
+    config = config_without_kafka(RELAY_TRANSACTIONAL_ID="relay-test")
     return KafkaSink(config, Metrics(config.resources, registry=CollectorRegistry()))
 
 

@@ -14,20 +14,17 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from relay.config import load_config
 from relay.errors import KafkaUnavailable
 from relay.metrics import Metrics
 from relay.sink import MAX_TRANSACTION_MESSAGES, KafkaSink, OutMessage
+from tests.unit.support import config_without_kafka
 
 
 class FakeTransactions(KafkaSink):
     """A sink whose transactions are recorded, and held open until the test lets them end (or fail)."""
 
     def __init__(self) -> None:
-        config = load_config(
-            None,
-            {"RELAY_API_KEY": "k", "RELAY_INTEGRATIONS": "acme", "RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"},
-        )
+        config = config_without_kafka()
         super().__init__(config, Metrics(config.resources, registry=CollectorRegistry()))
         self.transactions: list[list[bytes]] = []
         self.release: asyncio.Queue[BaseException | None] = asyncio.Queue()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from relay.webhooks import (
     sign,
     verify_signature,
 )
+from tests.unit.support import quiescent, wait_until
 
 SECRET = "whsec_unit-never-print-me-4e1b"
 ACME = "personio:acme"
@@ -706,20 +707,6 @@ class ScriptedPoller(Poller):
     @property
     def metrics(self) -> Metrics:
         return self._metrics
-
-
-async def wait_until(condition: Callable[[], bool], what: str = "condition", timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-async def quiescent() -> None:
-    """Let every runnable task run until it blocks (no wall-clock wait)."""
-    for _ in range(20):
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
