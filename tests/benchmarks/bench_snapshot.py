@@ -16,11 +16,15 @@ For each N the simulator (a subprocess) holds N users in an integration of their
    the next pages ready; the relay groups the pages that arrive while a transaction is in flight).
 
 The ratio relay / min(limits) is computed within each run; figures are medians over the runs.
+
+The CPU time of the relay, the simulator and the broker is read in each phase: the three share the machine's cores,
+so their sum per record bounds what the machine can do (``two_core_rps``), whatever the limits measured alone say.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -43,12 +47,14 @@ from tests.benchmarks.support import (
     RelaySettings,
     SimulatorProcess,
     broker,
+    cpu_seconds,
     log,
     median,
     wait_for,
 )
 
 PAGE_SIZE = 250
+CORES = os.cpu_count() or 1
 PARTITIONS = 6  # the relay's defaults for event and state topics
 # The relay's producer settings (relay/sink.py, KafkaSink._new_producer), for the produce-only limit.
 PRODUCER_SETTINGS: dict[str, Any] = {
@@ -80,6 +86,12 @@ class Run:
     relay_cpu_seconds: float
     fetch_ms_per_page: float  # inside the relay: mean source request duration
     commit_ms_per_page: float  # inside the relay: mean Kafka transaction duration (begin to commit), per transaction
+    # CPU seconds of the other processes on the machine, while the relay snapshots and while fetch-only pages
+    simulator_cpu_seconds: float
+    broker_cpu_seconds: float
+    fetch_simulator_cpu_seconds: float
+    fetch_client_cpu_seconds: float
+    produce_broker_cpu_seconds: float  # includes the topic creation and the 2 s wait for leaders
 
     @property
     def relay_rps(self) -> float:
@@ -101,9 +113,27 @@ class Run:
     def bytes_per_entity(self) -> float:
         return (self.rss_after - self.rss_before) / self.records
 
+    @property
+    def cpu_us_per_record(self) -> float:
+        """CPU of the relay, the simulator and the broker together, per record, during the relay's snapshot."""
+        return 1e6 * (self.relay_cpu_seconds + self.simulator_cpu_seconds + self.broker_cpu_seconds) / self.records
+
+    @property
+    def two_core_rps(self) -> float:
+        """The most this machine's two cores could do at that CPU per record, were every process busy all along."""
+        return CORES * 1e6 / self.cpu_us_per_record
+
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for name in ("relay_rps", "fetch_rps", "produce_rps", "ratio", "bytes_per_entity"):
+        for name in (
+            "relay_rps",
+            "fetch_rps",
+            "produce_rps",
+            "ratio",
+            "bytes_per_entity",
+            "cpu_us_per_record",
+            "two_core_rps",
+        ):
             data[name] = getattr(self, name)
         return data
 
@@ -234,11 +264,24 @@ def _transactions(pages: list[list[OutTuple]]) -> list[list[list[OutTuple]]]:
 # ------------------------------------------------------------------------------------------------- the relay
 
 
+@dataclass
+class RelaySnapshot:
+    seconds: float
+    events: int
+    rss_before: int
+    rss_after: int
+    cpu_seconds: float  # the relay's, and below the others', from the first request to the last commit (about)
+    simulator_cpu_seconds: float
+    broker_cpu_seconds: float
+    fetch_ms_per_page: float
+    commit_ms_per_transaction: float
+
+
 async def relay_snapshot(
-    sim: SimulatorProcess, bootstrap_servers: str, integration: str, prefix: str, expected_events: int
-) -> tuple[float, int, int, int, float, float, float]:
-    """Run the relay's snapshot of ``integration``; return (seconds, events, rss before, rss after, cpu seconds,
-    mean fetch ms per page, mean commit ms per page)."""
+    sim: SimulatorProcess, kafka: Any, integration: str, prefix: str, expected_events: int
+) -> RelaySnapshot:
+    """Run the relay's snapshot of ``integration`` and measure it."""
+    bootstrap_servers = kafka.bootstrap_servers
     await sim.set_state(integration, "inactive")
     settings = RelaySettings(
         bootstrap_servers=bootstrap_servers,
@@ -257,7 +300,7 @@ async def relay_snapshot(
         await wait_for(refused, 60, "the relay's first (refused) poll", interval=0.1)
         await asyncio.sleep(0.5)
         rss_before = relay.rss_bytes()
-        cpu_before = relay.cpu_seconds()
+        cpu_before = relay.cpu_seconds(), cpu_seconds(sim.pid), cpu_seconds(kafka.process.pid)
         await sim.set_state(integration, "active")
 
         async def snapshot_done() -> Any:
@@ -268,7 +311,8 @@ async def relay_snapshot(
             return None
 
         metrics = await wait_for(snapshot_done, 3600, "the snapshot", interval=0.5)
-        cpu = relay.cpu_seconds() - cpu_before
+        cpu_after = relay.cpu_seconds(), cpu_seconds(sim.pid), cpu_seconds(kafka.process.pid)
+        relay_cpu, sim_cpu, broker_cpu = (after - before for before, after in zip(cpu_before, cpu_after, strict=True))
         await asyncio.sleep(1.0)
         rss_after = relay.rss_bytes()
         seconds = metrics.sum("relay_poll_duration_seconds_sum", kind="snapshot")
@@ -285,7 +329,9 @@ async def relay_snapshot(
             * metrics.sum("relay_kafka_transaction_duration_seconds_sum")
             / max(1.0, metrics.sum("relay_kafka_transaction_duration_seconds_count"))
         )
-        return seconds, events, rss_before, rss_after, cpu, fetch_ms, commit_ms
+        return RelaySnapshot(
+            seconds, events, rss_before, rss_after, relay_cpu, sim_cpu, broker_cpu, fetch_ms, commit_ms
+        )
     finally:
         relay.stop()
 
@@ -329,38 +375,62 @@ async def run(sizes: list[int], runs: int, kafka_port: int) -> dict[str, Any]:
                 pages = await prepare_messages(sim.url, integration)
                 for r in range(runs):
                     prefix = f"b{tag}n{n}r{r}"
-                    seconds, events, before, after, cpu, fetch_ms, commit_ms = await relay_snapshot(
-                        sim, kafka.bootstrap_servers, integration, prefix, live
-                    )
+                    snap = await relay_snapshot(sim, kafka, integration, prefix, live)
                     restore_seconds, restore_rss = await relay_restore(
                         sim, kafka.bootstrap_servers, integration, prefix
                     )
+                    fetch_cpu_before = cpu_seconds(sim.pid), time.process_time()
                     fetch_seconds, fetched, _ = await fetch_pages(sim.url, integration)
+                    fetch_sim_cpu, fetch_client_cpu = (
+                        after - before
+                        for before, after in zip(
+                            fetch_cpu_before, (cpu_seconds(sim.pid), time.process_time()), strict=True
+                        )
+                    )
                     assert fetched == records, (fetched, records)
+                    broker_cpu_before = cpu_seconds(kafka.process.pid)
                     produce_seconds = await produce_only(kafka.bootstrap_servers, pages, f"limit{tag}n{n}r{r}")
+                    produce_broker_cpu = cpu_seconds(kafka.process.pid) - broker_cpu_before
                     result = Run(
                         n=n,
                         run=r,
                         records=records,
-                        events=events,
-                        relay_seconds=seconds,
+                        events=snap.events,
+                        relay_seconds=snap.seconds,
                         fetch_seconds=fetch_seconds,
                         produce_seconds=produce_seconds,
-                        rss_before=before,
-                        rss_after=after,
+                        rss_before=snap.rss_before,
+                        rss_after=snap.rss_after,
                         restore_seconds=restore_seconds,
                         restore_rss=restore_rss,
-                        relay_cpu_seconds=cpu,
-                        fetch_ms_per_page=fetch_ms,
-                        commit_ms_per_page=commit_ms,
+                        relay_cpu_seconds=snap.cpu_seconds,
+                        fetch_ms_per_page=snap.fetch_ms_per_page,
+                        commit_ms_per_page=snap.commit_ms_per_transaction,
+                        simulator_cpu_seconds=snap.simulator_cpu_seconds,
+                        broker_cpu_seconds=snap.broker_cpu_seconds,
+                        fetch_simulator_cpu_seconds=fetch_sim_cpu,
+                        fetch_client_cpu_seconds=fetch_client_cpu,
+                        produce_broker_cpu_seconds=produce_broker_cpu,
                     )
                     results.append(result)
+                    us = {
+                        name: f"{1e6 * seconds / records:.1f}"
+                        for name, seconds in (
+                            ("relay", snap.cpu_seconds),
+                            ("simulator", snap.simulator_cpu_seconds),
+                            ("broker", snap.broker_cpu_seconds),
+                            ("fetch-only simulator", fetch_sim_cpu),
+                            ("fetch-only client", fetch_client_cpu),
+                            ("produce-only broker", produce_broker_cpu),
+                        )
+                    }
                     log(
                         f"N={n} run {r}: relay {result.relay_rps:,.0f}/s, fetch-only {result.fetch_rps:,.0f}/s, "
                         f"produce-only {result.produce_rps:,.0f}/s, ratio {result.ratio:.2f}, "
                         f"{result.bytes_per_entity:.0f} B/entity, restore {restore_seconds:.2f}s, relay CPU "
-                        f"{cpu / seconds:.0%}, in the relay: fetch {fetch_ms:.1f} ms/page, "
-                        f"commit {commit_ms:.1f} ms/transaction"
+                        f"{snap.cpu_seconds / snap.seconds:.0%}, in the relay: fetch {snap.fetch_ms_per_page:.1f} "
+                        f"ms/page, commit {snap.commit_ms_per_transaction:.1f} ms/transaction; CPU us/record {us}; "
+                        f"two-core bound {result.two_core_rps:,.0f}/s"
                     )
                 del pages
                 await sim.control("DELETE", f"integrations/{integration}")
@@ -389,6 +459,16 @@ def summarize(results: list[Run], runs: int) -> dict[str, Any]:
                 "relay_commit_ms_per_page": median(r.commit_ms_per_page for r in group),
                 "fetch_only_ms_per_page": median(1000 * r.fetch_seconds / (r.records / PAGE_SIZE) for r in group),
                 "produce_only_ms_per_page": median(1000 * r.produce_seconds / (r.records / PAGE_SIZE) for r in group),
+                "cpu_us_per_record": {
+                    "relay": median(1e6 * r.relay_cpu_seconds / r.records for r in group),
+                    "simulator": median(1e6 * r.simulator_cpu_seconds / r.records for r in group),
+                    "broker": median(1e6 * r.broker_cpu_seconds / r.records for r in group),
+                    "fetch_only_simulator": median(1e6 * r.fetch_simulator_cpu_seconds / r.records for r in group),
+                    "fetch_only_client": median(1e6 * r.fetch_client_cpu_seconds / r.records for r in group),
+                    "produce_only_broker": median(1e6 * r.produce_broker_cpu_seconds / r.records for r in group),
+                },
+                "two_core_rps": median(r.two_core_rps for r in group),
+                "relay_share_of_two_core": median(r.relay_rps / r.two_core_rps for r in group),
                 "bytes_per_entity": median(r.bytes_per_entity for r in group),
                 "rss_before_mb": median(r.rss_before for r in group) / 2**20,
                 "rss_after_mb": median(r.rss_after for r in group) / 2**20,

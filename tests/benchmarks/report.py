@@ -22,6 +22,35 @@ def _met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**missed**")
 
 
+def _cpu_budget(sizes: list[dict[str, Any]]) -> list[str]:
+    """Where the machine's cores go during the relay's snapshot: the relay, the simulator and the broker share them."""
+    if not all("cpu_us_per_record" in s for s in sizes):
+        return []  # results from before these figures were measured
+    lines = [
+        "",
+        "### CPU per record, all processes (the relay, the simulator and the broker share the machine's cores)",
+        "",
+        "CPU time of each process from the snapshot's start to its last commit, per record (user + system, from "
+        "`/proc`). *two-core bound*: the throughput at which that much CPU per record would keep both cores busy all "
+        "along, the most this machine could do with these three processes however well they overlapped. For "
+        "comparison, the CPU per record of the simulator while fetch-only pages it, and of the broker while "
+        "produce-only sends (including the topics' creation).",
+        "",
+        "| N | relay us | simulator us | broker us | total us | two-core bound rec/s | relay / two-core bound | "
+        "fetch-only: simulator us | produce-only: broker us |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in sizes:
+        us = s["cpu_us_per_record"]
+        total = us["relay"] + us["simulator"] + us["broker"]
+        lines.append(
+            f"| {s['n']:,} | {us['relay']:.1f} | {us['simulator']:.1f} | {us['broker']:.1f} | {total:.1f} | "
+            f"{_fmt(s['two_core_rps'])} | {s['relay_share_of_two_core']:.0%} | {us['fetch_only_simulator']:.1f} | "
+            f"{us['produce_only_broker']:.1f} |"
+        )
+    return lines
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(target, measured, met/missed, command) per target, from whatever benchmarks the results hold."""
     bench = results.get("benchmarks", {})
@@ -186,6 +215,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{s['rss_before_mb']:.0f} -> {s['rss_after_mb']:.0f} MB | {s['restore_seconds']:.2f} | "
                 f"{s['restore_rss_mb']:.0f} MB |"
             )
+        lines += _cpu_budget(snapshot["sizes"])
         sizes = snapshot["sizes"]
         if len(sizes) >= 2:
             a, b = sizes[-2], sizes[-1]
