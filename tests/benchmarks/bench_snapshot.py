@@ -484,6 +484,7 @@ def summarize(results: list[Run], runs: int) -> dict[str, Any]:
                     "fetch_only_simulator": median(1e6 * r.fetch_simulator_cpu_seconds / r.records for r in group),
                     "fetch_only_client": median(1e6 * r.fetch_client_cpu_seconds / r.records for r in group),
                     "produce_only_broker": median(1e6 * r.produce_broker_cpu_seconds / r.records for r in group),
+                    "total": median(r.cpu_us_per_record for r in group),
                 },
                 "two_core_rps": median(r.two_core_rps for r in group),
                 "relay_share_of_two_core": median(r.relay_rps / r.two_core_rps for r in group),
