@@ -5,9 +5,9 @@ ready yet), create missing topics, restore the remembered state from the state t
 reachable the relay keeps trying, with backoff, and stays not ready.
 
 Exit codes: 0 after SIGTERM/SIGINT, 2 invalid configuration, 3 the source refused the API key, 4 fenced by another
-instance with the same transactional id, 5 the state topic holds records this version cannot read, 6 Kafka's ACLs
-refuse the relay's principal. After 3 to 6 the relay waits RELAY_FATAL_EXIT_DELAY_SECONDS (or a signal), not ready,
-still serving its metrics, before it exits.
+instance with the same transactional id, 5 the state topic holds records this version cannot read (or state placed
+by another RELAY_STATE_TOPIC_PARTITIONS), 6 Kafka's ACLs refuse the relay's principal. After 3 to 6 the relay waits
+RELAY_FATAL_EXIT_DELAY_SECONDS (or a signal), not ready, still serving its metrics, before it exits.
 """
 
 from __future__ import annotations

@@ -851,7 +851,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         -1,
         "Replication factor of the topics the relay creates; -1 is the broker's default",
     ),
-    Setting("RELAY_STATE_TOPIC_PARTITIONS", Integer(1), 6, "Partitions of the state topic, if the relay creates it"),
+    Setting(
+        "RELAY_STATE_TOPIC_PARTITIONS",
+        Integer(1),
+        6,
+        "Partitions of the state topic, if the relay creates it, and the number it places state over (by "
+        "integration); keep it once state is written (checked at start)",
+    ),
     Setting(
         "RELAY_EMIT_TOMBSTONES",
         Flag(),

@@ -15,7 +15,8 @@
     │   ├── KafkaUnavailable        retry with backoff from the last committed state
     │   ├── Fenced                  another instance took over our transactional id: stop, never write again
     │   └── KafkaAuthorizationFailed  Kafka's ACLs refuse our principal a topic or the transactional id: stop
-    └── StateError                  the state topic holds something this version cannot read
+    └── StateError                  the state topic holds something this version cannot read, or state placed
+                                    by another RELAY_STATE_TOPIC_PARTITIONS
 
 Every error carries what an operator needs to find the cause (integration, resource, error code, the source's
 ``log_url``) and never a secret.
@@ -110,4 +111,5 @@ class KafkaAuthorizationFailed(SinkError):
 
 
 class StateError(RelayError):
-    """A record in the state topic cannot be read by this version."""
+    """A record in the state topic cannot be read by this version, or is not in the partition where
+    ``RELAY_STATE_TOPIC_PARTITIONS`` places it (the state topic's partition count or the setting changed)."""

@@ -2,7 +2,10 @@
 
 Everything is keyed by ``(integration, resource)`` (a *pair*) and partitioned by integration: every state record of an
 integration goes to partition ``murmur2(integration) % partitions``, so that a replica owning a set of integrations
-can one day restore only their partitions.
+can one day restore only their partitions. ``partitions`` is ``RELAY_STATE_TOPIC_PARTITIONS``; it must stay what it
+was when the state was written, since a pair whose records sat in two partitions would restore in no defined order
+(the newer fingerprint could lose to the older). :func:`restore` checks that every record is where that count places
+it, and that the topic has that many partitions, and raises :class:`StateError` otherwise.
 
 State-topic records (keys are JSON arrays, so ids containing ``:`` or anything else stay unambiguous):
 
@@ -34,7 +37,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from relay.diff import ShapeTable, is_deleted, narrow_fingerprint
-from relay.errors import StateError
+from relay.errors import KafkaUnavailable, StateError
 from relay.partitioning import partition_for_key
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,7 @@ class StateStore:
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self._pairs: dict[Pair, PairState] = {}
+        self._partition_of: dict[str, int] = {}  # murmur2 in Python is slow; integrations are few
 
     def clear(self) -> None:
         self._pairs.clear()
@@ -117,7 +121,11 @@ class StateStore:
         return iter(self._pairs.items())
 
     def partition_of(self, integration: str) -> int:
-        return partition_for_key(integration.encode(), self.partitions)
+        """The state topic partition of ``integration``'s records."""
+        partition = self._partition_of.get(integration)
+        if partition is None:
+            partition = self._partition_of[integration] = partition_for_key(integration.encode(), self.partitions)
+        return partition
 
     def records_for(
         self,
@@ -187,13 +195,15 @@ class StateStore:
         else:
             raise StateError(f"state record with unknown kind {kind!r}")
 
-    def restore_records(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
-        """Apply many records read back from the state topic, in order: :meth:`restore_record`, faster.
+    def restore_records(self, records: Iterable[tuple[bytes, bytes | None]]) -> set[str]:
+        """Apply many records read back from the state topic, in order: :meth:`restore_record`, faster. Returns the
+        integrations they belong to.
 
         Entity records, nearly all of a state topic, go straight into their pair's dict, which makes restoring a million
         entities a matter of seconds.
         """
         touched: dict[Pair, PairState] = {}
+        others: set[str] = set()
         loads = orjson.loads
         for key, value in records:
             if value is None:
@@ -205,6 +215,7 @@ class StateStore:
                 raise StateError(f"unreadable state key {key[:80]!r}") from exc
             if not is_entity:
                 self.restore_record(key, value)
+                others.add(parsed[1])
                 continue
             pair = (parsed[1], parsed[2])
             state = touched.get(pair)
@@ -214,6 +225,23 @@ class StateStore:
             old = state.entities.get(parsed[3])
             state.entities[parsed[3]] = fingerprint
             state.live_entities += (not is_deleted(fingerprint)) - (old is not None and not is_deleted(old))
+        return others.union(integration for integration, _ in touched)
+
+    def check_placement(self, topic: str, topic_partitions: int, partition: int, integrations: Iterable[str]) -> None:
+        """Raise StateError if a record of one of ``integrations``, read from ``partition``, is not where this store
+        places that integration's state (the module docstring says why that matters)."""
+        for integration in integrations:
+            home = self.partition_of(integration)
+            if home != partition:
+                key = integration.encode()
+                fits = [c for c in range(1, topic_partitions + 1) if partition_for_key(key, c) == partition]
+                raise StateError(
+                    f"state of integration {integration[:128]!r} is in partition {partition} of the state topic "
+                    f"{topic!r}, but RELAY_STATE_TOPIC_PARTITIONS={self.partitions} places it in partition {home}. "
+                    "The setting must keep the value the state was written with, or records of one integration "
+                    "would restore in no defined order. Counts up to the topic's that place it where it is: "
+                    f"{', '.join(map(str, fits)) or 'none'}"
+                )
 
 
 def _fingerprint(key: bytes, value: bytes) -> bytes:
@@ -252,6 +280,10 @@ async def restore(
 
     Returns the number of records read. The end is taken when the restore starts: nothing else writes our pairs'
     state while we restore, since the transactional id fences any older instance.
+
+    Raises StateError when the topic has fewer partitions than ``store.partitions`` (state would be written to
+    partitions it does not have), or a record is not in the partition ``store`` places its integration in; raises
+    KafkaUnavailable when Kafka's metadata does not know the topic.
     """
     consumer = AIOKafkaConsumer(
         **client_kwargs,
@@ -265,9 +297,9 @@ async def restore(
     started = time.monotonic()
     count = 0
     try:
-        wanted = sorted(partitions) if partitions is not None else sorted(consumer.partitions_for_topic(topic) or ())
-        if not wanted:
-            wanted = sorted(await _partitions_of(consumer, topic))
+        topic_partitions = consumer.partitions_for_topic(topic) or await _partitions_of(consumer, topic)
+        check_partition_count(topic, len(topic_partitions), store.partitions)
+        wanted = sorted(partitions) if partitions is not None else sorted(topic_partitions)
         assigned = [TopicPartition(topic, p) for p in wanted]
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
@@ -275,8 +307,9 @@ async def restore(
         remaining = {tp for tp in assigned if end_offsets[tp] > 0}
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=50_000)
-            for records in batches.values():
-                store.restore_records((record.key, record.value) for record in records)
+            for tp, records in batches.items():
+                integrations = store.restore_records((record.key, record.value) for record in records)
+                store.check_placement(topic, len(topic_partitions), tp.partition, integrations)
                 count += len(records)
             # Positions step over transaction markers too, so comparing with the end offsets is exact.
             remaining = {tp for tp in remaining if (await consumer.position(tp)) < end_offsets[tp]}
@@ -292,4 +325,17 @@ async def restore(
 
 async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     await consumer._client.force_metadata_update()
-    return set(consumer.partitions_for_topic(topic) or ())
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise KafkaUnavailable(f"the state topic {topic!r} is not in Kafka's metadata")
+    return set(partitions)
+
+
+def check_partition_count(topic: str, topic_partitions: int, placed_over: int) -> None:
+    """Raise StateError when the state topic has fewer partitions than the state is placed over."""
+    if topic_partitions < placed_over:
+        raise StateError(
+            f"the state topic {topic!r} has {topic_partitions} partition(s), fewer than "
+            f"RELAY_STATE_TOPIC_PARTITIONS={placed_over}, the number the relay places state over: set it to the count "
+            f"the topic's state was written with (at most {topic_partitions})"
+        )

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from relay.app import EXIT_AUTHENTICATION, Relay
+from relay.app import EXIT_AUTHENTICATION, EXIT_STATE, Relay
 from relay.errors import AuthenticationError, IntegrationError, InvalidPage
 from relay.simulator import FaultKind, Simulator, SimulatorServer
 from relay.state import InProgress
@@ -300,6 +300,26 @@ async def test_a_fatal_error_is_served_until_the_exit(world: World) -> None:
 async def test_without_a_fatal_exit_delay_the_relay_exits_at_once(world: World) -> None:
     relay = Relay(world.config(api_key="a-revoked-key", fatal_exit_delay_seconds=0))
     assert await asyncio.wait_for(relay.run(), 60) == EXIT_AUTHENTICATION
+
+
+async def test_state_placed_by_another_partition_count_stops_the_relay(world: World) -> None:
+    """RELAY_STATE_TOPIC_PARTITIONS decides which partition of the state topic holds an integration's state. A relay
+    whose setting differs from the one the state was written with must not start: records of one integration in two
+    partitions would restore in no defined order."""
+    async with world.relay() as relay:  # the harness's 2 state partitions: ACME's state goes to partition 1 of 2
+        await relay.poller.poll_once(ACME, USERS)
+        assert relay.store.partition_of(ACME) == 1
+    fewer = Relay(world.config(state_topic_partitions=1, fatal_exit_delay_seconds=0))
+    assert await asyncio.wait_for(fewer.run(), 60) == EXIT_STATE
+    assert fewer.fatal_error is not None
+    assert "is in partition 1 of the state topic" in fewer.fatal_error
+    assert "RELAY_STATE_TOPIC_PARTITIONS=1 places it in partition 0" in fewer.fatal_error
+    more = Relay(world.config(state_topic_partitions=4, fatal_exit_delay_seconds=0))
+    assert await asyncio.wait_for(more.run(), 60) == EXIT_STATE
+    assert more.fatal_error is not None
+    assert "has 2 partition(s), fewer than RELAY_STATE_TOPIC_PARTITIONS=4" in more.fatal_error
+    async with world.relay() as relay:  # the setting it was written with still restores it
+        assert relay.store.pair(ACME, USERS).checkpoint.snapshot_done
 
 
 async def test_a_bad_page_fails_the_poll_and_publishes_nothing(

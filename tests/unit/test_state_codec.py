@@ -1,11 +1,20 @@
-"""The state topic's entity records as the relay reads them back: both fingerprint formats, many at once."""
+"""The state topic's records as the relay reads them back: both fingerprint formats, many at once, and the check
+that each sits in the partition its integration's state is placed in."""
 
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from relay import diff
-from relay.state import FINGERPRINT_FORMAT, WIDE_FINGERPRINT_FORMAT, Checkpoint, StateStore
+from relay.errors import StateError
+from relay.state import (
+    FINGERPRINT_FORMAT,
+    WIDE_FINGERPRINT_FORMAT,
+    Checkpoint,
+    StateStore,
+    check_partition_count,
+)
 
 ACME = "personio:acme"
 USERS = "ats/users"
@@ -62,3 +71,44 @@ def test_state_records_carry_the_current_format() -> None:
     (record,) = store.records_for(ACME, USERS, delta={"u1": fingerprint}, new_shapes=(), checkpoint=None)
     assert record.value == FINGERPRINT_FORMAT + fingerprint
     assert FINGERPRINT_FORMAT == b"\x02"
+
+
+GLOBEX = "greenhouse:globex"
+
+
+def test_restore_records_names_the_integrations_it_read() -> None:
+    store = StateStore(6)
+    read = store.restore_records(
+        [
+            (key("u1"), FINGERPRINT_FORMAT + live(1, [1])),
+            (orjson.dumps(["c", GLOBEX, USERS]), Checkpoint(watermark_ms=5).to_json()),
+            (orjson.dumps(["e", "only:a-tombstone", USERS, "u2"]), None),
+        ]
+    )
+    assert read == {ACME, GLOBEX}
+
+
+def test_records_in_their_integrations_partition_pass_the_placement_check() -> None:
+    store = StateStore(2)
+    (record,) = store.records_for(ACME, USERS, delta={"u1": live(1, [1])}, new_shapes=(), checkpoint=None)
+    store.check_placement("relay-state", 2, record.partition, {ACME})
+
+
+def test_state_placed_by_another_partition_count_is_refused_with_the_counts_that_fit() -> None:
+    # ACME's state goes to partition 1 of 2 (murmur2 % 2), and to partition 0 with a count of 1.
+    written_with_two = StateStore(2).partition_of(ACME)
+    assert written_with_two == 1
+    reader = StateStore(1)
+    with pytest.raises(StateError) as raised:
+        reader.check_placement("relay-state", 2, written_with_two, {ACME})
+    message = str(raised.value)
+    assert "'personio:acme' is in partition 1 of the state topic 'relay-state'" in message
+    assert "RELAY_STATE_TOPIC_PARTITIONS=1 places it in partition 0" in message
+    assert message.endswith("Counts up to the topic's that place it where it is: 2")
+
+
+def test_a_state_topic_with_fewer_partitions_than_the_setting_is_refused() -> None:
+    check_partition_count("relay-state", 4, 4)
+    check_partition_count("relay-state", 12, 4)  # more is fine: state is placed over the first four
+    with pytest.raises(StateError, match=r"has 2 partition\(s\), fewer than RELAY_STATE_TOPIC_PARTITIONS=4"):
+        check_partition_count("relay-state", 2, 4)
