@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 from relay import __version__
 from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems, settings_help
 from relay.errors import AuthenticationError, Fenced, KafkaAuthorizationFailed, KafkaUnavailable, StateError
+from relay.heap import HeapTrimmer, malloc_trim
 from relay.logs import configure_logging
 from relay.metrics import Metrics
 from relay.poller import Poller
@@ -53,7 +54,16 @@ class Relay:
         self.store = StateStore(config.state_topic_partitions)
         self.source = SourceClient(config, self.metrics)
         self.sink = KafkaSink(config, self.metrics)
-        self.poller = Poller(config, self.source, self.sink, self.store, self.metrics, reload_state=self.reload_state)
+        self.heap = HeapTrimmer(malloc_trim())
+        self.poller = Poller(
+            config,
+            self.source,
+            self.sink,
+            self.store,
+            self.metrics,
+            reload_state=self.reload_state,
+            heap=self.heap,
+        )
         self.heartbeat = Heartbeat()
         webhook_settings = WebhookSettings.from_config(config)  # None: no secret, no endpoint
         self.webhooks = None if webhook_settings is None else WebhookReceiver(webhook_settings, self.poller)
@@ -136,7 +146,9 @@ class Relay:
             try:
                 await self.sink.ensure_topics()
                 await self.sink.start()
-                await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs())
+                self.heap.processed(
+                    await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs())
+                )
                 self.sink.state_read()
                 self.restored = True
                 self._update_entity_gauges()
@@ -157,7 +169,7 @@ class Relay:
         # The producer first: its InitProducerId completes or aborts the transaction in doubt and fences any other
         # instance, so the state read next is final. Read before it, a commit still in flight could land afterwards.
         await self.sink.start()
-        await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs())
+        self.heap.processed(await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs()))
         self.sink.state_read()
         self.restored = True
         self._update_entity_gauges()

@@ -48,6 +48,7 @@ from relay.errors import (
     StateError,
 )
 from relay.events import to_kafka_message
+from relay.heap import HeapTrimmer
 from relay.metrics import Metrics
 from relay.sink import KafkaSink, OutMessage
 from relay.source import Page, SourceClient
@@ -187,6 +188,7 @@ class Poller:
         clock: Clock = time.time,
         rng: random.Random | None = None,
         reload_state: StateReload | None = None,
+        heap: HeapTrimmer | None = None,
     ) -> None:
         self._config = config
         self._source = source
@@ -199,6 +201,7 @@ class Poller:
         self._stopping = asyncio.Event()
         self._stopped: asyncio.Future[None] | None = None  # the same, as a future to wait on with others
         self._reload_state = reload_state
+        self._heap = heap
         # After a failed commit the transaction may still have committed (the answer, not the commit, was lost),
         # so memory may be behind Kafka. Polls then pause until the state is read back from the state topic.
         self._state_suspect = False
@@ -463,9 +466,16 @@ class Poller:
     async def poll_once(self, integration: str, resource: str) -> PollOutcome:
         """Run one whole poll of a pair (all its pages); raise the error that stopped it, if any."""
         checkpoint = self._store.pair(integration, resource).checkpoint
-        kind = self.next_kind(checkpoint)
+        outcome = PollOutcome(self.next_kind(checkpoint))
+        try:
+            return await self._poll(integration, resource, checkpoint, outcome)
+        finally:
+            if self._heap is not None:  # a failed poll freed what it fetched as well
+                self._heap.processed(outcome.records)
+
+    async def _poll(self, integration: str, resource: str, checkpoint: Checkpoint, outcome: PollOutcome) -> PollOutcome:
+        kind = outcome.kind
         started = time.monotonic()
-        outcome = PollOutcome(kind)
         try:
             await self._poll_pages(integration, resource, kind, checkpoint, outcome)
         except CursorRejected:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from relay.config import Config
 from relay.errors import KafkaUnavailable
+from relay.heap import HeapTrimmer
 from relay.metrics import Metrics
 from relay.poller import MAX_PAGES_IN_FLIGHT, Poller
 from relay.sink import KafkaSink, OutMessage
@@ -79,11 +80,13 @@ class ScriptedTransactions(KafkaSink):
         pass
 
 
-def relay(*, fail: int | None = None) -> tuple[Poller, ScriptedSource, ScriptedTransactions, StateStore]:
+def relay(
+    *, fail: int | None = None, heap: HeapTrimmer | None = None
+) -> tuple[Poller, ScriptedSource, ScriptedTransactions, StateStore]:
     cfg = config_without_kafka(RELAY_INTEGRATIONS=ACME, RELAY_RESOURCES=USERS)
     metrics = Metrics(cfg.resources, registry=CollectorRegistry())
     source, sink, store = ScriptedSource(cfg, metrics), ScriptedTransactions(cfg, metrics, fail=fail), StateStore(1)
-    return Poller(cfg, source, sink, store, metrics, rng=random.Random(1)), source, sink, store
+    return Poller(cfg, source, sink, store, metrics, rng=random.Random(1), heap=heap), source, sink, store
 
 
 async def release_each_transaction(sink: ScriptedTransactions, poll: asyncio.Task[Any]) -> None:
@@ -142,3 +145,24 @@ async def test_a_stop_does_not_wait_for_a_page_being_fetched_but_keeps_what_comm
     assert len(pair.entities) == 3 * PAGE_SIZE
     assert pair.checkpoint.in_progress is not None
     assert pair.checkpoint.in_progress.cursor == "c3"  # the next run asks for page 3 again
+
+
+async def test_the_heap_is_trimmed_after_a_poll_that_fetched_enough_records_and_after_a_failed_one() -> None:
+    trims: list[int] = []
+
+    def trim(pad: int) -> int:
+        trims.append(pad)
+        return 1
+
+    heap = HeapTrimmer(trim, every=PAGES * PAGE_SIZE)
+    poller, _, sink, _ = relay(heap=heap)
+    poll = asyncio.create_task(poller.poll_once(ACME, USERS))
+    await asyncio.gather(poll, release_each_transaction(sink, poll))
+    assert trims == [0]  # the snapshot fetched exactly ``every`` records
+
+    failing = HeapTrimmer(trim, every=1)
+    poller, _, sink, _ = relay(fail=2, heap=failing)
+    poll = asyncio.create_task(poller.poll_once(ACME, USERS))
+    with pytest.raises(KafkaUnavailable):
+        await asyncio.gather(poll, release_each_transaction(sink, poll))
+    assert trims == [0, 0]  # the records of the page that committed count
