@@ -47,16 +47,16 @@ class HeapTrimmer:
     def __init__(self, trim: Trim | None, every: int = TRIM_AFTER_RECORDS) -> None:
         self.every = every
         self._trim = trim
-        self._fetched = 0
+        self._handled = 0
         self.trims = 0
 
     def processed(self, records: int) -> bool:
         """Count the records of a poll or a restore that just ended; trim if enough were handled since the last trim.
         Returns whether it trimmed."""
-        self._fetched += records
-        if self._trim is None or self._fetched < self.every:
+        self._handled += records
+        if self._trim is None or self._handled < self.every:
             return False
-        self._fetched = 0
+        self._handled = 0
         started = time.monotonic()
         self._trim(0)
         self.trims += 1
