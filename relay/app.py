@@ -146,12 +146,7 @@ class Relay:
             try:
                 await self.sink.ensure_topics()
                 await self.sink.start()
-                self.heap.processed(
-                    await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs())
-                )
-                self.sink.state_read()
-                self.restored = True
-                self._update_entity_gauges()
+                await self._read_state()
                 return True
             except KafkaUnavailable as error:
                 log.warning("Kafka not reachable yet; retrying", extra={"error": str(error), "retry_in": delay})
@@ -169,11 +164,15 @@ class Relay:
         # The producer first: its InitProducerId completes or aborts the transaction in doubt and fences any other
         # instance, so the state read next is final. Read before it, a commit still in flight could land afterwards.
         await self.sink.start()
+        await self._read_state()
+        log.info("state re-read from the state topic after a Kafka error")
+
+    async def _read_state(self) -> None:
+        """Read the state topic into memory (once the producer started) and say so to the sink and to readiness."""
         self.heap.processed(await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs()))
         self.sink.state_read()
         self.restored = True
         self._update_entity_gauges()
-        log.info("state re-read from the state topic after a Kafka error")
 
     async def _probe_kafka(self, interval: float = 5.0) -> None:
         """Keep readiness true to Kafka's reachability even while no page is being committed."""
