@@ -415,14 +415,10 @@ async def run(sizes: list[int], runs: int, kafka_port: int) -> dict[str, Any]:
                     restore_seconds, restore_rss = await relay_restore(
                         sim, kafka.bootstrap_servers, integration, prefix
                     )
-                    fetch_cpu_before = cpu_seconds(sim.pid), time.process_time()
+                    sim_cpu_before, client_cpu_before = cpu_seconds(sim.pid), time.process_time()
                     fetch_seconds, fetched, _ = await fetch_pages(sim.url, integration)
-                    fetch_sim_cpu, fetch_client_cpu = (
-                        after - before
-                        for before, after in zip(
-                            fetch_cpu_before, (cpu_seconds(sim.pid), time.process_time()), strict=True
-                        )
-                    )
+                    fetch_sim_cpu = cpu_seconds(sim.pid) - sim_cpu_before
+                    fetch_client_cpu = time.process_time() - client_cpu_before
                     assert fetched == records, (fetched, records)
                     broker_cpu_before = cpu_seconds(kafka.process.pid)
                     produce_seconds = await produce_only(kafka.bootstrap_servers, pages, f"limit{tag}n{n}r{r}")
