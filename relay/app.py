@@ -29,7 +29,9 @@ from relay.errors import AuthenticationError, Fenced, KafkaAuthorizationFailed, 
 from relay.heap import HeapTrimmer, malloc_trim
 from relay.logs import configure_logging
 from relay.metrics import Metrics
-from relay.poller import Poller
+from relay.pipeline import Pipeline
+from relay.reload_gate import ReloadGate
+from relay.scheduler import Scheduler
 from relay.sink import KafkaSink
 from relay.source import SourceClient
 from relay.state import StateStore, restore
@@ -46,7 +48,7 @@ EXIT_KAFKA_AUTHORIZATION = 6
 
 
 class Relay:
-    """The running service: HTTP server, Kafka sink, state and poller, started and stopped together."""
+    """The running service: HTTP server, Kafka sink, state, pipeline and scheduler, started and stopped together."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -55,18 +57,16 @@ class Relay:
         self.source = SourceClient(config, self.metrics)
         self.sink = KafkaSink(config, self.metrics)
         self.heap = HeapTrimmer(malloc_trim())
-        self.poller = Poller(
+        self.pipeline = Pipeline(config, self.source, self.sink, self.store, self.metrics, heap=self.heap)
+        self.scheduler = Scheduler(
             config,
-            self.source,
-            self.sink,
-            self.store,
+            ReloadGate(self.pipeline.poll_once, self.reload_state),
             self.metrics,
-            reload_state=self.reload_state,
-            heap=self.heap,
+            on_stop=self.pipeline.stop,
         )
         self.heartbeat = Heartbeat()
         webhook_settings = WebhookSettings.from_config(config)  # None: no secret, no endpoint
-        self.webhooks = None if webhook_settings is None else WebhookReceiver(webhook_settings, self.poller)
+        self.webhooks = None if webhook_settings is None else WebhookReceiver(webhook_settings, self.scheduler)
         self.restored = False
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -87,7 +87,7 @@ class Relay:
 
     def status(self) -> dict[str, Any]:
         pairs = []
-        for (integration, resource), status in self.poller.status.items():
+        for (integration, resource), status in self.scheduler.status.items():
             pair = self.store.pair(integration, resource)
             watermark = pair.checkpoint.watermark_ms
             pairs.append(
@@ -187,7 +187,7 @@ class Relay:
 
     def request_stop(self) -> None:
         self._stop_requested.set()
-        self.poller.stop()
+        self.scheduler.stop()
 
     async def run(self) -> int:
         """Run until stopped; return the process exit code."""
@@ -215,8 +215,8 @@ class Relay:
                 },
             )
             self._probe = asyncio.create_task(self._probe_kafka(), name="kafka probe")
-            await self.poller.run()
-            return self.poller.fatal
+            await self.scheduler.run()
+            return self.scheduler.fatal
         except StateError as error:
             log.critical("cannot read the state topic", extra={"error": str(error)})
             return error

@@ -13,7 +13,7 @@ The parts, pure (no I/O) unless said otherwise:
   records they change (:data:`DEFAULT_MODEL_MAP`, overridable with ``RELAY_KOMBO_WEBHOOK_MODEL_MAP``).
 * :class:`DedupWindow`: a webhook ``id`` seen within the window is acted on once.
 * :class:`WebhookReceiver`: body and signature in, a :class:`Reply` out, acting on a :class:`PollTarget` (the
-  poller): trigger polls, pause or resume an integration. It never waits for a poll.
+  scheduler): trigger polls, pause or resume an integration. It never waits for a poll.
 * :func:`make_handler`: the aiohttp handler around it (reads at most the body limit, counts, logs).
 
 Answers: 200 when handled (acted on, duplicate, or nothing to do), 202 for an integration this relay does not poll,
@@ -330,7 +330,7 @@ class DedupWindow:
 
 
 class PollTarget(Protocol):
-    """What the receiver acts on: :class:`relay.poller.Poller`, or a fake in tests."""
+    """What the receiver acts on: :class:`relay.scheduler.Scheduler`, or a fake in tests."""
 
     def resources_of(self, integration: str) -> tuple[str, ...]:
         """The resources polled for ``integration``; empty when it is not configured."""
@@ -393,7 +393,7 @@ class Reply:
 
 class WebhookReceiver:
     """Verifies, parses, de-duplicates and acts on one webhook at a time. No I/O and no waiting: acting is setting
-    flags on the poller, whose scheduled loops do the polling."""
+    flags on the scheduler, whose loops do the polling."""
 
     def __init__(
         self, settings: WebhookSettings, target: PollTarget, *, clock: Callable[[], float] = time.monotonic

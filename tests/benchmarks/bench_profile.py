@@ -9,7 +9,7 @@ all of them with the relay's own code, timed on its own:
 * ``diff``: the rest of ``diff_page`` for a snapshot that emits: the ``Change`` and its deterministic event id;
 * ``serialize``: the CloudEvents message (``to_kafka_message``) and the state-topic records (``records_for``);
 * ``produce``: ``KafkaSink.commit`` of each page's messages to the real broker, with up to ``MAX_PAGES_IN_FLIGHT``
-  pages in flight as the poller sends them, so that the sink groups them into transactions as in a snapshot; wall
+  pages in flight as the pipeline sends them, so that the sink groups them into transactions as in a snapshot; wall
   time, and ``produce (CPU)``, this process's CPU time in it (the rest is waiting for the broker);
 * ``noop re-fetch``: ``diff_page`` of records identical to those remembered (the overlap of incremental polls).
 
@@ -36,7 +36,7 @@ from relay import diff
 from relay.config import load_config
 from relay.events import to_kafka_message
 from relay.metrics import Metrics
-from relay.poller import MAX_PAGES_IN_FLIGHT
+from relay.pipeline import MAX_PAGES_IN_FLIGHT
 from relay.sink import KafkaSink, OutMessage
 from relay.source import Page, SourceClient
 from relay.state import Checkpoint, StateStore
@@ -159,7 +159,7 @@ async def run(users: int, runs: int, kafka_port: int) -> dict[str, Any]:
                     profiler.enable()
                 seconds, pages, records, _ = _pass(source, bodies, config, prefix)
                 started, cpu_started = time.perf_counter(), time.process_time()
-                await _commit_as_the_poller_does(sink, pages)
+                await _commit_as_the_pipeline_does(sink, pages)
                 seconds["produce"] = time.perf_counter() - started
                 seconds["produce (CPU)"] = time.process_time() - cpu_started
                 if profiler is not None:
@@ -190,7 +190,7 @@ async def run(users: int, runs: int, kafka_port: int) -> dict[str, Any]:
     }
 
 
-async def _commit_as_the_poller_does(sink: KafkaSink, pages: list[list[OutMessage]]) -> None:
+async def _commit_as_the_pipeline_does(sink: KafkaSink, pages: list[list[OutMessage]]) -> None:
     in_flight: deque[asyncio.Task[None]] = deque()
     for messages in pages:
         if len(in_flight) >= MAX_PAGES_IN_FLIGHT:

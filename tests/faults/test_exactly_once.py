@@ -287,14 +287,14 @@ async def test_a_page_kafka_refuses_in_part_commits_nothing(
         await relay.start_http()
         try:
             assert await relay.connect_kafka()
-            await relay.poller.poll_once(ACME, USERS)
+            await relay.pipeline.poll_once(ACME, USERS)
             before = relay.store.pair(ACME, USERS).checkpoint
             small, large = [r["id"] for r in world.sim.records(ACME, USERS, include_deleted=False)][:2]
             world.sim.update(ACME, USERS, small, {"first_name": "Small"})
             incompressible = base64.b64encode(os.urandom(1_500_000)).decode()  # > 1 MB even after zstd
             world.sim.update(ACME, USERS, large, {"first_name": incompressible})
             with pytest.raises(KafkaUnavailable):
-                await relay.poller.poll_once(ACME, USERS)
+                await relay.pipeline.poll_once(ACME, USERS)
             assert relay.store.pair(ACME, USERS).checkpoint == before
             assert await world.checkpoint(ACME) == before
             async with world.collector() as events:
@@ -437,19 +437,19 @@ async def test_a_fenced_relay_reports_not_ready_and_stops_with_exit_code_4(
             assert first.readiness()[0] is False  # nothing restored yet
             assert await first.connect_kafka()
             assert first.readiness()[0] is True
-            await first.poller.poll_once(ACME, USERS)
+            await first.pipeline.poll_once(ACME, USERS)
             assert await second.connect_kafka()  # same transactional id: the first is fenced from now on
             world.sim.create(ACME, USERS)
             with pytest.raises(Fenced):
-                await first.poller.poll_once(ACME, USERS)
+                await first.pipeline.poll_once(ACME, USERS)
             ready, checks = first.readiness()
             assert (ready, checks["not_fenced"]) == (False, False)
-            await asyncio.wait_for(first.poller.run(grace_seconds=1), 30)  # stops by itself: never writes again
-            assert first._exit_code(first.poller.fatal) == EXIT_FENCED
+            await asyncio.wait_for(first.scheduler.run(grace_seconds=1), 30)  # stops by itself: never writes again
+            assert first._exit_code(first.scheduler.fatal) == EXIT_FENCED
             with pytest.raises(Fenced):
                 await first.sink.commit([])
             assert await first.sink.probe() is False
-            await second.poller.poll_once(ACME, USERS)
+            await second.pipeline.poll_once(ACME, USERS)
             assert second.readiness()[0] is True
         finally:
             for relay in (first, second):

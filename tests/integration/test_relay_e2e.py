@@ -1,6 +1,6 @@
 """The relay end to end: the real simulator over HTTP, a real Kafka broker, a read_committed consumer.
 
-Most tests drive polls one at a time with ``Poller.poll_once`` so that every step is deterministic; the scheduler,
+Most tests drive polls one at a time with ``Pipeline.poll_once`` so that every step is deterministic; the scheduler,
 the HTTP endpoints and the CLI are exercised by the tests at the end.
 """
 
@@ -45,7 +45,7 @@ async def test_snapshot_publishes_created_for_every_live_record(world: World) ->
     live_ids = [r["id"] for r in world.sim.records(ACME, USERS, include_deleted=False)]
     deleted = world.sim.delete(ACME, USERS, live_ids[0])
     async with world.relay() as relay, collect(world.bootstrap_servers, world.topics()) as events:
-        await relay.poller.poll_once(ACME, USERS)
+        await relay.pipeline.poll_once(ACME, USERS)
         published = await events.wait_for(len(live_ids) - 1)
         await events.settle()
 
@@ -76,7 +76,7 @@ async def test_snapshot_publishes_created_for_every_live_record(world: World) ->
 async def test_initial_snapshot_skip_remembers_but_announces_only_later_changes(world: World) -> None:
     some_id = next(world.sim.records(ACME, USERS))["id"]
     async with world.relay(initial_snapshot="skip") as relay, collect(world.bootstrap_servers, world.topics()) as ev:
-        await relay.poller.poll_once(ACME, USERS)
+        await relay.pipeline.poll_once(ACME, USERS)
         await ev.settle()
         assert ev.events == []
         live = sum(1 for _ in world.sim.records(ACME, USERS, include_deleted=False))
@@ -85,7 +85,7 @@ async def test_initial_snapshot_skip_remembers_but_announces_only_later_changes(
         )
         assert skipped == live
         world.sim.update(ACME, USERS, some_id, {"first_name": "Renamed"})
-        await relay.poller.poll_once(ACME, USERS)
+        await relay.pipeline.poll_once(ACME, USERS)
         await ev.wait_for(1)
         await ev.settle()
     assert [(e.kind, e.entity, e.data["changed_fields"]) for e in ev.events] == [
@@ -95,7 +95,7 @@ async def test_initial_snapshot_skip_remembers_but_announces_only_later_changes(
 
 async def test_every_lifecycle_rule_end_to_end(world: World) -> None:
     async with world.relay(initial_snapshot="skip") as relay, collect(world.bootstrap_servers, world.topics()) as ev:
-        poll = relay.poller.poll_once
+        poll = relay.pipeline.poll_once
         await poll(ACME, USERS)
 
         new = world.sim.create(ACME, USERS)
@@ -130,13 +130,13 @@ async def test_every_lifecycle_rule_end_to_end(world: World) -> None:
 
 async def test_incremental_polls_resend_filters_with_every_cursor(world: World) -> None:
     async with world.relay(page_size=3, initial_snapshot="skip") as relay:
-        await relay.poller.poll_once(ACME, USERS)
+        await relay.pipeline.poll_once(ACME, USERS)
         registry = relay.metrics.registry
         fetched_before = metric(registry, "relay_records_fetched_total", resource=USERS)
         changed = [r["id"] for r in world.sim.records(ACME, USERS)][:7]
         for entity_id in changed:
             world.sim.update(ACME, USERS, entity_id, {"first_name": f"Name {entity_id[:4]}"})
-        outcome = await relay.poller.poll_once(ACME, USERS)
+        outcome = await relay.pipeline.poll_once(ACME, USERS)
     # Seven changed records on pages of three: three pages. Had the cursor been sent without `updated_after`, the
     # source would have returned every one of the 20 users.
     assert outcome.kind == "incremental"
@@ -148,11 +148,11 @@ async def test_incremental_polls_resend_filters_with_every_cursor(world: World) 
 async def test_reconciliation_deletes_vanished_entities_within_the_safety_limit(world: World) -> None:
     async with world.relay(reconcile_interval_seconds=0.001, initial_snapshot="skip") as relay:
         async with collect(world.bootstrap_servers, world.topics()) as ev:
-            await relay.poller.poll_once(ACME, USERS)  # snapshot
+            await relay.pipeline.poll_once(ACME, USERS)  # snapshot
             ids = [r["id"] for r in world.sim.records(ACME, USERS, include_deleted=False)]
             world.sim.hard_delete(ACME, USERS, ids[0])
             await asyncio.sleep(0.01)  # let the (1 ms) reconcile interval pass
-            outcome = await relay.poller.poll_once(ACME, USERS)
+            outcome = await relay.pipeline.poll_once(ACME, USERS)
             assert outcome.kind == "reconcile"
             await ev.wait_for(1)
             await ev.settle()
@@ -163,7 +163,7 @@ async def test_reconciliation_deletes_vanished_entities_within_the_safety_limit(
             for entity_id in ids[1:15]:  # 14 of 18 remaining live entities: more than half at once
                 world.sim.hard_delete(ACME, USERS, entity_id)
             await asyncio.sleep(0.01)
-            await relay.poller.poll_once(ACME, USERS)
+            await relay.pipeline.poll_once(ACME, USERS)
             await ev.settle()
         assert len(ev.events) == 1
         registry = relay.metrics.registry
@@ -180,7 +180,7 @@ async def test_transient_source_errors_are_retried_and_lose_nothing(world: World
     ):
         world.sim.faults.inject(kind, count=1)
     async with world.relay(page_size=5) as relay, collect(world.bootstrap_servers, world.topics()) as ev:
-        await relay.poller.poll_once(ACME, USERS)
+        await relay.pipeline.poll_once(ACME, USERS)
         await ev.wait_for(20)
         await ev.settle()
         registry = relay.metrics.registry
@@ -207,7 +207,7 @@ async def test_a_rejected_cursor_restarts_the_poll_from_the_watermark(world: Wor
                 in_progress=InProgress("snapshot", "bm90LWEtY3Vyc29y", None, 0, 2)
             ),
         )
-        await relay.poller.poll_once(ACME, USERS)
+        await relay.pipeline.poll_once(ACME, USERS)
         await ev.wait_for(20)
         await ev.settle()
         assert (
@@ -225,21 +225,21 @@ async def test_integration_errors_back_off_that_integration_only(world: World) -
     world.sim.set_integration_state(GLOBEX, "setup_pending")
     async with world.relay(poll_interval_seconds=0.2, poll_jitter_fraction=0) as relay:
         with pytest.raises(IntegrationError) as raised:
-            await relay.poller.poll_once(GLOBEX, USERS)
+            await relay.pipeline.poll_once(GLOBEX, USERS)
         assert raised.value.code == "INTEGRATION.SETUP_SYNC_PENDING"
         assert raised.value.integration == GLOBEX
 
         async with collect(world.bootstrap_servers, world.topics()) as ev:
-            runner = asyncio.create_task(relay.poller.run(grace_seconds=5))
+            runner = asyncio.create_task(relay.scheduler.run(grace_seconds=5))
             await ev.wait_for(20)  # acme's snapshot
             new = world.sim.create(ACME, USERS)
             await ev.wait_for(21)  # picked up by a scheduled poll
             assert ev.events[20].entity == new["id"]
-            status = {s.integration: s for s in relay.poller.status.values()}
+            status = {s.integration: s for s in relay.scheduler.status.values()}
             assert status[GLOBEX].healthy is False
             assert status[GLOBEX].last_error_code == "INTEGRATION.SETUP_SYNC_PENDING"
             assert status[ACME].healthy is True
-            relay.poller.stop()
+            relay.scheduler.stop()
             await runner
         assert {e.data["integration_id"] for e in ev.events} == {ACME}
         assert metric(relay.metrics.registry, "relay_integrations", health="unhealthy") == 1
@@ -247,7 +247,7 @@ async def test_integration_errors_back_off_that_integration_only(world: World) -
 
 async def test_restart_neither_loses_nor_reannounces(world: World) -> None:
     async with world.relay() as first:
-        await first.poller.poll_once(ACME, USERS)
+        await first.pipeline.poll_once(ACME, USERS)
     changed = world.sim.create(ACME, USERS)
     ids = [r["id"] for r in world.sim.records(ACME, USERS)]
     world.sim.update(ACME, USERS, ids[3], {"last_name": "Changed while down"})
@@ -255,7 +255,7 @@ async def test_restart_neither_loses_nor_reannounces(world: World) -> None:
         assert second.store.pair(ACME, USERS).checkpoint.snapshot_done
         assert len(second.store.pair(ACME, USERS).entities) == 20
         await ev.wait_for(20)  # the first run's snapshot, already in the topic
-        outcome = await second.poller.poll_once(ACME, USERS)
+        outcome = await second.pipeline.poll_once(ACME, USERS)
         assert outcome.kind == "incremental"
         await ev.wait_for(22)
         await ev.settle()
@@ -266,10 +266,10 @@ async def test_restart_neither_loses_nor_reannounces(world: World) -> None:
 async def test_authentication_error_is_loud(world: World) -> None:
     async with world.relay(api_key="a-revoked-key") as relay:
         with pytest.raises(AuthenticationError):
-            await relay.poller.poll_once(ACME, USERS)
+            await relay.pipeline.poll_once(ACME, USERS)
         # The scheduler stops by itself on an authentication error: nothing else could succeed.
-        await asyncio.wait_for(relay.poller.run(grace_seconds=1), 30)
-        assert isinstance(relay.poller.fatal, AuthenticationError)
+        await asyncio.wait_for(relay.scheduler.run(grace_seconds=1), 30)
+        assert isinstance(relay.scheduler.fatal, AuthenticationError)
 
 
 async def test_a_fatal_error_is_served_until_the_exit(world: World) -> None:
@@ -307,7 +307,7 @@ async def test_state_placed_by_another_partition_count_stops_the_relay(world: Wo
     whose setting differs from the one the state was written with must not start: records of one integration in two
     partitions would restore in no defined order."""
     async with world.relay() as relay:  # the harness's 2 state partitions: ACME's state goes to partition 1 of 2
-        await relay.poller.poll_once(ACME, USERS)
+        await relay.pipeline.poll_once(ACME, USERS)
         assert relay.store.partition_of(ACME) == 1
     fewer = Relay(world.config(state_topic_partitions=1, fatal_exit_delay_seconds=0))
     assert await asyncio.wait_for(fewer.run(), 60) == EXIT_STATE
@@ -332,7 +332,7 @@ async def test_a_bad_page_fails_the_poll_and_publishes_nothing(
         assert await relay.connect_kafka()
         async with collect(bootstrap_servers, world.topics()) as ev:
             with pytest.raises(InvalidPage) as raised:
-                await relay.poller.poll_once(ACME, USERS)
+                await relay.pipeline.poll_once(ACME, USERS)
             await ev.settle()
         assert ev.events == []
         message = str(raised.value)
@@ -451,12 +451,12 @@ async def test_many_integrations_poll_concurrently_through_one_transactional_pro
         world = World(sim, server, bootstrap_servers, topic_prefix, integrations)
         async with world.relay(page_size=7, poll_interval_seconds=0.5, max_concurrent_polls=6) as relay:
             async with collect(bootstrap_servers, world.topics()) as ev:
-                runner = asyncio.create_task(relay.poller.run(grace_seconds=5))
+                runner = asyncio.create_task(relay.scheduler.run(grace_seconds=5))
                 await ev.wait_for(6 * 30, timeout=60)
                 for integration in integrations:
                     sim.update(integration, USERS, next(sim.records(integration, USERS))["id"], {"first_name": "X"})
                 await ev.wait_for(6 * 30 + 6, timeout=60)
-                relay.poller.stop()
+                relay.scheduler.stop()
                 await runner
                 await ev.settle()
             failures = metric(relay.metrics.registry, "relay_kafka_transaction_errors_total", error="KafkaUnavailable")
@@ -470,14 +470,14 @@ async def test_topic_template_by_event_and_tombstones_after_deletes(world: World
     template = "{prefix}.{resource}.{event}"
     topics = [f"{world.topic_prefix}.ats.users.{event}" for event in ("created", "updated", "deleted")]
     async with world.relay(topic_template=template, emit_tombstones="true", initial_snapshot="skip") as relay:
-        await relay.poller.poll_once(ACME, USERS)
+        await relay.pipeline.poll_once(ACME, USERS)
         async with collect(world.bootstrap_servers, topics) as ev:
             user = world.sim.create(ACME, USERS)
-            await relay.poller.poll_once(ACME, USERS)
+            await relay.pipeline.poll_once(ACME, USERS)
             world.sim.update(ACME, USERS, user["id"], {"first_name": "Changed"})
-            await relay.poller.poll_once(ACME, USERS)
+            await relay.pipeline.poll_once(ACME, USERS)
             world.sim.delete(ACME, USERS, user["id"])
-            await relay.poller.poll_once(ACME, USERS)
+            await relay.pipeline.poll_once(ACME, USERS)
             await ev.wait_for(3)
             await ev.settle()
     # One topic per event type: the consumer gets no order across them (the documented caveat), so compare sets.

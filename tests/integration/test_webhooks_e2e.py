@@ -48,16 +48,16 @@ async def running(world: World, **overrides: str) -> AsyncIterator[tuple[Relay, 
         world.relay(**{**SLOW, **overrides}) as relay,
         collect(world.bootstrap_servers, world.topics(*relay.config.resources)) as events,
     ):
-        poller = asyncio.create_task(relay.poller.run(grace_seconds=5))
+        polling = asyncio.create_task(relay.scheduler.run(grace_seconds=5))
         try:
             snapshot = sum(world.sim.count(i, r) for i in world.integrations for r in relay.config.resources)
             await events.wait_for(snapshot)
-            await wait_until(lambda: not any(s.polling for s in relay.poller.status.values()), what="the snapshots")
+            await wait_until(lambda: not any(s.polling for s in relay.scheduler.status.values()), what="the snapshots")
             events.events.clear()
             yield relay, events
         finally:
-            relay.poller.stop()
-            await poller
+            relay.scheduler.stop()
+            await polling
 
 
 def some_id(sim: Simulator, integration: str, resource: str = USERS, n: int = 0) -> str:
@@ -149,7 +149,7 @@ async def test_integration_state_webhooks_pause_and_resume_polling(world: World)
         registry = relay.metrics.registry
         async with WebhookSender(world.sim, webhook_url(relay), SECRET, batch_seconds=0) as sender:
             assert (await sender.send(sim_webhooks.integration_state_changed(ACME, "INACTIVE"))).ok
-            assert relay.poller.is_paused(ACME)
+            assert relay.scheduler.is_paused(ACME)
             user = some_id(world.sim, ACME)
             world.sim.update(ACME, USERS, user, {"first_name": "While paused"})
             await wait_until(
@@ -165,7 +165,7 @@ async def test_integration_state_webhooks_pause_and_resume_polling(world: World)
             [event] = await events.wait_for(1, timeout=15)  # the resume polls at once
             assert (event.entity, event.data["record"]["first_name"]) == (user, "While paused")
             assert (await sender.send(sim_webhooks.integration_deleted(GLOBEX))).ok
-            assert relay.poller.is_paused(GLOBEX)
+            assert relay.scheduler.is_paused(GLOBEX)
 
 
 def paused_in_status(relay: Relay) -> dict[str, bool]:

@@ -1,5 +1,5 @@
-"""relay.webhooks and the poller's side of webhooks: signatures, payloads, the model map, de-duplication, the
-receiver's every answer, the HTTP endpoint on a real localhost server, and the poller's coalescing, pause/resume and
+"""relay.webhooks and the scheduler's side of webhooks: signatures, payloads, the model map, de-duplication, the
+receiver's every answer, the HTTP endpoint on a real localhost server, and the scheduler's coalescing, pause/resume and
 per-trigger counting. Fakes are hand-written; nothing is patched."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,8 @@ from aiohttp import web
 
 from relay.config import MASK, Config, ConfigError, Secret, load_config
 from relay.metrics import WEBHOOK_OUTCOMES, WEBHOOK_TYPES, Metrics
-from relay.poller import Poller, PollOutcome
+from relay.scheduler import Scheduler
 from relay.simulator import webhooks as sim_webhooks
-from relay.sink import KafkaSink
-from relay.source import SourceClient
-from relay.state import StateStore
 from relay.web import Heartbeat, build_app
 from relay.webhooks import (
     DEFAULT_MODEL_MAP,
@@ -665,15 +662,14 @@ async def test_the_path_is_configurable(target: FakePoller) -> None:
         await runner.cleanup()
 
 
-# --- The poller's side: coalescing, pause/resume, counting ----------------------------------------------------------
+# --- The scheduler's side: coalescing, pause/resume, counting -------------------------------------------------------
 
 
-class ScriptedPoller(Poller):
-    """A real Poller whose ``poll_once`` is scripted: each poll waits for ``release`` and may publish events."""
+class ScriptedPoller(Scheduler):
+    """A real Scheduler whose poll operation is scripted: each poll waits for ``release`` and may publish events."""
 
     def __init__(self, cfg: Config) -> None:
-        metrics = Metrics(cfg.resources)
-        super().__init__(cfg, SourceClient(cfg, metrics), KafkaSink(cfg, metrics), StateStore(2), metrics)
+        super().__init__(cfg, self._scripted_poll, Metrics(cfg.resources))
         self.started: list[tuple[str, str]] = []
         self.finished: list[tuple[str, str]] = []
         self.in_flight: dict[tuple[str, str], int] = {}
@@ -682,15 +678,14 @@ class ScriptedPoller(Poller):
         self.release.set()
         self.events_per_poll = 0
 
-    async def poll_once(self, integration: str, resource: str) -> PollOutcome:
+    async def _scripted_poll(self, integration: str, resource: str, published: Callable[[int], None]) -> None:
         pair = (integration, resource)
         self.started.append(pair)
         self.in_flight[pair] = self.in_flight.get(pair, 0) + 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight[pair])
         try:
             await self.release.wait()
-            self.status[pair].events_published += self.events_per_poll
-            return PollOutcome("incremental", events=self.events_per_poll)
+            published(self.events_per_poll)
         finally:
             self.in_flight[pair] -= 1
             self.finished.append(pair)

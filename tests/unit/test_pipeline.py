@@ -1,6 +1,6 @@
 """A poll's pages in flight: diffed while earlier pages commit, committed in groups, remembered in order.
 
-The poller and the sink's queue are real; the source serves scripted pages and the sink's transactions are
+The pipeline and the sink's queue are real; the source serves scripted pages and the sink's transactions are
 hand-written fakes that can be held open or made to fail. What real Kafka makes of the transactions is the
 end-to-end and fault tests' business.
 """
@@ -8,7 +8,6 @@ end-to-end and fault tests' business.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from relay.config import Config
 from relay.errors import KafkaUnavailable
 from relay.heap import HeapTrimmer
 from relay.metrics import Metrics
-from relay.poller import MAX_PAGES_IN_FLIGHT, Poller
+from relay.pipeline import MAX_PAGES_IN_FLIGHT, Pipeline
 from relay.sink import KafkaSink, OutMessage
 from relay.source import Page, SourceClient
 from relay.state import StateStore
@@ -82,15 +81,15 @@ class ScriptedTransactions(KafkaSink):
 
 def relay(
     *, fail: int | None = None, heap: HeapTrimmer | None = None
-) -> tuple[Poller, ScriptedSource, ScriptedTransactions, StateStore]:
+) -> tuple[Pipeline, ScriptedSource, ScriptedTransactions, StateStore]:
     cfg = config_without_kafka(RELAY_INTEGRATIONS=ACME, RELAY_RESOURCES=USERS)
     metrics = Metrics(cfg.resources, registry=CollectorRegistry())
     source, sink, store = ScriptedSource(cfg, metrics), ScriptedTransactions(cfg, metrics, fail=fail), StateStore(1)
-    return Poller(cfg, source, sink, store, metrics, rng=random.Random(1), heap=heap), source, sink, store
+    return Pipeline(cfg, source, sink, store, metrics, heap=heap), source, sink, store
 
 
 async def release_each_transaction(sink: ScriptedTransactions, poll: asyncio.Task[Any]) -> None:
-    """Let each transaction end once the poller has had every chance to queue more pages behind it."""
+    """Let each transaction end once the pipeline has had every chance to queue more pages behind it."""
     while not poll.done():
         for _ in range(50):
             await asyncio.sleep(0)

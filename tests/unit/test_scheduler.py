@@ -1,23 +1,22 @@
-"""How the poller's pairs wait between polls: the wake-up a trigger or a stop cuts short, the grid that scheduled polls
-start on, and the pause of every poll while the state is read back after a failed commit.
+"""How the scheduler's pairs wait between polls: the wake-up a trigger or a stop cuts short, the grid that scheduled
+polls start on, and the reload gate's pause of every poll while the state is read back after a failed commit.
 
-The poller here is real; only ``poll_once`` is scripted (no source, no Kafka).
+The scheduler and the gate here are real; only the poll operation is scripted (no source, no Kafka).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 import pytest
 
 from relay.config import Config, load_config
 from relay.errors import AuthenticationError, KafkaUnavailable, StateError
 from relay.metrics import Metrics
-from relay.poller import Poller, PollOutcome, Wakeup, next_on_grid
-from relay.sink import KafkaSink
-from relay.source import SourceClient
-from relay.state import StateStore
+from relay.reload_gate import ReloadGate
+from relay.scheduler import Scheduler, Wakeup, next_on_grid
 from tests.unit.support import quiescent, wait_until
 
 ACME = "personio:acme"
@@ -113,30 +112,22 @@ def test_polls_due_within_one_step_start_at_the_very_same_time(now: float) -> No
     assert {next_on_grid(when, step) for when in due} == {boundary}
 
 
-# --- The poller ------------------------------------------------------------------------------------------------------
+# --- The scheduler ---------------------------------------------------------------------------------------------------
 
 
-class ScriptedPoller(Poller):
-    """A real Poller whose ``poll_once`` runs ``script(pair, n)``, n counting that pair's polls from 1."""
+class ScriptedPoller(Scheduler):
+    """A real Scheduler, behind the real ReloadGate, whose poll operation runs a script: no source, no Kafka."""
 
     def __init__(self, cfg: Config) -> None:
-        metrics = Metrics(cfg.resources)
-        super().__init__(
-            cfg,
-            SourceClient(cfg, metrics),
-            KafkaSink(cfg, metrics),
-            StateStore(2),
-            metrics,
-            rng=random.Random(7),
-            reload_state=self._reload,
-        )
+        gate = ReloadGate(self._scripted_poll, self._reload)
+        super().__init__(cfg, gate, Metrics(cfg.resources), rng=random.Random(7))
         self.polls: dict[tuple[str, str], int] = {}
         self.in_flight = 0
         self.failures: dict[tuple[str, str], BaseException] = {}  # raised by the pair's next poll
         self.holds: dict[tuple[str, str], asyncio.Event] = {}  # the pair's polls wait for this
         self.reloads: list[int] = []  # polls in flight at each state reload
 
-    async def poll_once(self, integration: str, resource: str) -> PollOutcome:
+    async def _scripted_poll(self, integration: str, resource: str, published: Callable[[int], None]) -> None:
         pair = (integration, resource)
         self.polls[pair] = self.polls.get(pair, 0) + 1
         self.in_flight += 1
@@ -145,7 +136,6 @@ class ScriptedPoller(Poller):
                 await self.holds[pair].wait()
             if pair in self.failures:
                 raise self.failures.pop(pair)
-            return PollOutcome("incremental")
         finally:
             self.in_flight -= 1
 

@@ -1,0 +1,532 @@
+"""One poll of one (integration, resource) pair, page by page: fetch, diff, serialize, commit, remember.
+
+Rule: everything between "poll this pair now" and "that poll ended" lives here, and nothing about *when* polls happen
+(that is :mod:`relay.scheduler`'s). A poll is a :class:`PairPoll`, an object that lives as long as the poll and holds
+its pair, kind, cursor and pages in flight; :class:`Pipeline` holds what polls share (source, sink, memory, metrics)
+and what outlives one poll (the deferred checkpoints).
+
+A poll is one of three kinds:
+
+* ``snapshot``: the first poll of a pair without state; a full fetch (``include_deleted=true``, no
+  ``updated_after``). It emits ``created`` (flagged ``snapshot``) for every live record, or nothing when
+  ``RELAY_INITIAL_SNAPSHOT=skip``.
+* ``incremental``: ``updated_after`` = the source's time at the start of the last completed poll minus
+  ``RELAY_OVERLAP_SECONDS``. The overlap makes late commits on the source's side safe; the diff makes the re-fetched
+  records free of duplicates.
+* ``reconcile``: every ``RELAY_RECONCILE_INTERVAL_SECONDS``, a full fetch that also finds remembered entities that
+  vanished outright (hard deletes) and emits ``deleted`` (reason ``vanished``) for them, unless the fetch was
+  incomplete or too many would vanish at once.
+
+Each page is one unit of work: its events, the state it changes and the pair's checkpoint (including the cursor of
+the next page, so a restart resumes a long snapshot where it stopped) go to Kafka in one transaction, and only then
+into memory. If the source rejects a saved cursor the poll restarts from the watermark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any
+
+from relay import diff
+from relay.config import Config
+from relay.errors import CursorRejected, IntegrationError, InvalidPage, SinkError, SourceError
+from relay.events import to_kafka_message
+from relay.heap import HeapTrimmer
+from relay.metrics import Metrics
+from relay.pending import Prepared, Unapplied, events_by_kind
+from relay.sink import KafkaSink, OutMessage
+from relay.source import Page, SourceClient
+from relay.state import Checkpoint, InProgress, PollKind, StateStore, complete_poll
+
+log = logging.getLogger(__name__)
+
+# An incremental page that changed nothing commits no transaction: its checkpoint (the watermark moved) stays in
+# memory until the pair's next transaction, or until it has waited this long.
+CHECKPOINT_DEFER_SECONDS = 300.0
+# Records diffed, and events serialized, between two yields to the event loop while the previous page commits.
+PREPARE_SLICE = 50
+# Pages of one pair sent to the sink and not yet committed: enough for the sink to group several pages per
+# transaction while the source keeps sending, few enough to bound what a poll holds in memory (their messages).
+MAX_PAGES_IN_FLIGHT = 4
+
+Clock = Callable[[], float]
+Published = Callable[[int], None]
+
+
+@dataclass(slots=True)
+class PollOutcome:
+    kind: PollKind
+    pages: int = 0
+    records: int = 0
+    events: int = 0
+    interrupted: bool = False
+
+
+def _ignore(events: int) -> None:
+    pass
+
+
+class Pipeline:
+    """Runs whole polls of pairs against one source, one sink and one store of what is remembered."""
+
+    def __init__(
+        self,
+        config: Config,
+        source: SourceClient,
+        sink: KafkaSink,
+        store: StateStore,
+        metrics: Metrics,
+        *,
+        clock: Clock = time.time,
+        heap: HeapTrimmer | None = None,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.sink = sink
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self._heap = heap
+        self.stopping = asyncio.Event()
+        self._stopped: asyncio.Future[None] | None = None  # the same, as a future to wait on with others
+        # Pairs whose checkpoint in memory is ahead of the state topic (see CHECKPOINT_DEFER_SECONDS): since when.
+        self._deferred_since: dict[tuple[str, str], float] = {}
+
+    def stop(self) -> None:
+        """Let the polls in progress end at their next page: what committed says where the next run resumes."""
+        self.stopping.set()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def next_kind(self, checkpoint: Checkpoint) -> PollKind:
+        if not checkpoint.snapshot_done:
+            return "snapshot"
+        interval = self.config.reconcile_interval_seconds
+        if interval > 0 and (
+            checkpoint.last_reconcile_ms is None
+            or self.clock() * 1000 - checkpoint.last_reconcile_ms >= interval * 1000
+        ):
+            return "reconcile"
+        return "incremental"
+
+    async def poll_once(self, integration: str, resource: str, published: Published = _ignore) -> PollOutcome:
+        """Run one whole poll of a pair (all its pages); raise the error that stopped it, if any.
+
+        ``published`` is told the number of events of each page as soon as that page is remembered (committed)."""
+        checkpoint = self.store.pair(integration, resource).checkpoint
+        outcome = PollOutcome(self.next_kind(checkpoint))
+        try:
+            started = time.monotonic()
+            await self._poll_restarting_on_rejected_cursor(integration, resource, checkpoint, outcome, published)
+            if outcome.interrupted:
+                log.info("poll interrupted by shutdown", extra={"integration": integration, "resource": resource})
+            else:
+                self._finished(integration, resource, outcome, time.monotonic() - started)
+            return outcome
+        finally:
+            if self._heap is not None:  # a failed poll freed what it fetched as well
+                self._heap.processed(outcome.records)
+
+    async def _poll_restarting_on_rejected_cursor(
+        self, integration: str, resource: str, checkpoint: Checkpoint, outcome: PollOutcome, published: Published
+    ) -> None:
+        kind = outcome.kind
+        try:
+            try:
+                await PairPoll(self, integration, resource, checkpoint, outcome, published).run()
+            except CursorRejected:
+                self.metrics.polls.labels(resource, kind, "cursor_rejected").inc()
+                log.warning(
+                    "the source rejected the saved cursor; restarting the poll from the watermark",
+                    extra={"integration": integration, "resource": resource, "kind": kind},
+                )
+                fresh = replace(self.store.pair(integration, resource).checkpoint, in_progress=None)
+                self.store.set_checkpoint(integration, resource, fresh)
+                await PairPoll(self, integration, resource, fresh, outcome, published).run()
+        except SourceError as error:
+            self.metrics.polls.labels(resource, kind, _failed_poll_label(error)).inc()
+            raise
+        except SinkError:
+            self.metrics.polls.labels(resource, kind, "kafka_error").inc()
+            raise
+
+    def _finished(self, integration: str, resource: str, outcome: PollOutcome, seconds: float) -> None:
+        kind = outcome.kind
+        series = self.metrics.for_resource(resource)
+        series.polls_succeeded[kind].inc()
+        series.poll_duration[kind].observe(seconds)
+        series.last_success.set(self.clock())
+        # A fleet's idle polls (an incremental poll that found nothing) would be most of the log: DEBUG for those,
+        # and their record is not even built while DEBUG is off.
+        level = logging.INFO if outcome.events or kind != "incremental" else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "poll finished",
+                extra={
+                    "integration": integration,
+                    "resource": resource,
+                    "kind": kind,
+                    "pages": outcome.pages,
+                    "records": outcome.records,
+                    "events": outcome.events,
+                    "seconds": round(seconds, 3),
+                },
+            )
+
+    async def done_unless_stopping(self, fetching: asyncio.Task[Page]) -> bool:
+        """Wait for a page being fetched; False if the relay began to stop first (a slow source must not hold up a
+        shutdown: the committed checkpoint says where the next run resumes)."""
+        if not fetching.done():
+            if self._stopped is None:
+                self._stopped = asyncio.get_running_loop().create_future()
+                if self.stopping.is_set():
+                    self._stopped.set_result(None)
+            await asyncio.wait((fetching, self._stopped), return_when=asyncio.FIRST_COMPLETED)
+        return fetching.done()
+
+    def updated_after(self, kind: PollKind, checkpoint: Checkpoint) -> str | None:
+        if kind != "incremental" or checkpoint.watermark_ms is None:
+            return None
+        return iso_ms(max(0, checkpoint.watermark_ms - int(self.config.overlap_seconds * 1000)))
+
+    def may_defer(self, pair_key: tuple[str, str]) -> bool:
+        """Whether an unchanged page's checkpoint may stay unpersisted (for at most CHECKPOINT_DEFER_SECONDS)."""
+        now = time.monotonic()
+        return now - self._deferred_since.setdefault(pair_key, now) < CHECKPOINT_DEFER_SECONDS
+
+    def persisted(self, pair_key: tuple[str, str]) -> None:
+        """The pair's checkpoint in memory is in the state topic again."""
+        self._deferred_since.pop(pair_key, None)
+
+
+def _failed_poll_label(error: SourceError) -> str:
+    if isinstance(error, InvalidPage):
+        return "invalid_page"
+    return "integration_error" if isinstance(error, IntegrationError) else "source_error"
+
+
+class PairPoll:
+    """One poll of one pair, from its checkpoint to its last page.
+
+    Two overlaps keep the relay busy while the source or Kafka answer: the next page is fetched while this one is
+    diffed, and pages are diffed and serialized while earlier ones commit (against memory as it will be once they
+    have: see :class:`relay.pending.Unapplied`). Up to MAX_PAGES_IN_FLIGHT pages wait for Kafka at once; the sink
+    commits those that arrive during a transaction together in the next one. Pages are applied to memory in order,
+    each once it committed; a failed commit stops the poll before any later page is applied.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        integration: str,
+        resource: str,
+        checkpoint: Checkpoint,
+        outcome: PollOutcome,
+        published: Published,
+    ) -> None:
+        self._pipeline = pipeline
+        self._store = pipeline.store
+        self.integration = integration
+        self.resource = resource
+        self.kind = kind = outcome.kind
+        self.outcome = outcome
+        self._published = published
+        resume = checkpoint.in_progress
+        # A reconciliation needs every id of one complete fetch in memory, so it cannot resume after a restart.
+        if resume is not None and (resume.kind != kind or kind == "reconcile"):
+            resume = None
+        self._cursor = resume.cursor if resume else None
+        self._updated_after = resume.updated_after if resume else pipeline.updated_after(kind, checkpoint)
+        self._started_at_ms = resume.started_at_ms if resume else None
+        self._page_number = resume.pages if resume else 0
+        self._seen: set[str] | None = set() if kind == "reconcile" else None
+        self._prefetched: asyncio.Task[Page] | None = None
+        self._in_flight: deque[tuple[Prepared, asyncio.Task[None] | None]] = deque()
+        self._unapplied = Unapplied()
+
+    # ------------------------------------------------------------------------------------------- the page loop
+
+    async def run(self) -> None:
+        try:
+            while True:
+                if self._pipeline.stopping.is_set():
+                    await self._apply_committed(wait_all=True)
+                    self.outcome.interrupted = True  # the committed checkpoint says where the next run resumes
+                    return
+                page = await self._next_page()
+                if page is None:
+                    continue  # stopping: the page was not needed after all; the loop's top ends the poll
+                self._prefetch_after(page)
+                self._note(page)
+                if page.next_cursor is None:
+                    await self._commit_last(page)
+                    return
+                await self._send(page, page.next_cursor)
+        except asyncio.CancelledError:
+            self._abort_in_flight()  # the grace period is over: abort the transactions in flight
+            raise
+        except SinkError:
+            raise
+        except BaseException as error:
+            # A fetch or a diff failed: the pages before it may still commit, and must be waited for and applied.
+            try:
+                await self._apply_committed(wait_all=True)
+            except SinkError as sink_error:
+                raise sink_error from error
+            raise
+        finally:
+            if self._prefetched is not None:  # stopped, or a page failed: the next one is not wanted
+                self._prefetched.cancel()
+                self._prefetched.add_done_callback(_retrieve)
+
+    async def _next_page(self) -> Page | None:
+        """The next page: fetched now (the first), or the one prefetched; None if the relay began to stop first."""
+        if self._prefetched is None:
+            return await self._fetch(self._cursor, self._page_number)
+        if not await self._pipeline.done_unless_stopping(self._prefetched):
+            return None
+        page = self._prefetched.result()
+        self._prefetched = None
+        return page
+
+    def _fetch(self, cursor: str | None, page_number: int) -> Coroutine[Any, Any, Page]:
+        return self._pipeline.source.fetch_page(
+            self.integration, self.resource, updated_after=self._updated_after, cursor=cursor, page_number=page_number
+        )
+
+    def _prefetch_after(self, page: Page) -> None:
+        if page.next_cursor is not None:
+            self._prefetched = asyncio.create_task(self._fetch(page.next_cursor, self._page_number + 1))
+
+    def _note(self, page: Page) -> None:
+        """Count the page, and take the poll's start time from its first page and the ids a reconciliation saw."""
+        self._page_number += 1
+        if self._started_at_ms is None:
+            source_time = page.source_time_ms
+            self._started_at_ms = source_time if source_time is not None else int(self._pipeline.clock() * 1000)
+        if self._seen is not None:
+            self._seen.update(record["id"] for record in page.records)
+
+    async def _commit_last(self, page: Page) -> None:
+        """The last page completes the poll from the checkpoint every earlier page leaves behind; nothing is left to
+        overlap with, so it commits in this task."""
+        assert self._started_at_ms is not None
+        await self._apply_committed(wait_all=True)
+        checkpoint = complete_poll(self._checkpoint(), kind=self.kind, started_at_ms=self._started_at_ms)
+        prepared = await self._prepare(page, checkpoint)
+        messages = self._messages_to_commit(prepared, self._seen)
+        if messages is not None:
+            await self._pipeline.sink.commit(messages)
+        self._apply(prepared, committed=messages is not None)
+        self._pipeline.metrics.watermark.labels(self.resource).set(self._started_at_ms / 1000)
+
+    async def _send(self, page: Page, next_cursor: str) -> None:
+        """Prepare a page that has more after it and hand it to the sink, leaving its commit in flight."""
+        assert self._started_at_ms is not None
+        in_progress = InProgress(self.kind, next_cursor, self._updated_after, self._started_at_ms, self._page_number)
+        prepared = await self._prepare(page, replace(self._checkpoint(), in_progress=in_progress))
+        await self._apply_committed(wait_all=False, room_for_one=True)
+        messages = self._messages_to_commit(prepared, None)
+        committing = None if messages is None else asyncio.create_task(self._pipeline.sink.commit(messages))
+        self._in_flight.append((prepared, committing))
+        self._unapplied.add(prepared)
+        # Let the commit hand its batches to the producer, and the producer its first request to Kafka, before the
+        # next page's diff holds the event loop: Kafka then works while the relay does.
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    def _checkpoint(self) -> Checkpoint:
+        return self._store.pair(self.integration, self.resource).checkpoint
+
+    # ------------------------------------------------------------------------------------------- one page
+
+    async def _prepare(self, page: Page, checkpoint: Checkpoint) -> Prepared:
+        """Diff a page and serialize its events, against memory as it will be once the earlier pages still
+        committing are applied (their fingerprints and shapes)."""
+        pair = self._store.pair(self.integration, self.resource)
+        page_diff = diff.PageDiff(
+            self._unapplied.entities_over(pair.entities),
+            self._unapplied.shapes_over(pair.shapes),
+            integration=self.integration,
+            resource=self.resource,
+            snapshot=self.kind == "snapshot",
+            emit_snapshot=self._pipeline.config.initial_snapshot == "emit",
+        )
+        # Diffed and serialized in slices, yielding in between: a page's work holds the event loop long enough to
+        # matter, and the previous page's transaction needs the loop for each of its round trips to Kafka.
+        records = page.records
+        for start in range(0, len(records), PREPARE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            page_diff.feed(records[start : start + PREPARE_SLICE])
+        result = page_diff.result()
+        changes = list(result.changes)
+        now_ms = int(self._pipeline.clock() * 1000)
+        messages: list[OutMessage] = []
+        for start in range(0, len(changes), PREPARE_SLICE):
+            await asyncio.sleep(0)
+            messages.extend(self._event_messages(changes[start : start + PREPARE_SLICE], now_ms))
+        # Only what the commit and the counters need is kept: the records and changes go now, not once the page has
+        # committed, which holds several pages in flight to their messages.
+        return Prepared(
+            self.kind,
+            len(records),
+            checkpoint,
+            result.suppressed_by_reason(),
+            events_by_kind(changes),
+            dict(result.delta),
+            list(result.new_shapes),
+            messages,
+        )
+
+    def _messages_to_commit(self, prepared: Prepared, reconcile_seen: set[str] | None) -> list[OutMessage] | None:
+        """What a prepared page commits: its events and state records (and, given the ids a reconciliation saw, the
+        vanished entities after its last page); None when it needs no transaction at all."""
+        if reconcile_seen is not None:
+            self._add_vanished(prepared, reconcile_seen)
+        pair_key = (self.integration, self.resource)
+        if prepared.kind == "incremental" and prepared.changes_nothing and self._pipeline.may_defer(pair_key):
+            # Nothing changed: no transaction. Only the watermark moved; it is kept in memory and persisted with the
+            # pair's next transaction, or within CHECKPOINT_DEFER_SECONDS. A persisted watermark that lags is safe:
+            # after a restart the pair re-fetches a little more, and the diff drops what it already announced.
+            return None
+        state_records = self._store.records_for(
+            self.integration,
+            self.resource,
+            delta=prepared.delta,
+            new_shapes=prepared.new_shapes,
+            checkpoint=prepared.checkpoint,
+        )
+        state_topic = self._pipeline.config.state_topic
+        prepared.messages.extend(OutMessage(state_topic, r.key, r.value, partition=r.partition) for r in state_records)
+        return prepared.messages
+
+    def _add_vanished(self, prepared: Prepared, seen: set[str]) -> None:
+        entities = self._store.pair(self.integration, self.resource).entities
+        merged = {**entities, **prepared.delta} if prepared.delta else entities
+        result = diff.find_vanished(
+            merged,
+            seen,
+            integration=self.integration,
+            resource=self.resource,
+            complete=True,
+            max_vanish_fraction=self._pipeline.config.reconcile_max_vanish_fraction,
+        )
+        if result.refused is not None:
+            self._pipeline.metrics.vanish_refused.labels(self.resource, result.refused).inc()
+            log.warning(
+                "reconciliation refused to emit vanish-deletes",
+                extra={
+                    "integration": self.integration,
+                    "resource": self.resource,
+                    "reason": result.refused,
+                    "would_vanish": result.would_vanish,
+                },
+            )
+            return
+        changes = list(result.changes)
+        prepared.count_events(changes)
+        prepared.delta.update(result.delta)
+        prepared.messages.extend(self._event_messages(changes, int(self._pipeline.clock() * 1000)))
+
+    def _event_messages(self, changes: list[diff.Change], now_ms: int) -> list[OutMessage]:
+        config = self._pipeline.config
+        messages: list[OutMessage] = []
+        topics: dict[str, str] = {}
+        tombstones = config.emit_tombstones
+        integration, resource = self.integration, self.resource
+        for change in changes:
+            message = to_kafka_message(change, integration=integration, resource=resource, detected_at_ms=now_ms)
+            topic = topics.get(change.kind)
+            if topic is None:
+                topic = topics[change.kind] = config.topic_for(resource, change.kind)
+            messages.append(OutMessage(topic, message.key, message.value, message.headers))
+            if tombstones and change.kind == "deleted":
+                messages.append(OutMessage(topic, message.key, None))
+        return messages
+
+    # ------------------------------------------------------------------------------------------- remembering
+
+    async def _apply_committed(self, *, wait_all: bool, room_for_one: bool = False) -> None:
+        """Apply the pages in flight that committed, oldest first: all of them (``wait_all``), or those done already
+        plus, with ``room_for_one``, as many as needed to leave room for one more page in flight.
+
+        Raises the first page's commit error; the pages behind it are then not applied (the sink failed them too)."""
+        in_flight = self._in_flight
+        while in_flight:
+            prepared, committing = in_flight[0]
+            must_wait = wait_all or (room_for_one and len(in_flight) >= MAX_PAGES_IN_FLIGHT)
+            if committing is not None and not committing.done() and not must_wait:
+                return
+            in_flight.popleft()
+            if committing is not None:
+                try:
+                    await committing
+                except BaseException:
+                    self._abort_in_flight()
+                    raise
+            self._unapplied.remove(prepared)
+            self._apply(prepared, committed=committing is not None)
+
+    def _abort_in_flight(self) -> None:
+        for _, committing in self._in_flight:
+            if committing is not None:
+                committing.cancel()
+                committing.add_done_callback(_retrieve)
+        self._in_flight.clear()
+
+    def _apply(self, prepared: Prepared, *, committed: bool) -> None:
+        """Remember a page once its transaction committed (or, ``committed`` False, once it needed none)."""
+        integration, resource = self.integration, self.resource
+        metrics = self._pipeline.metrics
+        if committed:
+            pair = self._store.pair(integration, resource)
+            self._pipeline.persisted((integration, resource))
+            added = sum(1 for entity_id in prepared.delta if entity_id not in pair.entities)
+            self._store.apply(
+                integration,
+                resource,
+                delta=prepared.delta,
+                new_shapes=prepared.new_shapes,
+                checkpoint=prepared.checkpoint,
+            )
+            if added:
+                metrics.entities.labels(resource).inc(added)
+        else:
+            self._store.set_checkpoint(integration, resource, prepared.checkpoint)
+        series = metrics.for_resource(resource)
+        for change_kind, count in prepared.events_by_kind.items():
+            series.events_published[change_kind].inc(count)
+        for reason, count in prepared.suppressed_by_reason.items():
+            if count:
+                series.events_suppressed[reason].inc(count)
+        events = sum(prepared.events_by_kind.values())
+        self.outcome.pages += 1
+        self.outcome.records += prepared.records
+        self.outcome.events += events
+        self._published(events)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a discarded task's outcome as seen, so asyncio does not log "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """Kombo's timestamp format: ``2024-01-02T03:04:05.678Z``."""
+    seconds, millis = divmod(epoch_ms, 1000)
+    return f"{_iso_seconds(seconds)}.{millis:03d}Z"
+
+
+# Watermarks are the source's Date header, to the second, and the pairs polled in the same second share one.
+@functools.lru_cache(maxsize=256)
+def _iso_seconds(epoch_seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_seconds))

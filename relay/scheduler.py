@@ -1,0 +1,422 @@
+"""When each (integration, resource) pair is polled, and what a failed poll means for it.
+
+Rule: this module decides *when* and *whether*: the pair loops, their wake-ups (timer, webhook trigger, stop), pauses,
+the global limit on polls at once, backoff after a failure, and each pair's health. *How* a pair is polled is an
+operation it is given (:class:`relay.pipeline.Pipeline` behind :class:`relay.reload_gate.ReloadGate` in the service,
+a script in tests): it never sees a page, a record or a Kafka transaction. What an error means is one table,
+:data:`VERDICTS`, read top down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from aiokafka.errors import KafkaError
+
+from relay.config import Config
+from relay.errors import (
+    AuthenticationError,
+    Fenced,
+    IntegrationError,
+    InvalidPage,
+    KafkaAuthorizationFailed,
+    KafkaUnavailable,
+    SinkError,
+    SourceError,
+    StateError,
+)
+from relay.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Scheduled polls start on a grid of this many seconds (or of 1% of the poll interval, if that is finer), so that the
+# pairs due within one step are polled together, in one turn of the event loop: waking an idle process is most of
+# what an idle poll costs. RELAY_MAX_CONCURRENT_POLLS still bounds the burst, and a webhook's poll does not wait for
+# the grid.
+WAKE_GRID_SECONDS = 0.1
+
+Clock = Callable[[], float]
+
+
+class PollPair(Protocol):
+    """One whole poll of a pair; ``published(n)`` is told the events of each page as soon as they committed. Raises
+    the error that ended the poll early, if any."""
+
+    def __call__(self, integration: str, resource: str, published: Callable[[int], None], /) -> Awaitable[object]: ...
+
+
+# ----------------------------------------------------------------------------------------------- what errors mean
+
+Then = Literal["back_off", "retry_soon", "stop"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a failed poll means: the ``outcome`` it is logged as, and what the pair does ``then``: back off (the
+    integration's fault, waiting longer each time), retry soon (Kafka's trouble, not the integration's), or stop the
+    relay (no retry can mend it; ``message`` tells the operator)."""
+
+    outcome: str
+    then: Then
+    message: str = ""
+
+
+# First match wins, so a subclass stands above its base. An error no row matches is a bug: it ends the pair's task.
+VERDICTS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Verdict], ...] = (
+    (IntegrationError, Verdict("integration_error", "back_off")),
+    (
+        AuthenticationError,
+        Verdict("source_error", "stop", "the source refused the API key; check RELAY_API_KEY"),
+    ),
+    (
+        Fenced,
+        Verdict("kafka_error", "stop", "fenced by another instance with the same transactional id; stopping"),
+    ),
+    (KafkaAuthorizationFailed, Verdict("kafka_error", "stop", "Kafka refused this relay's principal; stopping")),
+    (StateError, Verdict("kafka_error", "stop", "cannot read the state topic; stopping")),
+    (InvalidPage, Verdict("invalid_page", "back_off")),
+    (SourceError, Verdict("source_error", "back_off")),
+    (SinkError, Verdict("kafka_error", "retry_soon")),
+    ((OSError, KafkaError), Verdict("kafka_error", "retry_soon")),
+)
+
+
+def verdict_on(error: BaseException) -> Verdict | None:
+    for kinds, verdict in VERDICTS:
+        if isinstance(error, kinds):
+            return verdict
+    return None
+
+
+def as_relay_error(error: BaseException) -> BaseException:
+    """Kafka's and the network's own errors, as the relay reports them."""
+    return KafkaUnavailable(str(error)) if isinstance(error, (OSError, KafkaError)) else error
+
+
+# ----------------------------------------------------------------------------------------------- waiting
+
+
+class Wakeup:
+    """A pair's trigger: a flag set by webhooks and cleared when a poll starts, and the one sleep it cuts short.
+
+    Every pair of a fleet sleeps between its polls, so the sleep is the cheapest asyncio has: one future, resolved by
+    a timer or by :meth:`set` / :meth:`wake` (:meth:`Scheduler.stop` wakes every pair). Only the pair's own task sleeps
+    on it.
+    """
+
+    __slots__ = ("_flag", "_sleeper")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._sleeper: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        self.wake()
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def wake(self) -> None:
+        """End the sleep in progress, if any, leaving the flag as it is (a stop is not a trigger)."""
+        if self._sleeper is not None:
+            _resolve(self._sleeper)
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until ``deadline`` (the event loop's clock), or less if set or woken meanwhile; not at all if the flag
+        is already set."""
+        if self._flag:
+            return
+        assert self._sleeper is None, "one sleeper at a time: the pair's own task"
+        loop = asyncio.get_running_loop()
+        self._sleeper = sleeper = loop.create_future()
+        timer = loop.call_at(deadline, _resolve, sleeper)
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            self._sleeper = None
+
+
+def next_on_grid(loop_time: float, step: float) -> float:
+    """The first multiple of ``step`` at or after ``loop_time``. All the times within one step give the very same
+    float, so the timers set for them fire in the same turn of the event loop."""
+    return math.ceil(loop_time / step) * step
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # already woken, or cancelled with its task
+        future.set_result(None)
+
+
+@dataclass(slots=True)
+class PairStatus:
+    """What ``/status`` reports for one pair; updated after every poll."""
+
+    integration: str
+    resource: str
+    healthy: bool = True
+    last_success_at: float | None = None
+    last_error_code: str | None = None
+    last_error_message: str | None = None
+    last_error_log_url: str | None = None
+    last_error_at: float | None = None
+    consecutive_failures: int = 0
+    events_published: int = 0
+    polls: int = 0
+    next_poll_at: float | None = None
+    polling: bool = False
+    paused: bool = False
+    trigger: Wakeup = field(default_factory=Wakeup)
+    # time.monotonic() of the first trigger (webhook) not yet served by a poll, for relay_webhook_to_event_seconds
+    triggered_at: float | None = None
+
+    def published(self, events: int) -> None:
+        self.events_published += events
+
+
+# ----------------------------------------------------------------------------------------------- the scheduler
+
+
+class Scheduler:
+    """Polls every configured pair on its own schedule, under a global concurrency limit."""
+
+    def __init__(
+        self,
+        config: Config,
+        poll: PollPair,
+        metrics: Metrics,
+        *,
+        clock: Clock = time.time,
+        rng: random.Random | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._poll = poll
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._on_stop = on_stop
+        self._slots = asyncio.Semaphore(config.max_concurrent_polls)
+        self._stopping = asyncio.Event()
+        self._wake_grid = min(WAKE_GRID_SECONDS, config.poll_interval_seconds / 100)
+        self.fatal: BaseException | None = None
+        self.status: dict[tuple[str, str], PairStatus] = {
+            (integration, resource): PairStatus(integration, resource)
+            for integration in config.integrations
+            for resource in config.resources
+        }
+
+    async def run(self, grace_seconds: float | None = None) -> None:
+        """Poll until :meth:`stop`; return early (with :attr:`fatal` set) when an operator must act.
+
+        After a stop, a poll in progress gets ``grace_seconds`` to commit its page; then it is cancelled, which aborts
+        its transaction. Either way the committed checkpoint says where the next run resumes.
+        """
+        grace = self._config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        self._update_health_gauge()
+        tasks = [asyncio.create_task(self._run_pair(status), name=f"poll {key}") for key, status in self.status.items()]
+        try:
+            await self._stopping.wait()
+        finally:
+            self.stop()
+            _, pending = await asyncio.wait(tasks, timeout=grace) if tasks else (set(), set())
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._on_stop is not None:
+            self._on_stop()
+        for status in self.status.values():  # wake every sleeping pair now, not at the end of its interval
+            status.trigger.wake()
+
+    # ------------------------------------------------------------------------------------------- triggers, pauses
+
+    def trigger(self, integration: str, resource: str, *, received_at: float | None = None) -> bool:
+        """Ask for an immediate poll of a pair (webhooks use this); False when the pair is not configured.
+
+        Triggers coalesce: any number of them before the pair's poll starts give that one poll, and any number while
+        it runs give exactly one follow-up (the flag is cleared when a poll starts, not when the pair wakes).
+        ``received_at`` (``time.monotonic()``) is when the webhook arrived, for the webhook-to-event latency.
+        """
+        status = self.status.get((integration, resource))
+        if status is None:
+            return False
+        if status.triggered_at is None:
+            status.triggered_at = time.monotonic() if received_at is None else received_at
+        status.trigger.set()
+        return True
+
+    def resources_of(self, integration: str) -> tuple[str, ...]:
+        """The resources polled for ``integration``; empty when it is not configured."""
+        return self._config.resources if (integration, self._config.resources[0]) in self.status else ()
+
+    def is_paused(self, integration: str) -> bool:
+        status = self.status.get((integration, self._config.resources[0]))  # pauses apply to all its pairs
+        return status is not None and status.paused
+
+    def pause(self, integration: str) -> bool:
+        """Stop polling ``integration`` (a poll in progress finishes) until :meth:`resume`; False if unknown."""
+        pairs = self._pairs_of(integration)
+        for status in pairs:
+            status.paused = True
+        if pairs:
+            log.info("integration paused", extra={"integration": integration})
+        return bool(pairs)
+
+    def resume(self, integration: str) -> bool:
+        """Poll ``integration`` again, at once (to catch up on what changed while paused); False if unknown."""
+        pairs = self._pairs_of(integration)
+        was_paused = any(s.paused for s in pairs)
+        for status in pairs:
+            status.paused = False
+            if was_paused:
+                self.trigger(integration, status.resource)
+        if was_paused:
+            log.info("integration resumed", extra={"integration": integration})
+        return bool(pairs)
+
+    def _pairs_of(self, integration: str) -> list[PairStatus]:
+        return [s for (i, _), s in self.status.items() if i == integration]
+
+    # ------------------------------------------------------------------------------------------- one pair's loop
+
+    async def _run_pair(self, status: PairStatus) -> None:
+        # Spread the first polls over the first interval's jitter so a fleet of integrations does not start in step.
+        delay = self._rng.uniform(0, self._config.poll_interval_seconds * self._config.poll_jitter_fraction)
+        while not self._stopping.is_set():
+            await self._sleep_or_trigger(status, delay)
+            if self._stopping.is_set():
+                return
+            if status.paused:  # by a webhook; resume() triggers the pair
+                status.trigger.clear()
+                status.triggered_at = None
+                delay = self._jittered_interval()
+                continue
+            async with self._slots:
+                if self._stopping.is_set():
+                    return
+                delay = await self._poll_counted(status)
+
+    async def _sleep_or_trigger(self, status: PairStatus, delay: float) -> None:
+        """Wait ``delay`` seconds (rounded up to the wake grid), or less if the pair is triggered or the scheduler
+        stops (:meth:`stop` wakes it)."""
+        if delay <= 0:
+            status.next_poll_at = self._clock()
+            return
+        now = asyncio.get_running_loop().time()
+        deadline = next_on_grid(now + delay, self._wake_grid)
+        status.next_poll_at = self._clock() + (deadline - now)
+        if not self._stopping.is_set():
+            await status.trigger.sleep_until(deadline)
+
+    async def _poll_counted(self, status: PairStatus) -> float:
+        """Poll once, counting what started the poll and, for a webhook, the time until its events committed."""
+        # Cleared as the poll starts: triggers that came while the pair waited for a slot are served by this poll, and
+        # triggers during it leave the flag set for exactly one follow-up.
+        triggered_at = status.triggered_at if status.trigger.is_set() else None
+        status.trigger.clear()
+        status.triggered_at = None
+        series = self._metrics.for_resource(status.resource)
+        series.polls_triggered["schedule" if triggered_at is None else "webhook"].inc()
+        events_before = status.events_published
+        delay = await self._poll_and_judge(status)
+        if triggered_at is not None and status.events_published > events_before:
+            series.webhook_to_event.observe(time.monotonic() - triggered_at)
+        return delay
+
+    async def _poll_and_judge(self, status: PairStatus) -> float:
+        """Poll once; return the delay until the next poll of this pair, as :data:`VERDICTS` says after a failure."""
+        status.polling = True
+        try:
+            await self._poll(status.integration, status.resource, status.published)
+        except Exception as raised:
+            verdict = verdict_on(raised)
+            if verdict is None:
+                raise
+            return self._judged(status, as_relay_error(raised), verdict)
+        finally:
+            status.polling = False
+        self._succeeded(status)
+        return self._jittered_interval()
+
+    # ------------------------------------------------------------------------------------------- after a poll
+
+    def _succeeded(self, status: PairStatus) -> None:
+        was_healthy, status.healthy = status.healthy, True
+        status.consecutive_failures = 0
+        status.last_success_at = self._clock()
+        if not was_healthy:  # the gauge counts over every pair: recount only when a pair's health changed
+            self._update_health_gauge()
+
+    def _judged(self, status: PairStatus, error: BaseException, verdict: Verdict) -> float:
+        self._failed(status, error, outcome=verdict.outcome)
+        if verdict.then == "back_off":
+            return self._backoff_delay(status)
+        if verdict.then == "retry_soon":
+            return self._kafka_retry_delay(status)
+        self._stop_for_good(status, error, verdict.message)
+        return 0
+
+    def _stop_for_good(self, status: PairStatus, error: BaseException, message: str) -> None:
+        """An error no retry can mend: say it loudly, and stop every pair; the relay exits with its code."""
+        log.critical(
+            message, extra={"integration": status.integration, "resource": status.resource, "error": str(error)}
+        )
+        self.fatal = error
+        self.stop()
+
+    def _failed(self, status: PairStatus, error: BaseException, *, outcome: str) -> None:
+        status.consecutive_failures += 1
+        status.last_error_at = self._clock()
+        status.last_error_message = str(error)
+        status.last_error_code = getattr(error, "code", type(error).__name__)
+        status.last_error_log_url = getattr(error, "log_url", None)
+        status.healthy = False
+        self._update_health_gauge()
+        log.warning(
+            "poll failed",
+            extra={
+                "integration": status.integration,
+                "resource": status.resource,
+                "outcome": outcome,
+                "code": status.last_error_code,
+                "log_url": status.last_error_log_url,
+                "error": str(error),
+                "consecutive_failures": status.consecutive_failures,
+            },
+        )
+
+    def _backoff_delay(self, status: PairStatus) -> float:
+        """A failing integration waits longer and longer, but never less than one interval (plus jitter)."""
+        ceiling = min(
+            self._config.integration_backoff_max_seconds,
+            self._config.poll_interval_seconds * 2 ** min(status.consecutive_failures - 1, 16),
+        )
+        return max(self._config.poll_interval_seconds, self._rng.uniform(ceiling / 2, ceiling))
+
+    def _kafka_retry_delay(self, status: PairStatus) -> float:
+        """Kafka trouble is not the integration's fault: retry soon, so nothing waits long once Kafka is back."""
+        ceiling = min(30.0, self._config.poll_interval_seconds, 0.5 * 2 ** min(status.consecutive_failures, 6))
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def _jittered_interval(self) -> float:
+        spread = self._config.poll_interval_seconds * self._config.poll_jitter_fraction
+        return self._config.poll_interval_seconds + self._rng.uniform(-spread, spread)
+
+    def _update_health_gauge(self) -> None:
+        unhealthy_integrations = {s.integration for s in self.status.values() if not s.healthy}
+        self._metrics.integrations.labels("unhealthy").set(len(unhealthy_integrations))
+        self._metrics.integrations.labels("healthy").set(len(self._config.integrations) - len(unhealthy_integrations))
