@@ -207,6 +207,7 @@ class Config:
     reconcile_interval_seconds: float
     reconcile_max_vanish_fraction: float
     max_concurrent_polls: int
+    max_pages_per_poll: int
     # Kafka
     kafka_bootstrap_servers: str
     kafka_security: KafkaSecurity
@@ -761,6 +762,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "A reconciliation that would delete more than this fraction of the records is refused",
     ),
     Setting("RELAY_MAX_CONCURRENT_POLLS", Integer(1), 8, "Polls running at once, over all integrations"),
+    Setting(
+        "RELAY_MAX_PAGES_PER_POLL",
+        Integer(1),
+        100_000,
+        "Pages one poll may fetch before it stops with an error (a source whose cursor never ends)",
+    ),
     # Kafka
     Setting(
         "RELAY_KAFKA_BOOTSTRAP_SERVERS",

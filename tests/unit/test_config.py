@@ -96,6 +96,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "reconcile_interval_seconds": 86400.0,
     "reconcile_max_vanish_fraction": 0.5,
     "max_concurrent_polls": 8,
+    "max_pages_per_poll": 100_000,
     "kafka_bootstrap_servers": "localhost:9092",
     "kafka_security": {
         "security_protocol": "PLAINTEXT",
@@ -181,6 +182,7 @@ OVERRIDES: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELAY_RECONCILE_INTERVAL_SECONDS", "0", "reconcile_interval_seconds", 0.0, {}),
     ("RELAY_RECONCILE_MAX_VANISH_FRACTION", "1", "reconcile_max_vanish_fraction", 1.0, {}),
     ("RELAY_MAX_CONCURRENT_POLLS", "1", "max_concurrent_polls", 1, {}),
+    ("RELAY_MAX_PAGES_PER_POLL", "50", "max_pages_per_poll", 50, {}),
     ("RELAY_KAFKA_BOOTSTRAP_SERVERS", "k1:9092, [::1]:9093", "kafka_bootstrap_servers", "k1:9092,[::1]:9093", {}),
     ("RELAY_KAFKA_SECURITY_PROTOCOL", "sasl_ssl", "kafka_security.security_protocol", "SASL_SSL", SASL),
     ("RELAY_KAFKA_SASL_MECHANISM", "scram-sha-512", "kafka_security.sasl_mechanism", "SCRAM-SHA-512", SASL),
