@@ -14,6 +14,7 @@
     ├── SinkError                   Kafka did not accept a transaction
     │   ├── KafkaUnavailable        retry with backoff from the last committed state
     │   ├── Fenced                  another instance took over our transactional id: stop, never write again
+    │   ├── RecordTooLarge          a record is larger than Kafka accepts: that pair backs off, Kafka is not down
     │   └── KafkaAuthorizationFailed  Kafka's ACLs refuse our principal a topic or the transactional id: stop
     └── StateError                  the state topic holds something this version cannot read, or state placed
                                     by another RELAY_STATE_TOPIC_PARTITIONS
@@ -103,6 +104,11 @@ class KafkaUnavailable(SinkError):
 
 class Fenced(SinkError):
     """Another instance with the same transactional id started; this one must stop writing for good."""
+
+
+class RecordTooLarge(SinkError):
+    """A record is larger than Kafka accepts (``RELAY_KAFKA_MAX_RECORD_BYTES``, or the topic's own limit). Nothing of
+    its page is written; its pair backs off like after an invalid page, and every other pair goes on."""
 
 
 class KafkaAuthorizationFailed(SinkError):

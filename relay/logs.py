@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -19,10 +19,35 @@ import orjson
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 MASK = "**********"
+MIN_MASKED_SECRET = 4
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+
+
+def redact(value: Any, secrets: Sequence[str]) -> Any:
+    """``value`` with every secret in ``secrets`` masked: a string, the strings inside lists, tuples and dicts, and the
+    text of anything else (an exception passed as an extra, say), which is what a log line would show of it."""
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(item, secrets) for item in value]
+    return redact(str(value), secrets)
+
+
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    """The record's traceback: as the redacting filter left it, or formatted now when no filter ran."""
+    if record.exc_text:
+        return record.exc_text
+    return formatter.formatException(record.exc_info) if record.exc_info else None
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,8 +59,8 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
         }
         entry.update(_extras(record))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if exception := _exception_text(self, record):
+            entry["exception"] = exception
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -44,31 +69,31 @@ class ConsoleFormatter(logging.Formatter):
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         context = " ".join(f"{k}={v}" for k, v in _extras(record).items())
         line = f"{stamp} {record.levelname:<7} {record.getMessage()}" + (f"  {context}" if context else "")
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if exception := _exception_text(self, record):
+            line += "\n" + exception
         return line
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces every known secret value by a mask, in the message and in extra fields."""
+    """Replaces every known secret value by a mask: in the message, in extra fields (nested ones too) and in the
+    traceback, which is formatted here, masked, and kept as the record's ``exc_text``."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self._secrets = [s for s in secrets if len(s) >= 4]
-
-    def _redact(self, value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in self._secrets:
-                value = value.replace(secret, MASK)
-        return value
+        # A secret of one to three characters would mask those characters wherever they stand, garbling every line;
+        # configuration warns about such a secret at start-up instead (it is too short to be one).
+        self._secrets = [s for s in secrets if len(s) >= MIN_MASKED_SECRET]
+        self._formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
             return True
-        record.msg = self._redact(record.getMessage())
+        record.msg = redact(record.getMessage(), self._secrets)
         record.args = None
         for key, value in _extras(record).items():
-            setattr(record, key, self._redact(value))
+            setattr(record, key, redact(value, self._secrets))
+        if record.exc_info or record.exc_text:
+            record.exc_text = redact(_exception_text(self._formatter, record), self._secrets)
         return True
 
 

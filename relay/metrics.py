@@ -14,7 +14,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from relay import __version__
 
-POLL_OUTCOMES = ("success", "source_error", "integration_error", "invalid_page", "kafka_error", "cursor_rejected")
+POLL_OUTCOMES = (
+    "success",
+    "source_error",
+    "integration_error",
+    "invalid_page",
+    "kafka_error",
+    "cursor_rejected",
+    "record_too_large",
+    "internal_error",
+)
 POLL_KINDS = ("snapshot", "incremental", "reconcile")
 EVENT_TYPES = ("created", "updated", "deleted")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")

@@ -35,7 +35,7 @@ from typing import Any
 
 from relay import diff
 from relay.config import Config
-from relay.errors import CursorRejected, IntegrationError, InvalidPage, SinkError, SourceError
+from relay.errors import CursorRejected, InvalidPage, SinkError
 from relay.events import to_kafka_message
 from relay.heap import HeapTrimmer
 from relay.metrics import Metrics
@@ -43,6 +43,7 @@ from relay.pending import Prepared, Unapplied, events_by_kind
 from relay.sink import KafkaSink, OutMessage
 from relay.source import Page, SourceClient
 from relay.state import Checkpoint, InProgress, PollKind, StateStore, complete_poll
+from relay.verdicts import verdict_on
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +150,8 @@ class Pipeline:
                 fresh = replace(self.store.pair(integration, resource).checkpoint, in_progress=None)
                 self.store.set_checkpoint(integration, resource, fresh)
                 await PairPoll(self, integration, resource, fresh, outcome, published).run()
-        except SourceError as error:
-            self.metrics.polls.labels(resource, kind, _failed_poll_label(error)).inc()
-            raise
-        except SinkError:
-            self.metrics.polls.labels(resource, kind, "kafka_error").inc()
+        except Exception as error:
+            self.metrics.polls.labels(resource, kind, verdict_on(error).outcome).inc()
             raise
 
     def _finished(self, integration: str, resource: str, outcome: PollOutcome, seconds: float) -> None:
@@ -206,12 +204,6 @@ class Pipeline:
         self._deferred_since.pop(pair_key, None)
 
 
-def _failed_poll_label(error: SourceError) -> str:
-    if isinstance(error, InvalidPage):
-        return "invalid_page"
-    return "integration_error" if isinstance(error, IntegrationError) else "source_error"
-
-
 class PairPoll:
     """One poll of one pair, from its checkpoint to its last page.
 
@@ -247,6 +239,8 @@ class PairPoll:
         self._started_at_ms = resume.started_at_ms if resume else None
         self._page_number = resume.pages if resume else 0
         self._seen: set[str] | None = set() if kind == "reconcile" else None
+        # Cursors this poll was sent to: a source that hands one out again would page in a circle for ever.
+        self._cursors: set[str] = set() if self._cursor is None else {self._cursor}
         self._prefetched: asyncio.Task[Page] | None = None
         self._in_flight: deque[tuple[Prepared, asyncio.Task[None] | None]] = deque()
         self._unapplied = Unapplied()
@@ -263,6 +257,7 @@ class PairPoll:
                 page = await self._next_page()
                 if page is None:
                     continue  # stopping: the page was not needed after all; the loop's top ends the poll
+                self._check_bounds(page)
                 self._prefetch_after(page)
                 self._note(page)
                 if page.next_cursor is None:
@@ -299,6 +294,28 @@ class PairPoll:
     def _fetch(self, cursor: str | None, page_number: int) -> Coroutine[Any, Any, Page]:
         return self._pipeline.source.fetch_page(
             self.integration, self.resource, updated_after=self._updated_after, cursor=cursor, page_number=page_number
+        )
+
+    def _check_bounds(self, page: Page) -> None:
+        """A poll ends: a source whose cursors loop or never end must not hold a poll slot, and Kafka, for ever."""
+        number = self._page_number
+        cursor = page.next_cursor
+        if cursor is not None and cursor in self._cursors:
+            raise self._unbounded("RELAY.CURSOR_LOOP", f"page {number} sent a next cursor this poll had already used")
+        limit = self._pipeline.config.max_pages_per_poll
+        if cursor is not None and number + 1 >= limit:
+            raise self._unbounded(
+                "RELAY.TOO_MANY_PAGES", f"page {number} has a next page, past RELAY_MAX_PAGES_PER_POLL={limit} pages"
+            )
+        if cursor is not None:
+            self._cursors.add(cursor)
+
+    def _unbounded(self, code: str, problem: str) -> InvalidPage:
+        return InvalidPage(
+            f"{problem}; the poll stops here, and resumes from its last committed page after a back-off",
+            code=code,
+            integration=self.integration,
+            resource=self.resource,
         )
 
     def _prefetch_after(self, page: Page) -> None:

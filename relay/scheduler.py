@@ -3,8 +3,8 @@
 Rule: this module decides *when* and *whether*: the pair loops, their wake-ups (timer, webhook trigger, stop), pauses,
 the global limit on polls at once, backoff after a failure, and each pair's health. *How* a pair is polled is an
 operation it is given (:class:`relay.pipeline.Pipeline` behind :class:`relay.reload_gate.ReloadGate` in the service,
-a script in tests): it never sees a page, a record or a Kafka transaction. What an error means is one table,
-:data:`VERDICTS`, read top down.
+a script in tests): it never sees a page, a record or a Kafka transaction. What an error means is
+:data:`relay.verdicts.VERDICTS`'s to say; every error gets a verdict, so only a shutdown ends a pair's loop.
 """
 
 from __future__ import annotations
@@ -16,23 +16,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
-
-from aiokafka.errors import KafkaError
+from typing import Protocol
 
 from relay.config import Config
-from relay.errors import (
-    AuthenticationError,
-    Fenced,
-    IntegrationError,
-    InvalidPage,
-    KafkaAuthorizationFailed,
-    KafkaUnavailable,
-    SinkError,
-    SourceError,
-    StateError,
-)
+from relay.logs import redact
 from relay.metrics import Metrics
+from relay.verdicts import INTERNAL_ERROR, Verdict, as_relay_error, verdict_on
 
 log = logging.getLogger(__name__)
 
@@ -50,54 +39,6 @@ class PollPair(Protocol):
     the error that ended the poll early, if any."""
 
     def __call__(self, integration: str, resource: str, published: Callable[[int], None], /) -> Awaitable[object]: ...
-
-
-# ----------------------------------------------------------------------------------------------- what errors mean
-
-Then = Literal["back_off", "retry_soon", "stop"]
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What a failed poll means: the ``outcome`` it is logged as, and what the pair does ``then``: back off (the
-    integration's fault, waiting longer each time), retry soon (Kafka's trouble, not the integration's), or stop the
-    relay (no retry can mend it; ``message`` tells the operator)."""
-
-    outcome: str
-    then: Then
-    message: str = ""
-
-
-# First match wins, so a subclass stands above its base. An error no row matches is a bug: it ends the pair's task.
-VERDICTS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Verdict], ...] = (
-    (IntegrationError, Verdict("integration_error", "back_off")),
-    (
-        AuthenticationError,
-        Verdict("source_error", "stop", "the source refused the API key; check RELAY_API_KEY"),
-    ),
-    (
-        Fenced,
-        Verdict("kafka_error", "stop", "fenced by another instance with the same transactional id; stopping"),
-    ),
-    (KafkaAuthorizationFailed, Verdict("kafka_error", "stop", "Kafka refused this relay's principal; stopping")),
-    (StateError, Verdict("kafka_error", "stop", "cannot read the state topic; stopping")),
-    (InvalidPage, Verdict("invalid_page", "back_off")),
-    (SourceError, Verdict("source_error", "back_off")),
-    (SinkError, Verdict("kafka_error", "retry_soon")),
-    ((OSError, KafkaError), Verdict("kafka_error", "retry_soon")),
-)
-
-
-def verdict_on(error: BaseException) -> Verdict | None:
-    for kinds, verdict in VERDICTS:
-        if isinstance(error, kinds):
-            return verdict
-    return None
-
-
-def as_relay_error(error: BaseException) -> BaseException:
-    """Kafka's and the network's own errors, as the relay reports them."""
-    return KafkaUnavailable(str(error)) if isinstance(error, (OSError, KafkaError)) else error
 
 
 # ----------------------------------------------------------------------------------------------- waiting
@@ -207,6 +148,7 @@ class Scheduler:
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_stop = on_stop
+        self._secrets = config.secret_values()  # masked in what /status shows of an error
         self._slots = asyncio.Semaphore(config.max_concurrent_polls)
         self._stopping = asyncio.Event()
         self._wake_grid = min(WAKE_GRID_SECONDS, config.poll_interval_seconds / 100)
@@ -338,15 +280,12 @@ class Scheduler:
         return delay
 
     async def _poll_and_judge(self, status: PairStatus) -> float:
-        """Poll once; return the delay until the next poll of this pair, as :data:`VERDICTS` says after a failure."""
+        """Poll once; return the delay until the next poll of this pair, as its verdict says after a failure."""
         status.polling = True
         try:
             await self._poll(status.integration, status.resource, status.published)
-        except Exception as raised:
-            verdict = verdict_on(raised)
-            if verdict is None:
-                raise
-            return self._judged(status, as_relay_error(raised), verdict)
+        except Exception as raised:  # a bug in one pair's poll must not end its loop, nor touch any other pair
+            return self._judged(status, as_relay_error(raised), verdict_on(raised))
         finally:
             status.polling = False
         self._succeeded(status)
@@ -362,7 +301,7 @@ class Scheduler:
             self._update_health_gauge()
 
     def _judged(self, status: PairStatus, error: BaseException, verdict: Verdict) -> float:
-        self._failed(status, error, outcome=verdict.outcome)
+        self._failed(status, error, verdict)
         if verdict.then == "back_off":
             return self._backoff_delay(status)
         if verdict.then == "retry_soon":
@@ -378,25 +317,30 @@ class Scheduler:
         self.fatal = error
         self.stop()
 
-    def _failed(self, status: PairStatus, error: BaseException, *, outcome: str) -> None:
+    def _failed(self, status: PairStatus, error: BaseException, verdict: Verdict) -> None:
         status.consecutive_failures += 1
         status.last_error_at = self._clock()
-        status.last_error_message = str(error)
+        status.last_error_message = redact(
+            f"{type(error).__name__}: {error}" if verdict is INTERNAL_ERROR else str(error), self._secrets
+        )
         status.last_error_code = getattr(error, "code", type(error).__name__)
         status.last_error_log_url = getattr(error, "log_url", None)
         status.healthy = False
         self._update_health_gauge()
-        log.warning(
+        log.log(
+            logging.ERROR if verdict is INTERNAL_ERROR else logging.WARNING,
             "poll failed",
             extra={
                 "integration": status.integration,
                 "resource": status.resource,
-                "outcome": outcome,
+                "outcome": verdict.outcome,
                 "code": status.last_error_code,
                 "log_url": status.last_error_log_url,
-                "error": str(error),
+                "error": status.last_error_message,
                 "consecutive_failures": status.consecutive_failures,
             },
+            # An internal error is a bug of ours, or a surprise from a library: its traceback is what finds it.
+            exc_info=error if verdict is INTERNAL_ERROR else None,
         )
 
     def _backoff_delay(self, status: PairStatus) -> float:
