@@ -220,6 +220,7 @@ class Config:
     emit_tombstones: bool
     transactional_id: str
     kafka_commit_timeout_seconds: float
+    kafka_max_record_bytes: int
     # The process
     http_host: str
     http_port: int
@@ -882,6 +883,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         Number(0, 600, exclusive=True),
         60.0,
         "Longest wait for Kafka to commit a page's transaction; then it is aborted and retried",
+    ),
+    Setting(
+        "RELAY_KAFKA_MAX_RECORD_BYTES",
+        Integer(1024),
+        1_000_000,
+        "Largest record (key and value) the relay writes; a larger one fails its pair's poll. At most the topics' "
+        "max.message.bytes",
     ),
     # The process
     Setting(
