@@ -28,10 +28,10 @@ from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced, RecordListTooLargeError
 
 from relay.config import Config
-from relay.errors import Fenced, KafkaAuthorizationFailed, KafkaUnavailable
+from relay.errors import Fenced, KafkaAuthorizationFailed, KafkaUnavailable, RecordTooLarge
 from relay.metrics import Metrics
 from relay.partitioning import partitions_for_keys
 
@@ -183,6 +183,7 @@ class KafkaSink:
         committed together by the next one (see the module docstring). The caller that finds no transaction in flight
         runs the next one itself, so cancelling it (shutdown after the grace period) aborts that transaction.
         """
+        self._check_sizes(messages)
         unit = _Unit(messages, asyncio.get_running_loop().create_future())
         self._waiting.append(unit)
         try:
@@ -197,6 +198,18 @@ class KafkaSink:
             unit.outcome.add_done_callback(_retrieve_outcome)
             raise
         unit.outcome.result()  # raises the transaction's error
+
+    def _check_sizes(self, messages: Sequence[OutMessage]) -> None:
+        """Refuse a unit holding a record larger than Kafka accepts before it joins a transaction: the broker would
+        refuse the whole transaction, other pairs' pages with it, on every retry."""
+        limit = self._config.kafka_max_record_bytes
+        for message in messages:
+            size = len(message.key) + (0 if message.value is None else len(message.value))
+            if size > limit:
+                raise RecordTooLarge(
+                    f"the record with key {message.key[:200]!r} for topic {message.topic!r} is {size} bytes, over "
+                    f"RELAY_KAFKA_MAX_RECORD_BYTES={limit}: its page is not written and its pair backs off"
+                )
 
     async def _commit_waiting(self) -> None:
         """Run one transaction with the oldest waiting units, and give each of them the outcome."""
@@ -287,7 +300,7 @@ class KafkaSink:
             raise failed
         await producer.commit_transaction()
 
-    def _classify(self, exc: BaseException) -> Fenced | KafkaAuthorizationFailed | KafkaUnavailable:
+    def _classify(self, exc: BaseException) -> Fenced | KafkaAuthorizationFailed | KafkaUnavailable | RecordTooLarge:
         if isinstance(exc, ProducerFenced) or type(exc).__name__ in FENCING_ERRORS:
             self.fenced = True
             self._metrics.fenced.set(1)
@@ -297,6 +310,12 @@ class KafkaSink:
                 f"Kafka refused this relay's principal ({type(exc).__name__}): grant it Write and Describe on the "
                 f"transactional id {self._config.transactional_id!r}, Write and Describe on the event topics and on "
                 f"the state topic {self._config.state_topic!r}, and Read on the state topic"
+            )
+        if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
+            # Kafka answered: it is not down. Its topic limit is below RELAY_KAFKA_MAX_RECORD_BYTES.
+            return RecordTooLarge(
+                f"Kafka refused a record of this transaction as too large ({type(exc).__name__}): a topic's "
+                "max.message.bytes is below RELAY_KAFKA_MAX_RECORD_BYTES; lower the setting to match it"
             )
         self.reachable = False
         if isinstance(exc, asyncio.TimeoutError | TimeoutError):
