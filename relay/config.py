@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import difflib
 import hashlib
-import hmac
 import math
 import os
 import re
@@ -42,13 +41,14 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, Protocol, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 from urllib.parse import SplitResult, urlsplit
 
 import orjson
 import yaml
 
 from relay.errors import ConfigError
+from relay.secret import MASK, Secret
 
 if TYPE_CHECKING:
     import ssl
@@ -80,53 +80,8 @@ EventType = Literal["created", "updated", "deleted"]
 ModelMapEntries = tuple[tuple[str, tuple[str, ...]], ...]  # Kombo model -> resources, see relay/webhooks.py
 
 EVENT_TYPES: Final[tuple[EventType, ...]] = get_args(EventType)
-MASK: Final = "**********"
 ENV_PREFIX: Final = "RELAY_"
 CONFIG_FILE_ENV: Final = "RELAY_CONFIG_FILE"
-
-
-# --- Secret -------------------------------------------------------------------------------------------------------
-
-
-class Secret:
-    """A string that must never be shown: ``repr`` and ``str`` give ``**********``, ``reveal()`` gives the value.
-
-    Deliberately not a dataclass: ``dataclasses.asdict(config)`` recurses into dataclasses and would copy the value
-    out into a plain dict, where the next log line would print it.
-    """
-
-    __slots__ = ("_value",)
-    _value: str
-
-    def __init__(self, value: str) -> None:
-        object.__setattr__(self, "_value", value)
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return MASK
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        # Constant time, so that comparing a guess with the secret tells nothing through timing.
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __setattr__(self, name: str, value: object) -> NoReturn:
-        raise AttributeError("Secret is immutable")
-
-    def __delattr__(self, name: str) -> NoReturn:
-        raise AttributeError("Secret is immutable")
-
-    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
-        # copy, deepcopy and pickle would otherwise restore the slot through __setattr__, which refuses.
-        return (Secret, (self._value,))
 
 
 # --- The configuration ----------------------------------------------------------------------------------------------
