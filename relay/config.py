@@ -31,22 +31,40 @@ import argparse
 import dataclasses
 import difflib
 import hashlib
-import math
 import os
 import re
-import string
 import sys
 import textwrap
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
-from urllib.parse import SplitResult, urlsplit
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 import orjson
 import yaml
 
+from relay.config_kinds import (
+    Choice,
+    ExistingFile,
+    Flag,
+    HttpUrl,
+    Integer,
+    Invalid,
+    Items,
+    Joined,
+    Kind,
+    ModelMapEntries,
+    ModelMapOverrides,
+    Number,
+    SecretValue,
+    Text,
+    TopicTemplate,
+    is_resource_path,
+    number_text,
+    require_string,
+    shown,
+)
 from relay.errors import ConfigError
 from relay.secret import MASK, Secret
 
@@ -77,7 +95,6 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 EventType = Literal["created", "updated", "deleted"]
-ModelMapEntries = tuple[tuple[str, tuple[str, ...]], ...]  # Kombo model -> resources, see relay/webhooks.py
 
 EVENT_TYPES: Final[tuple[EventType, ...]] = get_args(EventType)
 ENV_PREFIX: Final = "RELAY_"
@@ -239,318 +256,6 @@ def _revealed(secret: Secret | None) -> str | None:
     return None if secret is None else secret.reveal()
 
 
-# --- Kinds of value: one parser per type --------------------------------------------------------------------------
-
-
-class _Invalid(ValueError):
-    """One problem with one value. The message never contains a secret."""
-
-
-class Kind(Protocol):
-    """Turns a raw value (a string from the environment, or whatever TOML/YAML made of it) into a field's value."""
-
-    @property
-    def description(self) -> str: ...
-
-    def parse(self, raw: object) -> object: ...
-
-
-def _string(raw: object) -> str:
-    if not isinstance(raw, str):
-        # The type only, never the value: the value may be a secret.
-        raise _Invalid(f"must be a string, not {type(raw).__name__}")
-    return raw
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _number_text(number: float) -> str:
-    return f"{number:g}"
-
-
-def _range_text(minimum: float, maximum: float | None, *, exclusive: bool = False) -> str:
-    if maximum is not None:
-        return f"from {_number_text(minimum)} to {_number_text(maximum)}"
-    return f"{'>' if exclusive else '>='} {_number_text(minimum)}"
-
-
-@dataclass(frozen=True, slots=True)
-class Text:
-    """Non-empty text, stripped, that ``accepts`` approves of."""
-
-    description: str
-    accepts: Callable[[str], object] = bool
-
-    def parse(self, raw: object) -> str:
-        text = _string(raw).strip()
-        if not text:
-            raise _Invalid("must not be empty")
-        if not self.accepts(text):
-            raise _Invalid(f"must be {self.description}, got {_shown(text)}")
-        return text
-
-
-@dataclass(frozen=True, slots=True)
-class HttpUrl:
-    description: str = "an http:// or https:// URL"
-
-    def parse(self, raw: object) -> str:
-        url = _string(raw).strip().rstrip("/")
-        parts = _split_url(url)
-        if "@" in (parts.netloc if parts else url):
-            # Refused, and not shown: it holds a credential, which check-config and every log line would print.
-            raise _Invalid("must not contain credentials; the API key belongs in RELAY_API_KEY or RELAY_API_KEY_FILE")
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise _Invalid(f"must be {self.description}, got {_shown(url)}")
-        return url
-
-
-def _split_url(url: str) -> SplitResult | None:
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError for a port that is not a number
-    except ValueError:
-        return None
-    return parts
-
-
-@dataclass(frozen=True, slots=True)
-class Integer:
-    minimum: int
-    maximum: int | None = None
-    also: tuple[int, ...] = ()  # values outside the range that mean something, like -1 for "the broker's default"
-
-    @property
-    def description(self) -> str:
-        extra = "".join(f"{value} or " for value in self.also)
-        return f"{extra}an integer {_range_text(self.minimum, self.maximum)}"
-
-    def parse(self, raw: object) -> int:
-        value = _integer(raw)
-        in_range = self.minimum <= value and (self.maximum is None or value <= self.maximum)
-        if not (in_range or value in self.also):
-            raise _Invalid(f"must be {self.description}, got {value}")
-        return value
-
-
-def _integer(raw: object) -> int:
-    # bool is an int to Python, but `page_size = true` is a mistake, not 1.
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str):
-        try:
-            return int(raw.strip())
-        except ValueError:
-            pass
-    raise _Invalid(f"must be an integer, got {_shown(raw)}")
-
-
-@dataclass(frozen=True, slots=True)
-class Number:
-    minimum: float
-    maximum: float | None = None
-    exclusive: bool = False  # the minimum itself is not allowed
-
-    @property
-    def description(self) -> str:
-        return f"a number {_range_text(self.minimum, self.maximum, exclusive=self.exclusive)}"
-
-    def parse(self, raw: object) -> float:
-        value = _number(raw)
-        above = value > self.minimum if self.exclusive else value >= self.minimum
-        if not (above and (self.maximum is None or value <= self.maximum)):
-            raise _Invalid(f"must be {self.description}, got {_number_text(value)}")
-        return value
-
-
-def _number(raw: object) -> float:
-    value = _finite_float(raw)
-    if value is None:
-        raise _Invalid(f"must be a number, got {_shown(raw)}")
-    return value
-
-
-def _finite_float(raw: object) -> float | None:
-    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-        return None
-    try:
-        value = float(raw)  # ignores surrounding whitespace
-    except ValueError:
-        return None
-    # "nan" and "inf" parse, but mean nothing as a timeout or a fraction.
-    return value if math.isfinite(value) else None
-
-
-_FLAG_WORDS: Final = {
-    **dict.fromkeys(("true", "1", "yes", "on"), True),
-    **dict.fromkeys(("false", "0", "no", "off"), False),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Flag:
-    description: str = "true or false (also 1/0, yes/no, on/off)"
-
-    def parse(self, raw: object) -> bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str | int) and (value := _FLAG_WORDS.get(str(raw).strip().lower())) is not None:
-            return value
-        raise _Invalid(f"must be {self.description}, got {_shown(raw)}")
-
-
-@dataclass(frozen=True, slots=True)
-class Choice:
-    """One of ``options``, matched regardless of case and returned as spelled in ``options``."""
-
-    options: tuple[str, ...]
-
-    @property
-    def description(self) -> str:
-        return f"one of {', '.join(self.options)}"
-
-    def parse(self, raw: object) -> str:
-        text = _string(raw).strip()
-        for option in self.options:
-            if option.lower() == text.lower():
-                return option
-        raise _Invalid(f"must be {self.description}, got {_shown(text)}")
-
-
-@dataclass(frozen=True, slots=True)
-class Items:
-    """A non-empty list without duplicates, given as a list or as one comma-separated string."""
-
-    item: Text
-
-    @property
-    def description(self) -> str:
-        return f"comma-separated, each {self.item.description}"
-
-    def parse(self, raw: object) -> tuple[str, ...]:
-        items = _list_items(raw)
-        if not items:
-            raise _Invalid("must list at least one item")
-        if "" in items:
-            raise _Invalid("has an empty item (a doubled or trailing comma?)")
-        if bad := [item for item in items if not self.item.accepts(item)]:
-            raise _Invalid(f"has {', '.join(map(_shown, bad))}, which must be {self.item.description}")
-        if repeated := sorted({item for item in items if items.count(item) > 1}):
-            raise _Invalid(f"lists {', '.join(map(_shown, repeated))} more than once")
-        return tuple(items)
-
-
-def _list_items(raw: object) -> list[str]:
-    if isinstance(raw, str):
-        return [item.strip() for item in raw.split(",")] if raw.strip() else []
-    if isinstance(raw, list):
-        return [_string(item).strip() for item in raw]
-    raise _Invalid(f"must be a list or a comma-separated string, not {type(raw).__name__}")
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    """A list kept as one comma-separated string, because that is what its consumer takes."""
-
-    items: Items
-
-    @property
-    def description(self) -> str:
-        return self.items.description
-
-    def parse(self, raw: object) -> str:
-        return ",".join(self.items.parse(raw))
-
-
-@dataclass(frozen=True, slots=True)
-class SecretValue:
-    """A secret, given directly or (the setting's ``_FILE`` variant) as the path of a file holding it."""
-
-    description: str = "a secret; or, in the _FILE variant, the path of a file holding it"
-
-    def parse(self, raw: object) -> Secret:
-        value = _string(raw)
-        if not value.strip():
-            raise _Invalid("must not be empty")
-        return Secret(value)
-
-
-@dataclass(frozen=True, slots=True)
-class ExistingFile:
-    description: str = "the path of an existing file"
-
-    def parse(self, raw: object) -> str:
-        path = Text(self.description).parse(raw)
-        if not Path(path).is_file():
-            raise _Invalid(f"no such file: {_shown(path)}")
-        return path
-
-
-@dataclass(frozen=True, slots=True)
-class TopicTemplate:
-    placeholders: tuple[str, ...] = ("prefix", "resource", "event")
-
-    @property
-    def description(self) -> str:
-        return f"a topic name with placeholders {self.placeholders_text}"
-
-    @property
-    def placeholders_text(self) -> str:
-        return ", ".join(f"{{{name}}}" for name in self.placeholders)
-
-    def parse(self, raw: object) -> str:
-        template = Text(self.description).parse(raw)
-        try:
-            fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)]
-        except ValueError:
-            raise _Invalid(f"has unbalanced braces: {_shown(template)}") from None
-        # Only bare placeholders: a format spec, conversion or attribute access is never a sensible topic name.
-        unknown = [
-            "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            for name, spec, conversion in fields
-            if name is not None and (name not in self.placeholders or spec or conversion)
-        ]
-        if unknown:
-            raise _Invalid(f"has unknown placeholder {', '.join(unknown)}; use {self.placeholders_text}")
-        return template
-
-
-@dataclass(frozen=True, slots=True)
-class ModelMapOverrides:
-    """Entries of the Kombo model -> resources map: ``model=resource,resource;model=...`` (``model=`` alone: the model
-    triggers nothing), or in a file a table of model -> list of resources."""
-
-    description: str = "model=resource,resource entries separated by ; (model= alone: ignore that model)"
-
-    def parse(self, raw: object) -> ModelMapEntries:
-        pairs: list[tuple[str, list[str]]] = []
-        if isinstance(raw, str):
-            for entry in (e.strip() for e in raw.split(";")):
-                model, sep, resources = entry.partition("=")
-                if not sep:
-                    if entry:
-                        raise _Invalid(f"has {_shown(entry)}, which is not model=resource,resource")
-                    continue
-                pairs.append((model.strip(), [r.strip() for r in resources.split(",") if r.strip()]))
-        elif isinstance(raw, dict):
-            pairs = [(str(model), _list_items(value) if value else []) for model, value in raw.items()]
-        else:
-            raise _Invalid(f"must be a string or a table, not {type(raw).__name__}")
-        if not pairs:
-            raise _Invalid("must map at least one model")
-        if bad := [model for model, _ in pairs if re.fullmatch(r"[a-z0-9_]+", model) is None]:
-            raise _Invalid(f"has model {', '.join(map(_shown, bad))}, which must be a Kombo model name like ats_users")
-        if bad := [r for _, resources in pairs for r in resources if not _is_resource_path(r)]:
-            raise _Invalid(f"has {', '.join(map(_shown, bad))}, which must be a path like ats/users")
-        models = [model for model, _ in pairs]
-        if repeated := sorted({model for model in models if models.count(model) > 1}):
-            raise _Invalid(f"maps {', '.join(map(_shown, repeated))} more than once")
-        return tuple((model, tuple(dict.fromkeys(resources))) for model, resources in pairs)
-
-
 # --- The settings -------------------------------------------------------------------------------------------------
 
 
@@ -628,10 +333,6 @@ def _is_integration_id(text: str) -> bool:
     return text.isprintable() and not any(char.isspace() or char == "," for char in text)
 
 
-def _is_resource_path(text: str) -> bool:
-    return re.fullmatch(r"[a-z0-9_-]+(/[a-z0-9_-]+)*", text) is not None
-
-
 _RESERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/status")
 
 
@@ -664,7 +365,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     ),
     Setting(
         "RELAY_RESOURCES",
-        Items(Text("a path like hris/employees (a-z, 0-9, _, - between slashes)", _is_resource_path)),
+        Items(Text("a path like hris/employees (a-z, 0-9, _, - between slashes)", is_resource_path)),
         ("ats/users",),
         "List endpoints polled for every integration",
     ),
@@ -923,7 +624,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     for setting in SETTINGS:
         try:
             values[setting.field] = _resolve(setting, _given(setting, layers))
-        except _Invalid as problem:
+        except Invalid as problem:
             problems.append(str(problem))
     if problems:
         raise ConfigError(problems)
@@ -947,7 +648,7 @@ def _env_layer(environ: Mapping[str, str]) -> _Layer:
 def _read_file_layer(path: Path) -> tuple[_Layer, list[str]]:
     try:
         document = _read_document(path)
-    except _Invalid as problem:
+    except Invalid as problem:
         return {}, [f"configuration file {path}: {problem}"]
     layer: dict[str, _Raw] = {}
     problems: list[str] = []
@@ -971,19 +672,19 @@ _PARSERS: Final[dict[str, Callable[[str], object]]] = {
 def _read_document(path: Path) -> Mapping[object, object]:
     parse = _PARSERS.get(path.suffix.lower())
     if parse is None:
-        raise _Invalid("must be TOML (.toml) or YAML (.yaml, .yml)")
+        raise Invalid("must be TOML (.toml) or YAML (.yaml, .yml)")
     try:
         document = parse(path.read_text(encoding="utf-8"))
     except OSError as error:
-        raise _Invalid(f"cannot read it: {error.strerror}") from None
+        raise Invalid(f"cannot read it: {error.strerror}") from None
     except UnicodeDecodeError:
-        raise _Invalid("is not UTF-8 text") from None
+        raise Invalid("is not UTF-8 text") from None
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
-        raise _Invalid(f"cannot parse it: {_parse_error_text(error)}") from None
+        raise Invalid(f"cannot parse it: {_parse_error_text(error)}") from None
     if document is None:  # an empty YAML file
         return {}
     if not isinstance(document, dict):
-        raise _Invalid(f"must hold a mapping of keys to values, not {type(document).__name__}")
+        raise Invalid(f"must hold a mapping of keys to values, not {type(document).__name__}")
     return document
 
 
@@ -1017,28 +718,28 @@ def _given(setting: Setting, layers: Sequence[_Layer]) -> dict[str, _Raw]:
 def _resolve(setting: Setting, given: Mapping[str, _Raw]) -> object:
     if not given:
         if setting.default is REQUIRED:
-            raise _Invalid(f"{' or '.join(setting.env_names)}: required")
+            raise Invalid(f"{' or '.join(setting.env_names)}: required")
         return setting.default
     if len(given) > 1:
-        raise _Invalid(f"{' and '.join(raw.origin for raw in given.values())}: set only one of them")
+        raise Invalid(f"{' and '.join(raw.origin for raw in given.values())}: set only one of them")
     [(key, raw)] = given.items()
     try:
         value = raw.value if key == setting.key else _read_secret_file(raw.value)
         return setting.kind.parse(value)
-    except _Invalid as problem:
-        raise _Invalid(f"{raw.origin}: {problem}") from None
+    except Invalid as problem:
+        raise Invalid(f"{raw.origin}: {problem}") from None
 
 
 def _read_secret_file(raw: object) -> str:
-    path = _string(raw)
+    path = require_string(raw)
     try:
         content = Path(path).read_text(encoding="utf-8").strip()
     except OSError as error:
-        raise _Invalid(f"cannot read {path}: {error.strerror}") from None
+        raise Invalid(f"cannot read {path}: {error.strerror}") from None
     except UnicodeDecodeError:
-        raise _Invalid(f"{path} is not UTF-8 text") from None  # the error's own message quotes a byte of it
+        raise Invalid(f"{path} is not UTF-8 text") from None  # the error's own message quotes a byte of it
     if not content:
-        raise _Invalid(f"{path} is empty")
+        raise Invalid(f"{path} is empty")
     return content
 
 
@@ -1068,9 +769,9 @@ def _relation_problems(config: Config) -> Iterator[str]:
 def _topic_problems(config: Config) -> Iterator[str]:
     for topic in config.event_topics():
         if not _is_topic_name(topic):
-            yield f"RELAY_TOPIC_TEMPLATE: makes {_shown(topic)}, which is not {_TOPIC_NAME.description}"
+            yield f"RELAY_TOPIC_TEMPLATE: makes {shown(topic)}, which is not {_TOPIC_NAME.description}"
     if not _is_topic_name(config.state_topic):
-        yield f"RELAY_STATE_TOPIC: {_shown(config.state_topic)} is not {_TOPIC_NAME.description}"
+        yield f"RELAY_STATE_TOPIC: {shown(config.state_topic)} is not {_TOPIC_NAME.description}"
     if config.state_topic in config.event_topics():
         yield f"RELAY_STATE_TOPIC: {config.state_topic} is also an event topic; the state needs a topic of its own"
 
@@ -1130,7 +831,7 @@ def _default_text(default: object) -> str:
     if isinstance(default, bool):
         return str(default).lower()
     if isinstance(default, float):
-        return _number_text(default)
+        return number_text(default)
     if isinstance(default, tuple):
         return ",".join(default)
     return str(default)
