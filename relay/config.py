@@ -1,45 +1,22 @@
-"""Validate the configuration and print it as the relay would use it, secrets masked.
-
-Where settings come from, later sources winning:
-
-  1. the defaults listed below;
-  2. a configuration file, if --config PATH or RELAY_CONFIG_FILE names one: TOML (.toml) or
-     YAML (.yaml, .yml) with flat keys named like the environment variables, lowercased and
-     without RELAY_ (RELAY_PAGE_SIZE is page_size);
-  3. RELAY_* environment variables. An empty variable counts as unset.
-
-Lists are TOML/YAML lists or comma-separated strings. A secret (the API key, Kafka passwords)
-can be given directly or, better, as the path of a file holding it, in the matching *_FILE
-setting (RELAY_API_KEY_FILE); secrets are never printed. Relative paths are relative to the
-working directory. For example, relay.toml:
-
-    integrations = ["personio:8d1hpPsDu6Q5K1UnBDMXiUeGV"]
-    resources = "ats/users,hris/employees"
-    api_key_file = "/run/secrets/kombo-api-key"
-
-The relay checks everything when it starts and, if anything is wrong, stops with one line per
-problem, each naming the setting. Unknown keys in the file are problems (a typo must not pass
-for a default); unknown RELAY_* variables are ignored, with a warning if they look like a typo.
-
-This command loads the configuration exactly as `relay run` does, then prints the effective
-values as JSON (exit status 0) or the problems (exit status 2).
-"""
+"""The relay's configuration: the frozen ``Config`` (with ``KafkaSecurity``) whose fields declare every setting once
+(parser, default, meaning), ``load_config()`` that builds it, and the relations between settings checked after each
+is valid on its own. The parser kinds are in ``relay.config_kinds``, the declaring and reading machinery in
+``relay.settings``, the rendering for people in ``relay.config_docs``, the ``check-config`` command in
+``relay.check_config``."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import os
 import re
-import sys
-import textwrap
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 import orjson
 
+from relay.config_docs import add_config_argument, help_text, markdown_table, print_problems
 from relay.config_kinds import (
     Choice,
     ExistingFile,
@@ -55,7 +32,6 @@ from relay.config_kinds import (
     Text,
     TopicTemplate,
     is_resource_path,
-    number_text,
     shown,
 )
 from relay.errors import ConfigError
@@ -80,17 +56,18 @@ if TYPE_CHECKING:
 __all__ = [
     "EVENT_TYPES",
     "MASK",
+    "REQUIRED",
     "SETTINGS",
     "Config",
     "ConfigError",
+    "Derived",
     "KafkaSecurity",
     "Secret",
     "Setting",
-    "add_arguments",
     "add_config_argument",
     "environment_warnings",
     "load_config",
-    "main",
+    "print_problems",
     "settings_help",
     "settings_markdown",
 ]
@@ -498,86 +475,11 @@ def environment_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
 # --- Documentation ------------------------------------------------------------------------------------------------
 
 
-def _default_text(default: object) -> str:
-    if isinstance(default, Derived):
-        return default.description
-    if isinstance(default, bool):
-        return str(default).lower()
-    if isinstance(default, float):
-        return number_text(default)
-    if isinstance(default, tuple):
-        return ",".join(default)
-    return str(default)
-
-
-def _default_label(default: object, quote: Callable[[str], str]) -> str:
-    if default is REQUIRED:
-        return "required"
-    if default is None:
-        return "unset"
-    return quote(_default_text(default))
-
-
-def _meaning(each: Setting) -> str:
-    return f"{each.doc}; {each.kind.description}"
-
-
 def settings_markdown() -> str:
     """The settings as a Markdown table (Name | Default | Meaning), for the README."""
-
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    rows = ["| Name | Default | Meaning |", "| --- | --- | --- |"]
-    for each in SETTINGS:
-        names = " / ".join(f"`{name}`" for name in each.env_names)
-        default = _default_label(each.default, lambda text: f"`{text}`")
-        rows.append(f"| {names} | {cell(default)} | {cell(_meaning(each))} |")
-    return "\n".join(rows) + "\n"
+    return markdown_table(SETTINGS)
 
 
 def settings_help() -> str:
     """The settings as plain text, for ``--help``."""
-    lines = ["settings (file keys: the names lowercased, without RELAY_):"]
-    for each in SETTINGS:
-        default = _default_label(each.default, lambda text: f"default {text}")
-        lines.append(f"  {' / '.join(each.env_names)}  [{default}]")
-        lines += textwrap.wrap(_meaning(each), width=100, initial_indent=" " * 6, subsequent_indent=" " * 6)
-    return "\n".join(lines)
-
-
-# --- relay check-config -------------------------------------------------------------------------------------------
-
-
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    """``--config PATH``, shared by every subcommand that loads the configuration."""
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="configuration file, TOML (.toml) or YAML (.yaml, .yml); default: $RELAY_CONFIG_FILE. "
-        "RELAY_* environment variables override it.",
-    )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_argument(parser)
-    parser.epilog = settings_help()
-
-
-def print_problems(error: ConfigError) -> None:
-    """What every subcommand prints when the configuration is invalid: one line per problem, naming its key."""
-    print("relay: invalid configuration", file=sys.stderr)
-    for problem in error.problems:
-        print(f"  {problem}", file=sys.stderr)
-
-
-def main(args: argparse.Namespace) -> int:
-    for warning in environment_warnings():
-        print(f"relay: warning: {warning}", file=sys.stderr)
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print_problems(error)
-        return 2
-    sys.stdout.write(orjson.dumps(config.masked(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0
+    return help_text(SETTINGS)
