@@ -665,6 +665,14 @@ def test_settings_markdown_has_a_row_per_setting() -> None:
     assert "| `RELAY_PAGE_SIZE` | `250` |" in settings_markdown()
 
 
+def test_the_readme_settings_table_is_the_generated_one() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Configuration") :]
+    start = section.index("| Name | Default | Meaning |")
+    table = section[start : section.index("\n\n", start) + 1]
+    assert table == settings_markdown(), "README.md's settings table is out of date: paste settings_markdown() in"
+
+
 def test_settings_help_names_every_variable() -> None:
     text = settings_help()
     assert all(name in text for setting in SETTINGS for name in setting.env_names)
