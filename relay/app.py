@@ -24,7 +24,8 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from relay import __version__
-from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems, settings_help
+from relay.check_config import add_arguments as add_arguments  # `relay run` takes what check-config takes
+from relay.config import Config, ConfigError, load_config, print_problems
 from relay.errors import AuthenticationError, Fenced, KafkaAuthorizationFailed, KafkaUnavailable, StateError
 from relay.heap import HeapTrimmer, malloc_trim
 from relay.logs import configure_logging
@@ -285,11 +286,6 @@ async def serve(config: Config) -> int:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_argument(parser)
-    parser.epilog = settings_help()  # every setting, its default and meaning: `relay run --help` is the reference
 
 
 def main(args: argparse.Namespace) -> int:

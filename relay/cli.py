@@ -16,7 +16,7 @@ from relay import __version__
 # name -> (module implementing it, one-line help for `relay --help`).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("relay.app", "poll the source and publish change events to Kafka"),
-    "check-config": ("relay.config", "validate the configuration and print it, secrets masked"),
+    "check-config": ("relay.check_config", "validate the configuration and print it, secrets masked"),
     "simulate": ("relay.simulator.cli", "serve a local Kombo-style API with churning data (for trying and testing)"),
     "tail": ("relay.tail", "print the change events arriving on the Kafka topics"),
 }

@@ -2,7 +2,7 @@
 (``console``). Context travels in ``extra={...}`` (integration, resource, code, ...), never in the message text, so
 log pipelines can filter on it.
 
-Secrets never reach a log line: the configuration holds them in :class:`relay.config.Secret`, whose ``str`` is a mask,
+Secrets never reach a log line: the configuration holds them in :class:`relay.secret.Secret`, whose ``str`` is a mask,
 and :class:`RedactingFilter` removes any configured secret value that still slipped into a message or an extra field.
 """
 
@@ -16,9 +16,10 @@ from typing import Any
 
 import orjson
 
+from relay.secret import MASK
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
-MASK = "**********"
 MIN_MASKED_SECRET = 4
 
 

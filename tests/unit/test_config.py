@@ -28,6 +28,8 @@ from relay.config import (
     settings_help,
     settings_markdown,
 )
+from relay.config_kinds import Integer
+from relay.settings import setting, settings_class, settings_of
 
 API_KEY = "sk_live_never-print-me-7f3a91"
 SASL_PASSWORD = "sasl-never-print-me-02be"
@@ -153,11 +155,23 @@ def test_values_have_the_types_the_fields_declare() -> None:
     assert_field_types(load(RELAY_POLL_INTERVAL_SECONDS="5", RELAY_PAGE_SIZE="10", RELAY_EMIT_TOMBSTONES="1"))
 
 
-def test_every_field_of_config_has_exactly_one_setting() -> None:
-    settings = [setting.field for setting in SETTINGS]
-    nested = [f"kafka_security.{field.name}" for field in dataclasses.fields(KafkaSecurity)]
-    fields = [field.name for field in dataclasses.fields(Config) if field.name != "kafka_security"] + nested
-    assert sorted(settings) == sorted(fields)
+def test_a_field_that_declares_no_setting_is_refused() -> None:
+    @settings_class
+    class Partial:
+        declared: int = setting(Integer(1), 1, "A setting")
+        undeclared: int = dataclasses.field()
+
+    with pytest.raises(TypeError, match=r"Partial\.undeclared is neither a setting\(\) nor a group\(\)"):
+        settings_of(Partial)
+
+
+def test_settings_are_the_fields_in_order_named_after_them() -> None:
+    assert [setting.field for setting in SETTINGS][:3] == ["source_url", "api_key", "integrations"]
+    assert [setting.env for setting in SETTINGS if setting.field.startswith("kafka_security.")][:2] == [
+        "RELAY_KAFKA_SECURITY_PROTOCOL",
+        "RELAY_KAFKA_SASL_MECHANISM",
+    ]
+    assert all(setting.env == "RELAY_" + setting.key.upper() for setting in SETTINGS)
 
 
 # --- Environment overrides ------------------------------------------------------------------------------------------
@@ -653,6 +667,14 @@ def test_settings_markdown_has_a_row_per_setting() -> None:
     assert len(lines) == 2 + len(SETTINGS)
     assert "| `RELAY_API_KEY` / `RELAY_API_KEY_FILE` | required |" in settings_markdown()
     assert "| `RELAY_PAGE_SIZE` | `250` |" in settings_markdown()
+
+
+def test_the_readme_settings_table_is_the_generated_one() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Configuration") :]
+    start = section.index("| Name | Default | Meaning |")
+    table = section[start : section.index("\n\n", start) + 1]
+    assert table == settings_markdown(), "README.md's settings table is out of date: paste settings_markdown() in"
 
 
 def test_settings_help_names_every_variable() -> None:
