@@ -312,7 +312,9 @@ class KafkaSink:
                 f"the state topic {self._config.state_topic!r}, and Read on the state topic"
             )
         if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
-            # Kafka answered: it is not down. Its topic limit is below RELAY_KAFKA_MAX_RECORD_BYTES.
+            # Kafka answered: it is not down. Its topic limit is below RELAY_KAFKA_MAX_RECORD_BYTES. The producer is
+            # replaced all the same (an idempotent producer's sequence is broken by the refused batch), so the next
+            # commit of any pair reads the state back first, once.
             return RecordTooLarge(
                 f"Kafka refused a record of this transaction as too large ({type(exc).__name__}): a topic's "
                 "max.message.bytes is below RELAY_KAFKA_MAX_RECORD_BYTES; lower the setting to match it"

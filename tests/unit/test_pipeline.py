@@ -8,7 +8,7 @@ end-to-end and fault tests' business.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from relay.config import Config
-from relay.errors import KafkaUnavailable
+from relay.errors import InvalidPage, KafkaUnavailable
 from relay.heap import HeapTrimmer
 from relay.metrics import Metrics
 from relay.pipeline import MAX_PAGES_IN_FLIGHT, Pipeline
@@ -45,15 +45,20 @@ class ScriptedSource(SourceClient):
         super().__init__(cfg, metrics)
         self.holds: dict[int, asyncio.Event] = {}
         self.held = asyncio.Event()  # set once a held page was asked for
+        self.failures: dict[int, BaseException] = {}  # raised when that page is asked for
+        self.cursors: list[str | None] = []  # the cursor of every request, in order
+        self.next_cursor: Callable[[int], str | None] = lambda n: None if n == PAGES - 1 else f"c{n + 1}"
 
     async def fetch_page(
         self, integration: str, resource: str, *, updated_after: str | None, cursor: str | None, page_number: int
     ) -> Page:
+        self.cursors.append(cursor)
         if page_number in self.holds:
             self.held.set()
             await self.holds[page_number].wait()
-        last = page_number == PAGES - 1
-        return Page(page_records(page_number), None if last else f"c{page_number + 1}", 1_700_000_000_000)
+        if page_number in self.failures:
+            raise self.failures[page_number]
+        return Page(page_records(page_number), self.next_cursor(page_number), 1_700_000_000_000)
 
 
 class ScriptedTransactions(KafkaSink):
@@ -80,9 +85,9 @@ class ScriptedTransactions(KafkaSink):
 
 
 def relay(
-    *, fail: int | None = None, heap: HeapTrimmer | None = None
+    *, fail: int | None = None, heap: HeapTrimmer | None = None, **env: str
 ) -> tuple[Pipeline, ScriptedSource, ScriptedTransactions, StateStore]:
-    cfg = config_without_kafka(RELAY_INTEGRATIONS=ACME, RELAY_RESOURCES=USERS)
+    cfg = config_without_kafka(RELAY_INTEGRATIONS=ACME, RELAY_RESOURCES=USERS, **env)
     metrics = Metrics(cfg.resources, registry=CollectorRegistry())
     source, sink, store = ScriptedSource(cfg, metrics), ScriptedTransactions(cfg, metrics, fail=fail), StateStore(1)
     return Pipeline(cfg, source, sink, store, metrics, heap=heap), source, sink, store
@@ -165,3 +170,73 @@ async def test_the_heap_is_trimmed_after_a_poll_that_fetched_enough_records_and_
     with pytest.raises(KafkaUnavailable):
         await asyncio.gather(poll, release_each_transaction(sink, poll))
     assert trims == [0, 0]  # the records of the page that committed count
+
+
+# --- Bounded polls: a source whose cursors loop or never end, a bug in a page's handling --------------------------
+
+
+def polls_counted(pipeline: Pipeline, outcome: str) -> float:
+    labels = {"resource": USERS, "kind": "snapshot", "outcome": outcome}
+    return pipeline.metrics.registry.get_sample_value("relay_polls_total", labels) or 0.0
+
+
+async def test_a_cursor_seen_before_in_the_same_poll_ends_it_with_an_error_naming_the_page() -> None:
+    pipeline, source, sink, store = relay()
+    source.next_cursor = lambda n: "c1" if n < 3 else "c2"  # page 0 -> c1, 1 -> c1 again: a loop
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
+    with pytest.raises(InvalidPage, match="page 1 sent a next cursor this poll had already used") as raised:
+        await asyncio.gather(poll, release_each_transaction(sink, poll))
+    assert raised.value.code == "RELAY.CURSOR_LOOP"
+    assert (raised.value.integration, raised.value.resource) == (ACME, USERS)
+    assert source.cursors == [None, "c1"]  # no request after the loop showed
+    pair = store.pair(ACME, USERS)  # the first page committed; nothing of the second
+    assert pair.entities.keys() == {f"u0-{i}" for i in range(PAGE_SIZE)}
+    assert pair.checkpoint.in_progress is not None
+    assert pair.checkpoint.in_progress.cursor == "c1"
+    assert not pair.checkpoint.snapshot_done
+    assert polls_counted(pipeline, "invalid_page") == 1
+
+
+async def test_a_cursor_that_repeats_itself_at_once_ends_the_poll_at_its_first_page() -> None:
+    pipeline, source, sink, store = relay()
+    source.next_cursor = lambda n: "SAME"
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
+    with pytest.raises(InvalidPage, match=r"RELAY\.CURSOR_LOOP"):
+        await asyncio.gather(poll, release_each_transaction(sink, poll))
+    # Page 0 sent SAME and committed; page 1 (asked with SAME) sent SAME again: two requests, not thousands.
+    assert source.cursors == [None, "SAME"]
+    assert len(store.pair(ACME, USERS).entities) == PAGE_SIZE
+
+
+async def test_a_poll_stops_with_an_error_past_the_most_pages_it_may_fetch() -> None:
+    pipeline, source, sink, store = relay(RELAY_MAX_PAGES_PER_POLL="5")
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
+    with pytest.raises(InvalidPage, match="past RELAY_MAX_PAGES_PER_POLL=5 pages") as raised:
+        await asyncio.gather(poll, release_each_transaction(sink, poll))
+    assert raised.value.code == "RELAY.TOO_MANY_PAGES"
+    assert len(source.cursors) == 5  # the fifth page had a next one: not asked for
+    pair = store.pair(ACME, USERS)
+    assert len(pair.entities) == 4 * PAGE_SIZE  # the pages before the fifth committed; it did not
+    assert pair.checkpoint.in_progress is not None
+    assert pair.checkpoint.in_progress.cursor == "c4"
+
+
+async def test_a_poll_of_exactly_the_most_pages_succeeds() -> None:
+    pipeline, _, sink, store = relay(RELAY_MAX_PAGES_PER_POLL=str(PAGES))
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
+    await asyncio.gather(poll, release_each_transaction(sink, poll))
+    assert poll.result().pages == PAGES
+    assert store.pair(ACME, USERS).checkpoint.snapshot_done
+
+
+async def test_an_unexpected_error_fails_the_poll_counted_as_internal_error_after_applying_what_committed() -> None:
+    pipeline, source, sink, store = relay()
+    source.failures[2] = ValueError("Forbidden control character in header value")
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
+    with pytest.raises(ValueError, match="Forbidden control character"):
+        await asyncio.gather(poll, release_each_transaction(sink, poll))
+    assert polls_counted(pipeline, "internal_error") == 1
+    pair = store.pair(ACME, USERS)
+    assert len(pair.entities) == 2 * PAGE_SIZE  # the two pages before it committed, and are remembered
+    assert pair.checkpoint.in_progress is not None
+    assert pair.checkpoint.in_progress.cursor == "c2"

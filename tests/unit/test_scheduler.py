@@ -226,3 +226,29 @@ async def test_an_unreadable_state_stops_the_poller() -> None:
     poller.trigger(ACME, USERS)
     await asyncio.wait_for(runner, 10)
     assert isinstance(poller.fatal, StateError)
+
+
+async def test_an_unexpected_error_backs_its_pair_off_shows_on_status_and_leaves_the_others_alone() -> None:
+    # An API key with a trailing newline made aiohttp raise ValueError on every request: the pair's task died, with
+    # no log line and a healthy /status. Every error gets a verdict now; this one is internal_error.
+    poller = ScriptedPoller(config(api_key="the-api-key"))
+    runner = await start(poller)
+    try:
+        poller.failures[(ACME, USERS)] = ValueError("Forbidden control character in 'Bearer the-api-key\\n'")
+        poller.trigger(ACME, USERS)
+        await wait_until(lambda: poller.status[(ACME, USERS)].consecutive_failures == 1, "the failed poll")
+        status = poller.status[(ACME, USERS)]
+        assert not status.healthy
+        assert status.last_error_code == "ValueError"
+        assert status.last_error_message == "ValueError: Forbidden control character in 'Bearer **********\\n'"
+        assert status.next_poll_at is not None  # backed off, not ended: the loop sleeps until its next poll
+        poller.trigger(ACME, USERS)  # a trigger cuts the back-off short: the loop is alive
+        await wait_until(lambda: poller.polled(ACME, USERS) == 3, "the pair's next poll")
+        await wait_until(lambda: poller.status[(ACME, USERS)].healthy, "the pair to recover")
+        poller.trigger(GLOBEX, USERS)  # another pair never noticed
+        await wait_until(lambda: poller.polled(GLOBEX, USERS) == 2, "another pair's poll")
+        assert poller.status[(GLOBEX, USERS)].healthy
+        assert poller.fatal is None
+    finally:
+        poller.stop()
+        await runner

@@ -7,20 +7,21 @@ from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     InvalidProducerEpoch,
     KafkaConnectionError,
+    MessageSizeTooLargeError,
     ProducerFenced,
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
 )
 from prometheus_client import CollectorRegistry
 
-from relay.errors import Fenced, KafkaAuthorizationFailed, KafkaUnavailable
+from relay.errors import Fenced, KafkaAuthorizationFailed, KafkaUnavailable, RecordTooLarge
 from relay.metrics import Metrics
-from relay.sink import KafkaSink
+from relay.sink import KafkaSink, OutMessage
 from tests.unit.support import config_without_kafka
 
 
-def sink() -> KafkaSink:
-    config = config_without_kafka(RELAY_TRANSACTIONAL_ID="relay-test")
+def sink(**environ: str) -> KafkaSink:
+    config = config_without_kafka(RELAY_TRANSACTIONAL_ID="relay-test", **environ)
     return KafkaSink(config, Metrics(config.resources, registry=CollectorRegistry()))
 
 
@@ -51,3 +52,22 @@ def test_anything_else_is_unavailable_and_retried() -> None:
     assert isinstance(kafka._classify(KafkaConnectionError("down")), KafkaUnavailable)
     assert not kafka.reachable
     assert not kafka.fenced
+
+
+async def test_a_record_over_the_limit_is_refused_before_it_joins_a_transaction() -> None:
+    # The configuration names no reachable broker: a commit that got as far as a producer would fail otherwise.
+    kafka = sink(RELAY_KAFKA_MAX_RECORD_BYTES="1024")
+    fits = OutMessage("t.ats.users", b"acme:small", b"x" * 1000)
+    too_large = OutMessage("t.ats.users", b"acme:big", b"x" * 1100)
+    with pytest.raises(RecordTooLarge, match=r"key b'acme:big' for topic 't.ats.users' is 1108 bytes, over "):
+        await kafka.commit([fits, too_large])
+    assert not kafka._waiting  # never queued: no other unit can share its fate
+
+
+def test_the_brokers_own_size_refusal_is_not_kafka_being_down() -> None:
+    kafka = sink()
+    kafka.reachable = True
+    classified = kafka._classify(MessageSizeTooLargeError())
+    assert isinstance(classified, RecordTooLarge)
+    assert "RELAY_KAFKA_MAX_RECORD_BYTES" in str(classified)
+    assert kafka.reachable
