@@ -26,7 +26,7 @@ Headers: ``content-type``, plus ``ce_type`` and ``ce_id`` so consumers can route
 the value. Topic choice is the caller's.
 
 Records hold whatever JSON the source sent, including integers beyond 64 bits: those are serialized exactly (see
-:func:`relay.diff.encode_json`), never rounded and never refused.
+:func:`relay.jsonenc.encode_json`), never rounded and never refused.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from functools import lru_cache
 from typing import Final, NamedTuple
 from urllib.parse import quote
 
-from relay.diff import Change, ChangeKind, encode_json, format_timestamp_ms
+from relay.diff import Change, ChangeKind
 from relay.errors import InvalidPage
+from relay.jsonenc import encode_json
+from relay.timestamps import format_timestamp_ms
 
 SPEC_VERSION: Final = "1.0"
 CONTENT_TYPE: Final = b"application/cloudevents+json"

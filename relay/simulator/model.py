@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from relay.simulator.clock import Clock, from_ms, iso_ms, to_ms, wall_clock
+from relay.simulator.clock import Clock, from_ms, to_ms, wall_clock
 from relay.simulator.faults import FaultInjector
 from relay.simulator.filters import Filter
 from relay.simulator.ratelimit import RateLimiter
 from relay.simulator.records import PROTECTED_FIELDS, RESOURCES, Change, RecordSeed, ResourceSpec, record_id
+from relay.timestamps import format_timestamp_ms
 
 if TYPE_CHECKING:
     from relay.simulator.churn import Churn
@@ -94,7 +95,7 @@ class Mutation:
     def to_json(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
-            "time": iso_ms(to_ms(self.time)),
+            "time": format_timestamp_ms(to_ms(self.time)),
             "integration": self.integration,
             "resource": self.resource,
             "id": self.id,
@@ -580,7 +581,7 @@ class Simulator:
         self._check_fields(collection, current, fields)
         if all(current[name] == value for name, value in fields.items()):
             return None
-        record = {**current, **fields, "changed_at": iso_ms(ms)}
+        record = {**current, **fields, "changed_at": format_timestamp_ms(ms)}
         collection.replace(entry, record, self._stamp(ms), ms)
         return self._log(collection, entry.id, MutationKind.UPDATED, ms, record)
 
@@ -612,7 +613,11 @@ class Simulator:
         if entry.deleted:
             raise InvalidMutation(f"{entry.id} is already deleted")
         ms = self._next_ms()
-        record = {**collection.record(entry), "remote_deleted_at": iso_ms(ms), "changed_at": iso_ms(ms)}
+        record = {
+            **collection.record(entry),
+            "remote_deleted_at": format_timestamp_ms(ms),
+            "changed_at": format_timestamp_ms(ms),
+        }
         collection.replace(entry, record, self._stamp(ms), ms)
         return self._log(collection, entry.id, MutationKind.DELETED, ms, record)
 
@@ -625,7 +630,7 @@ class Simulator:
         if not entry.deleted:
             raise InvalidMutation(f"{entry.id} is not deleted")
         ms = self._next_ms()
-        record = {**collection.record(entry), "remote_deleted_at": None, "changed_at": iso_ms(ms)}
+        record = {**collection.record(entry), "remote_deleted_at": None, "changed_at": format_timestamp_ms(ms)}
         collection.replace(entry, record, self._stamp(ms), ms)
         return self._log(collection, entry.id, MutationKind.RESTORED, ms, record)
 

@@ -16,10 +16,12 @@ from relay import diff
 from relay.diff import Change, ShapeTable
 from relay.errors import InvalidPage
 from relay.events import KafkaMessage, event_source, event_type, kafka_key, to_kafka_message
+from relay.jsonenc import encode_json
+from relay.timestamps import format_timestamp_ms, parse_timestamp_ms
 
 INTEGRATION = "acme"
 RESOURCE = "ats/users"
-DETECTED_AT_MS = diff.parse_timestamp_ms("2024-05-05T05:05:05.555Z")
+DETECTED_AT_MS = parse_timestamp_ms("2024-05-05T05:05:05.555Z")
 CHANGED_AT = "2024-01-02T03:04:05.678Z"
 DELETED_AT = "2024-02-03T04:05:06.789Z"
 
@@ -103,7 +105,7 @@ def assert_valid_cloudevent(event: dict[str, Any]) -> None:
         assert event[attribute]
     assert URI_REFERENCE.fullmatch(event["source"])
     assert event["time"].endswith("Z")
-    diff.parse_timestamp_ms(event["time"])
+    parse_timestamp_ms(event["time"])
     assert event["datacontenttype"] == "application/json"
     assert set(event["data"]) == DATA_FIELDS
 
@@ -308,7 +310,7 @@ def event_object(change: Change, integration: str, resource: str) -> dict[str, A
         "source": event_source(integration, resource),
         "type": event_type(resource, change.kind),
         "subject": change.entity_id,
-        "time": change.time_text or diff.format_timestamp_ms(time_ms),
+        "time": change.time_text or format_timestamp_ms(time_ms),
         "datacontenttype": "application/json",
         "data": {
             "integration_id": integration,
@@ -317,11 +319,9 @@ def event_object(change: Change, integration: str, resource: str) -> dict[str, A
             # Pre-encoded like the record: an integer beyond 64 bits is encoded exactly (see test above), which orjson
             # alone refuses and the standard library's fallback cannot do around a Fragment.
             "remote_id": orjson.Fragment(
-                diff.encode_json(None if change.record is None else change.record.get("remote_id"))
+                encode_json(None if change.record is None else change.record.get("remote_id"))
             ),
-            "record": orjson.Fragment(
-                diff.encode_json(change.record) if change.record_json is None else change.record_json
-            ),
+            "record": orjson.Fragment(encode_json(change.record) if change.record_json is None else change.record_json),
             "changed_fields": change.changed_fields,
             "snapshot": change.snapshot,
             "restored": change.restored,
