@@ -73,15 +73,16 @@ import zlib
 from collections.abc import Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal
 
 import orjson
 
 from relay.errors import InvalidPage, StateError
+from relay.events import Change, event_id
 from relay.jsonenc import encode_json
+from relay.kinds import ChangeKind
 from relay.timestamps import formatted_text, parse_timestamp_ms
 
-ChangeKind = Literal["created", "updated", "deleted"]
 VanishRefusal = Literal["incomplete", "too_many"]
 Shape = tuple[str, ...]  # the sorted top-level field names of a record
 
@@ -286,26 +287,6 @@ class ShapeTable:
 # -------------------------------------------------------------------------------------------------------- changes
 
 
-class Change(NamedTuple):  # immutable, and several times faster to build than a frozen dataclass
-    """One event to publish. ``time_ms`` is None when the source gave no time: the caller uses detection time."""
-
-    kind: ChangeKind
-    entity_id: str
-    record: dict[str, Any] | None  # as received; None for a vanished entity, whose record we do not keep
-    changed_fields: tuple[str, ...] | None  # sorted; only for updates
-    snapshot: bool
-    restored: bool
-    reason: Literal["vanished"] | None
-    version: int
-    content_hash: int
-    time_ms: int | None
-    event_id: str
-    # The record as JSON with sorted keys, as hashed: the event embeds it instead of encoding the record again.
-    record_json: bytes | None = None
-    # The source's own text of ``time_ms`` when it is already in the event's form (``2024-01-02T03:04:05.678Z``).
-    time_text: str | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class DiffResult:
     changes: list[Change]
@@ -333,21 +314,6 @@ class VanishResult:
     refused: VanishRefusal | None
     would_vanish: int
     live: int
-
-
-def event_id(integration: str, resource: str, entity_id: str, version: int, kind: ChangeKind, content: int) -> str:
-    """Deterministic event id: the same change always gets the same id, so consumers can de-duplicate.
-
-    ``version`` grows with every event of the entity, so content flipping A, B, A, B still gives distinct ids. The
-    hash input is a JSON array, which keeps the parts unambiguous whatever characters they contain. The result is
-    shaped as a UUIDv8 (RFC 9562: version and variant bits set, the rest is hash).
-    """
-    material = orjson.dumps([integration, resource, entity_id, version, kind, content])
-    digest = bytearray(hashlib.blake2b(material, digest_size=16, person=b"relay.event-id").digest())
-    digest[6] = (digest[6] & 0x0F) | 0x80
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # ----------------------------------------------------------------------------------------------------------- diff
@@ -678,7 +644,6 @@ __all__ = [
     "content_digest",
     "content_hash",
     "diff_page",
-    "event_id",
     "field_hash",
     "field_hashes",
     "find_vanished",

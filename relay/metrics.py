@@ -13,10 +13,11 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from relay import __version__
+from relay.kinds import CHANGE_KINDS
 
 POLL_OUTCOMES = ("success", "source_error", "integration_error", "invalid_page", "kafka_error", "cursor_rejected")
 POLL_KINDS = ("snapshot", "incremental", "reconcile")
-EVENT_TYPES = ("created", "updated", "deleted")
+EVENT_TYPES: tuple[str, ...] = CHANGE_KINDS
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")
 SUPPRESSED_REASONS = ("noop", "stale", "deleted", "snapshot_skipped")
 

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay import diff
-from relay.diff import Change, DiffResult, ShapeTable
+from relay.diff import DiffResult, ShapeTable
 from relay.errors import InvalidPage, StateError
+from relay.events import Change, event_id
 from relay.jsonenc import encode_json
 from relay.timestamps import format_timestamp_ms, parse_timestamp_ms
 
@@ -366,7 +367,7 @@ def test_event_id_depends_on_every_part() -> None:
         ("acme", "ats/users", "u1", 1, "created", 43),
         ("acme:ats/users", "", "u1", 1, "created", 42),
     ]
-    assert len({diff.event_id(*base), *(diff.event_id(*v) for v in variants)}) == len(variants) + 1  # type: ignore[arg-type]
+    assert len({event_id(*base), *(event_id(*v) for v in variants)}) == len(variants) + 1  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------------- vanished

@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay import diff
-from relay.diff import Change, ShapeTable
+from relay.diff import ShapeTable
 from relay.errors import InvalidPage
-from relay.events import KafkaMessage, event_source, event_type, kafka_key, to_kafka_message
+from relay.events import Change, KafkaMessage, event_source, event_type, kafka_key, to_kafka_message
 from relay.jsonenc import encode_json
+from relay.kinds import ChangeKind
 from relay.timestamps import format_timestamp_ms, parse_timestamp_ms
 
 INTEGRATION = "acme"
@@ -185,7 +186,7 @@ def test_snapshot_flag_is_carried() -> None:
         ("ats/application-stages", "deleted", "ats.application-stages.deleted"),
     ],
 )
-def test_event_type(resource: str, kind: diff.ChangeKind, expected: str) -> None:
+def test_event_type(resource: str, kind: ChangeKind, expected: str) -> None:
     assert event_type(resource, kind) == expected
 
 
