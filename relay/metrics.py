@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from relay import __version__
 from relay.kinds import CHANGE_KINDS
+from relay.webhook_labels import WEBHOOK_OUTCOMES, WEBHOOK_TYPES
 
 POLL_OUTCOMES = ("success", "source_error", "integration_error", "invalid_page", "kafka_error", "cursor_rejected")
 POLL_KINDS = ("snapshot", "incremental", "reconcile")
@@ -27,25 +28,6 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 # Webhook to event: a second or two when all is well; the tail shows polls queued behind the concurrency limit.
 WEBHOOK_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 POLL_TRIGGERS = ("webhook", "schedule")
-# relay.webhooks.TYPE_LABELS and OUTCOMES (repeated here: relay.webhooks imports this module).
-WEBHOOK_TYPES = (
-    "data-changed",
-    "sync-finished",
-    "integration-state-changed",
-    "integration-deleted",
-    "other",
-    "unknown",
-)
-WEBHOOK_OUTCOMES = (
-    "accepted",
-    "duplicate",
-    "unknown_integration",
-    "paused",
-    "ignored",
-    "invalid",
-    "unauthorized",
-    "too_large",
-)
 
 
 class Metrics:
