@@ -3,8 +3,8 @@ publish and what to remember next.
 
 Everything here is pure: no I/O, no clock (times are passed in), no asyncio, and nothing given to it is mutated. The
 caller publishes :attr:`DiffResult.changes`, and only once Kafka committed them applies :attr:`DiffResult.delta` and
-:attr:`DiffResult.new_shapes` to its memory (:func:`apply_result` does exactly that). A page must be applied before
-the next page of the same pair is diffed, or the next page is compared with an outdated memory.
+:attr:`DiffResult.new_shapes` to its memory (new shapes first: the fingerprints refer to them). A page must be
+applied before the next page of the same pair is diffed, or the next page is compared with an outdated memory.
 
 Rules, per entity (a record is an entity, keyed by its ``id``; deleted means ``remote_deleted_at`` is not null):
 
@@ -70,7 +70,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
-from collections.abc import Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Literal
@@ -195,16 +195,6 @@ def _hash_values(fingerprint: bytes, names: Shape) -> tuple[int, ...]:
         raise StateError(f"fingerprint of {len(fingerprint)} bytes does not match its shape of {len(names)} fields")
     values: tuple[int, ...] = _layout(len(names)).unpack(fingerprint)[5:]
     return values
-
-
-def check_fingerprint(fingerprint: bytes, shapes: ShapeTable) -> None:
-    """Raise StateError unless ``fingerprint`` is readable with ``shapes`` (for restoring persisted state)."""
-    malformed = len(fingerprint) < _HEADER.size or fingerprint[_FLAGS_OFFSET] & ~(_DELETED | _VANISHED)
-    if not malformed and is_deleted(fingerprint):
-        malformed = len(fingerprint) != _HEADER.size or shape_id(fingerprint) != 0
-    if malformed:
-        raise StateError(f"malformed fingerprint {fingerprint[:40]!r}")
-    field_hashes(fingerprint, shapes)
 
 
 def _vanished(fingerprint: bytes) -> bytes:
@@ -622,14 +612,6 @@ def find_vanished(
     return VanishResult(changes=changes, delta=delta, refused=None, would_vanish=len(missing), live=live)
 
 
-def apply_result(state: MutableMapping[str, bytes], shapes: ShapeTable, result: DiffResult | VanishResult) -> None:
-    """Remember a result, once its events are committed: new shapes first, since the fingerprints refer to them."""
-    if isinstance(result, DiffResult):
-        for new_id, names in result.new_shapes:
-            shapes.add_known(new_id, names)
-    state.update(result.delta)
-
-
 __all__ = [
     "NO_TIMESTAMP",
     "Change",
@@ -638,9 +620,7 @@ __all__ = [
     "PageDiff",
     "ShapeTable",
     "VanishResult",
-    "apply_result",
     "changed_at_ms",
-    "check_fingerprint",
     "content_digest",
     "content_hash",
     "diff_page",

@@ -20,6 +20,7 @@ from relay.errors import InvalidPage, StateError
 from relay.events import Change, event_id
 from relay.jsonenc import encode_json
 from relay.timestamps import format_timestamp_ms, parse_timestamp_ms
+from tests.unit.support import apply_result, check_fingerprint
 
 INTEGRATION = "acme"
 RESOURCE = "ats/users"
@@ -60,7 +61,7 @@ class Memory:
             snapshot=snapshot,
             emit_snapshot=emit_snapshot,
         )
-        diff.apply_result(self.state, self.shapes, result)
+        apply_result(self.state, self.shapes, result)
         return result
 
     def vanish(self, seen: Iterable[str], *, complete: bool = True, fraction: float = 1.0) -> diff.VanishResult:
@@ -72,7 +73,7 @@ class Memory:
             complete=complete,
             max_vanish_fraction=fraction,
         )
-        diff.apply_result(self.state, self.shapes, result)
+        apply_result(self.state, self.shapes, result)
         return result
 
 
@@ -449,7 +450,7 @@ def test_fingerprint_layout() -> None:
     shapes = ShapeTable()
     shapes.add_known(3, ("a", "b"))
     assert diff.field_hashes(fp, shapes) == {"a": 1, "b": 2**16 - 1}
-    diff.check_fingerprint(fp, shapes)
+    check_fingerprint(fp, shapes)
 
 
 def test_fingerprint_without_changed_at() -> None:
@@ -465,7 +466,7 @@ def test_deleted_fingerprints_keep_the_header_only() -> None:
         assert len(fp) == 25
         assert diff.is_deleted(fp)
         assert diff.field_hashes(fp, memory.shapes) == {}
-        diff.check_fingerprint(fp, memory.shapes)
+        check_fingerprint(fp, memory.shapes)
     with pytest.raises(ValueError, match="no shape"):
         diff.make_fingerprint(b"\0" * 8, changed_at_ms=None, version=0, deleted=True, field_hashes=[1])
 
@@ -491,7 +492,7 @@ def test_check_fingerprint_rejects_garbage(bad: bytes) -> None:
     shapes = ShapeTable()
     shapes.add_known(0, ())
     with pytest.raises(StateError):
-        diff.check_fingerprint(bad, shapes)
+        check_fingerprint(bad, shapes)
 
 
 def test_fingerprint_of_unknown_shape_is_a_state_error() -> None:
@@ -519,7 +520,7 @@ def test_shape_table_entries_restore_one_by_one() -> None:
     for shape_id, names in memory.shapes.shape_records():
         restored.add_known(shape_id, list(names))
     for fp in memory.state.values():
-        diff.check_fingerprint(fp, restored)
+        check_fingerprint(fp, restored)
 
 
 def test_add_known_is_idempotent_and_refuses_conflicts() -> None:

@@ -19,6 +19,7 @@ from relay.events import Change, KafkaMessage, event_source, event_type, kafka_k
 from relay.jsonenc import encode_json
 from relay.kinds import ChangeKind
 from relay.timestamps import format_timestamp_ms, parse_timestamp_ms
+from tests.unit.support import apply_result
 
 INTEGRATION = "acme"
 RESOURCE = "ats/users"
@@ -59,7 +60,7 @@ def changes_for(*pages: list[dict[str, Any]], integration: str = INTEGRATION, re
     changes: list[Change] = []
     for page in pages:
         result = diff.diff_page(state, shapes, page, integration=integration, resource=resource, snapshot=False)
-        diff.apply_result(state, shapes, result)
+        apply_result(state, shapes, result)
         changes.extend(result.changes)
     return changes
 
@@ -86,7 +87,7 @@ def lifecycle() -> list[Change]:
 def vanished_change() -> Change:
     state: dict[str, bytes] = {}
     shapes = ShapeTable()
-    diff.apply_result(
+    apply_result(
         state,
         shapes,
         diff.diff_page(state, shapes, [record()], integration=INTEGRATION, resource=RESOURCE, snapshot=False),
