@@ -34,6 +34,7 @@ from relay.config import Config
 from relay.errors import Fenced, KafkaAuthorizationFailed, KafkaUnavailable
 from relay.metrics import Metrics
 from relay.partitioning import partitions_for_keys
+from relay.tasks import retrieve
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class KafkaSink:
         except asyncio.CancelledError:
             if unit in self._waiting:  # not taken by a transaction yet: it never will be
                 self._waiting.remove(unit)
-            unit.outcome.add_done_callback(_retrieve_outcome)
+            unit.outcome.add_done_callback(retrieve)
             raise
         unit.outcome.result()  # raises the transaction's error
 
@@ -331,12 +332,6 @@ async def _partitions(producer: AIOKafkaProducer, messages: Sequence[OutMessage]
         for index, partition in zip(indexes, chosen, strict=True):
             partitions[index] = partition
     return partitions
-
-
-def _retrieve_outcome(outcome: asyncio.Future[None]) -> None:
-    """Mark the outcome of a unit whose caller went away as seen, so asyncio does not log it as never retrieved."""
-    if not outcome.cancelled():
-        outcome.exception()
 
 
 async def _quietly_stop(producer: Any, timeout: float = 10.0) -> None:
