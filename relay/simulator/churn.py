@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from relay.simulator.model import Simulator
+from typing import Protocol
 
 TICK_SECONDS = 0.05
 MAX_BEHIND = 1000  # mutations; a churn further behind than this (the loop was blocked) skips ahead instead
 
 
+class Mutator(Protocol):
+    """What a churn drives: the :class:`~relay.simulator.model.Simulator`, which imports this module."""
+
+    def random_mutation(self) -> object | None: ...
+
+
 class Churn:
-    def __init__(self, sim: Simulator, rate: float) -> None:
+    def __init__(self, sim: Mutator, rate: float) -> None:
         if rate < 0:
             raise ValueError("the churn rate must not be negative")
         self._sim = sim

@@ -32,19 +32,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from relay.simulator.churn import Churn
 from relay.simulator.clock import Clock, from_ms, to_ms, wall_clock
 from relay.simulator.faults import FaultInjector
 from relay.simulator.filters import Filter
 from relay.simulator.ratelimit import RateLimiter
 from relay.simulator.records import PROTECTED_FIELDS, RESOURCES, Change, RecordSeed, ResourceSpec, record_id
 from relay.timestamps import format_timestamp_ms
-
-if TYPE_CHECKING:
-    from relay.simulator.churn import Churn
 
 Record = dict[str, Any]
 
@@ -700,8 +698,6 @@ class Simulator:
     def start_churn(self, rate: float) -> Churn:
         """Start (or re-rate) a steady churn of ``rate`` random mutations per second, as a task of the running
         event loop (so call it from a coroutine, e.g. the test or the server's loop)."""
-        from relay.simulator.churn import Churn  # churn.py imports this module; it is only needed here
-
         if self.churn is not None and self.churn.running:
             self.churn.rate = rate
             return self.churn
