@@ -57,10 +57,10 @@ shape::
 Deleted entities keep the header only: field hashes serve ``changed_fields`` of updates, and what follows a
 deletion is at most a ``created``. A typical 15-field live entity takes 55 bytes, a deleted one 25.
 
-Why 16-bit field hashes: the fingerprints are most of the relay's memory (with the entity id and the dict slot,
-about 190 bytes per entity for 10-field records, against 220 with 32-bit hashes). Whether a record changed at all is
-decided by the 64-bit content hash, so events are exact; only ``changed_fields`` can miss a field whose value
-changed to one with the same 16-bit hash (about 1 in 65,536 changed fields; the update is still announced).
+Why 16-bit field hashes: the fingerprints are most of the relay's memory (with the entity id and the dict slot), and
+halving the field hashes shrinks them noticeably (the README's Performance section has the figures). Whether a record
+changed at all is decided by the 64-bit content hash, so events are exact; only ``changed_fields`` can miss a field
+whose value changed to one with the same 16-bit hash (about 1 in 65,536 changed fields; the update is still announced).
 Fingerprints persisted with 32-bit hashes (state format 1) are read by keeping the low 16 bits of each, which is
 exactly the 16-bit hash (see :func:`narrow_fingerprint`).
 """

@@ -149,7 +149,7 @@ def to_kafka_message(change: Change, *, integration: str, resource: str, detecte
 def _event_json(change: Change, integration: str, resource: str, detected_at_ms: int) -> bytes:
     """The event as JSON: the bytes ``encode_json`` gives for the CloudEvent object (attributes in the order of the
     module docstring's table), assembled from pieces. What is the same for every event of a pair and kind is encoded
-    once (:func:`_event_pieces`): encoding a whole object per event was an eighth of the relay's CPU per record."""
+    once (:func:`_event_pieces`): encoding a whole object per event was a large share of the relay's CPU per record."""
     head, middle = _event_pieces(integration, resource, change.kind)
     record = change.record
     time_text = change.time_text or format_timestamp_ms(detected_at_ms if change.time_ms is None else change.time_ms)

@@ -39,9 +39,9 @@ from relay.tasks import retrieve
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
-# A transaction takes waiting units until it holds this many messages (one unit always goes, however large). Five
-# snapshot pages (events and state records) amortize a transaction's round trips; more bought no throughput on the
-# benchmark machine, only a higher peak of memory (5,000: 213 B per remembered entity at 1M, against 200).
+# A transaction takes waiting units until it holds this many messages (one unit always goes, however large). A few
+# snapshot pages (events and state records) amortize a transaction's round trips; more bought no throughput in the
+# snapshot benchmark, only a higher peak of memory (README, Performance).
 MAX_TRANSACTION_MESSAGES = 2_500
 # Fencing shows up under several names depending on where in the protocol the newer epoch is noticed.
 FENCING_ERRORS: tuple[str, ...] = ("ProducerFenced", "InvalidProducerEpoch")

@@ -181,8 +181,8 @@ class StateStore:
         """Apply many records read back from the state topic, in order: :meth:`restore_record`, faster. Returns the
         integrations they belong to.
 
-        Entity records, nearly all of a state topic, go straight into their pair's dict, which makes restoring a million
-        entities a matter of seconds.
+        Entity records, nearly all of a state topic, go straight into their pair's dict, without the general path's
+        per-record dispatch.
         """
         touched: dict[Pair, PairState] = {}
         others: set[str] = set()
