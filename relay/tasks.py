@@ -1,12 +1,13 @@
-"""Small helpers for asyncio tasks and futures whose outcome nobody awaits.
+"""Small helpers for asyncio tasks and futures that a module starts and may abandon or cancel.
 
-What belongs here: asyncio plumbing shared by modules that start work they may abandon (the sink, the poller), with
-no knowledge of what the work is.
+What belongs here: asyncio plumbing shared by modules that run background work (the sink, the poller, the
+simulator), with no knowledge of what the work is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 
@@ -17,3 +18,11 @@ def retrieve(future: asyncio.Future[Any]) -> None:
     """
     if not future.cancelled():
         future.exception()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (if any) and wait until it has finished; its cancellation is not raised here."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

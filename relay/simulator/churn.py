@@ -12,8 +12,9 @@ since the churn started, so high rates are met with few wake-ups, and a slow tic
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Protocol
+
+from relay.tasks import cancel_and_wait
 
 TICK_SECONDS = 0.05
 MAX_BEHIND = 1000  # mutations; a churn further behind than this (the loop was blocked) skips ahead instead
@@ -56,10 +57,7 @@ class Churn:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def step(self) -> None:
         """One random mutation, now."""
