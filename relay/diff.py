@@ -3,8 +3,8 @@ publish and what to remember next.
 
 Everything here is pure: no I/O, no clock (times are passed in), no asyncio, and nothing given to it is mutated. The
 caller publishes :attr:`DiffResult.changes`, and only once Kafka committed them applies :attr:`DiffResult.delta` and
-:attr:`DiffResult.new_shapes` to its memory (:func:`apply_result` does exactly that). A page must be applied before
-the next page of the same pair is diffed, or the next page is compared with an outdated memory.
+:attr:`DiffResult.new_shapes` to its memory (new shapes first: the fingerprints refer to them). A page must be
+applied before the next page of the same pair is diffed, or the next page is compared with an outdated memory.
 
 Rules, per entity (a record is an entity, keyed by its ``id``; deleted means ``remote_deleted_at`` is not null):
 
@@ -57,10 +57,10 @@ shape::
 Deleted entities keep the header only: field hashes serve ``changed_fields`` of updates, and what follows a
 deletion is at most a ``created``. A typical 15-field live entity takes 55 bytes, a deleted one 25.
 
-Why 16-bit field hashes: the fingerprints are most of the relay's memory (with the entity id and the dict slot,
-about 190 bytes per entity for 10-field records, against 220 with 32-bit hashes). Whether a record changed at all is
-decided by the 64-bit content hash, so events are exact; only ``changed_fields`` can miss a field whose value
-changed to one with the same 16-bit hash (about 1 in 65,536 changed fields; the update is still announced).
+Why 16-bit field hashes: the fingerprints are most of the relay's memory (with the entity id and the dict slot), and
+halving the field hashes shrinks them noticeably (the README's Performance section has the figures). Whether a record
+changed at all is decided by the 64-bit content hash, so events are exact; only ``changed_fields`` can miss a field
+whose value changed to one with the same 16-bit hash (about 1 in 65,536 changed fields; the update is still announced).
 Fingerprints persisted with 32-bit hashes (state format 1) are read by keeping the low 16 bits of each, which is
 exactly the 16-bit hash (see :func:`narrow_fingerprint`).
 """
@@ -68,21 +68,21 @@ exactly the 16-bit hash (see :func:`narrow_fingerprint`).
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import struct
 import zlib
-from collections.abc import Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal
 
 import orjson
 
 from relay.errors import InvalidPage, StateError
+from relay.events import Change, event_id
+from relay.jsonenc import encode_json
+from relay.kinds import ChangeKind
+from relay.timestamps import formatted_text, parse_timestamp_ms
 
-ChangeKind = Literal["created", "updated", "deleted"]
 VanishRefusal = Literal["incomplete", "too_many"]
 Shape = tuple[str, ...]  # the sorted top-level field names of a record
 
@@ -98,125 +98,6 @@ _dumps: Final = orjson.dumps
 _SORT_KEYS: Final = orjson.OPT_SORT_KEYS
 _blake2b: Final = hashlib.blake2b
 _crc32: Final = zlib.crc32
-
-
-# --------------------------------------------------------------------------------------------------- timestamps
-
-_RFC3339: Final = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):?(\d{2}))",
-    re.ASCII,
-)
-_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
-_MS_PER_DAY: Final = 86_400_000
-_MIN_MS: Final = (date(1, 1, 1).toordinal() - _EPOCH_ORDINAL) * _MS_PER_DAY
-_MAX_MS: Final = (date(9999, 12, 31).toordinal() - _EPOCH_ORDINAL + 1) * _MS_PER_DAY - 1
-_EPOCH_NAIVE: Final = datetime(1970, 1, 1)
-_ONE_MS: Final = timedelta(milliseconds=1)
-_fromisoformat: Final = datetime.fromisoformat
-
-
-@lru_cache(maxsize=4096)  # a page's times are parsed twice: when the source client validates it, then in its diff
-def parse_timestamp_ms(text: str) -> int:
-    """Epoch milliseconds of an RFC 3339 timestamp (``2024-01-02T03:04:05.678Z``, ``...05+02:00``, ``...05Z``).
-
-    A timezone is required: a naive time is ambiguous. Fractions finer than a millisecond are truncated, so a time
-    never moves into the next millisecond. A leap second (``:60``) counts as the first millisecond of the next
-    minute. Raises ValueError for anything else, including times outside years 1 to 9999 in UTC.
-    """
-    # Fast path for the form Kombo sends (``2024-01-02T03:04:05.678Z``): every separator checked here, every digit
-    # by fromisoformat (ASCII digits only), so it accepts exactly what the pattern below accepts in this form.
-    if (
-        len(text) == 24
-        and text[23] == "Z"
-        and text[19] == "."
-        and text[10] == "T"
-        and text[4] == "-"
-        and text[7] == "-"
-        and text[13] == ":"
-        and text[16] == ":"
-    ):
-        try:
-            moment = _fromisoformat(text[:23])
-        except ValueError:
-            pass  # a leap second, or not a time at all: the general path decides
-        else:
-            if moment.tzinfo is None and text[20:23].isdigit() and text.isascii():
-                return (moment - _EPOCH_NAIVE) // _ONE_MS
-    match = _RFC3339.fullmatch(text)
-    if match is None:
-        raise ValueError(f"not an RFC 3339 timestamp with a timezone: {text[:64]!r}")
-    year, month, day, hour_text, minute_text, second_text, fraction, zulu, sign, offset_hours, offset_minutes = (
-        match.groups()
-    )
-    hour, minute, second = int(hour_text), int(minute_text), int(second_text)
-    if hour > 23 or minute > 59 or second > 60:
-        raise ValueError(f"time of day out of range: {text[:64]!r}")
-    days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL  # ValueError for 2024-02-30 etc.
-    millis = int(fraction[:3].ljust(3, "0")) if fraction else 0
-    offset_ms = 0
-    if not zulu:
-        if int(offset_hours) > 23 or int(offset_minutes) > 59:
-            raise ValueError(f"timezone offset out of range: {text[:64]!r}")
-        offset_ms = (int(offset_hours) * 60 + int(offset_minutes)) * 60_000 * (1 if sign == "+" else -1)
-    result = days * _MS_PER_DAY + ((hour * 60 + minute) * 60 + second) * 1000 + millis - offset_ms
-    if not _MIN_MS <= result <= _MAX_MS:
-        raise ValueError(f"timestamp outside years 1 to 9999 UTC: {text[:64]!r}")
-    return result
-
-
-def format_timestamp_ms(epoch_ms: int) -> str:
-    """RFC 3339 in UTC with milliseconds (``2024-01-02T03:04:05.678Z``): the inverse of :func:`parse_timestamp_ms`."""
-    days, millis_of_day = divmod(epoch_ms, _MS_PER_DAY)
-    seconds_of_day, millis = divmod(millis_of_day, 1000)
-    hours, seconds_of_hour = divmod(seconds_of_day, 3600)
-    minutes, seconds = divmod(seconds_of_hour, 60)
-    return "%sT%02d:%02d:%02d.%03dZ" % (_iso_day(days), hours, minutes, seconds, millis)  # noqa: UP031 - faster
-
-
-@lru_cache(maxsize=4096)
-def _iso_day(days: int) -> str:
-    return date.fromordinal(days + _EPOCH_ORDINAL).isoformat()
-
-
-def _event_time_text(text: Any) -> str | None:
-    """``text`` if it is a timestamp already in :func:`format_timestamp_ms`'s form, else None (format it).
-
-    For a ``text`` that :func:`parse_timestamp_ms` accepted, these checks are enough: 24 characters ending in ``Z``
-    with the ``.`` and ``T`` in place leave exactly three fraction digits and fixed-width fields, and a leap second
-    (``:60``), which parsing moves to the next minute, is the one other form excluded.
-    """
-    if (
-        type(text) is str
-        and len(text) == 24
-        and text[23] == "Z"
-        and text[19] == "."
-        and text[10] == "T"
-        and text[17] != "6"
-    ):
-        return text
-    return None
-
-
-# --------------------------------------------------------------------------------------------------------- JSON
-
-
-def encode_json(value: Any, *, sort_keys: bool = False) -> bytes:
-    """``value`` as compact UTF-8 JSON; with ``sort_keys`` in a canonical form fit for hashing.
-
-    orjson does the work. It refuses integers beyond 64 bits, which JSON allows and stdlib parsers produce, so those
-    values fall back to the standard library: slower, but exact, and deterministic for a given value. Raises
-    ValueError for what no JSON can carry: lone surrogates, non-string keys. (Non-finite floats, which no JSON parser
-    produces, become null with orjson and a ValueError in the fallback.)
-    """
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
-    except orjson.JSONEncodeError:
-        pass
-    try:
-        text = json.dumps(value, sort_keys=sort_keys, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        return text.encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise ValueError(f"not encodable as JSON: {exc}") from None
 
 
 def content_digest(record: Mapping[str, Any]) -> bytes:
@@ -316,16 +197,6 @@ def _hash_values(fingerprint: bytes, names: Shape) -> tuple[int, ...]:
     return values
 
 
-def check_fingerprint(fingerprint: bytes, shapes: ShapeTable) -> None:
-    """Raise StateError unless ``fingerprint`` is readable with ``shapes`` (for restoring persisted state)."""
-    malformed = len(fingerprint) < _HEADER.size or fingerprint[_FLAGS_OFFSET] & ~(_DELETED | _VANISHED)
-    if not malformed and is_deleted(fingerprint):
-        malformed = len(fingerprint) != _HEADER.size or shape_id(fingerprint) != 0
-    if malformed:
-        raise StateError(f"malformed fingerprint {fingerprint[:40]!r}")
-    field_hashes(fingerprint, shapes)
-
-
 def _vanished(fingerprint: bytes) -> bytes:
     """A live entity's fingerprint once it vanished: deleted, one more version, content and time kept."""
     digest, changed_at, previous_version, _, _ = _HEADER.unpack_from(fingerprint)
@@ -406,26 +277,6 @@ class ShapeTable:
 # -------------------------------------------------------------------------------------------------------- changes
 
 
-class Change(NamedTuple):  # immutable, and several times faster to build than a frozen dataclass
-    """One event to publish. ``time_ms`` is None when the source gave no time: the caller uses detection time."""
-
-    kind: ChangeKind
-    entity_id: str
-    record: dict[str, Any] | None  # as received; None for a vanished entity, whose record we do not keep
-    changed_fields: tuple[str, ...] | None  # sorted; only for updates
-    snapshot: bool
-    restored: bool
-    reason: Literal["vanished"] | None
-    version: int
-    content_hash: int
-    time_ms: int | None
-    event_id: str
-    # The record as JSON with sorted keys, as hashed: the event embeds it instead of encoding the record again.
-    record_json: bytes | None = None
-    # The source's own text of ``time_ms`` when it is already in the event's form (``2024-01-02T03:04:05.678Z``).
-    time_text: str | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class DiffResult:
     changes: list[Change]
@@ -453,21 +304,6 @@ class VanishResult:
     refused: VanishRefusal | None
     would_vanish: int
     live: int
-
-
-def event_id(integration: str, resource: str, entity_id: str, version: int, kind: ChangeKind, content: int) -> str:
-    """Deterministic event id: the same change always gets the same id, so consumers can de-duplicate.
-
-    ``version`` grows with every event of the entity, so content flipping A, B, A, B still gives distinct ids. The
-    hash input is a JSON array, which keeps the parts unambiguous whatever characters they contain. The result is
-    shaped as a UUIDv8 (RFC 9562: version and variant bits set, the rest is hash).
-    """
-    material = orjson.dumps([integration, resource, entity_id, version, kind, content])
-    digest = bytearray(hashlib.blake2b(material, digest_size=16, person=b"relay.event-id").digest())
-    digest[6] = (digest[6] & 0x0F) | 0x80
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # ----------------------------------------------------------------------------------------------------------- diff
@@ -628,7 +464,7 @@ class PageDiff:
                 time_ms=time_ms,
                 event_id=event_id(self.integration, self.resource, entity_id, new_version, kind, content),
                 record_json=record_json,
-                time_text=_event_time_text(record.get(time_field)),
+                time_text=formatted_text(record.get(time_field)),
             )
         )
 
@@ -776,14 +612,6 @@ def find_vanished(
     return VanishResult(changes=changes, delta=delta, refused=None, would_vanish=len(missing), live=live)
 
 
-def apply_result(state: MutableMapping[str, bytes], shapes: ShapeTable, result: DiffResult | VanishResult) -> None:
-    """Remember a result, once its events are committed: new shapes first, since the fingerprints refer to them."""
-    if isinstance(result, DiffResult):
-        for new_id, names in result.new_shapes:
-            shapes.add_known(new_id, names)
-    state.update(result.delta)
-
-
 __all__ = [
     "NO_TIMESTAMP",
     "Change",
@@ -792,23 +620,17 @@ __all__ = [
     "PageDiff",
     "ShapeTable",
     "VanishResult",
-    "apply_result",
     "changed_at_ms",
-    "check_fingerprint",
     "content_digest",
     "content_hash",
     "diff_page",
-    "encode_json",
-    "event_id",
     "field_hash",
     "field_hashes",
     "find_vanished",
-    "format_timestamp_ms",
     "is_deleted",
     "is_vanished",
     "make_fingerprint",
     "narrow_fingerprint",
-    "parse_timestamp_ms",
     "shape_id",
     "version",
 ]

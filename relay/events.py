@@ -1,4 +1,7 @@
-"""The event contract: one :class:`~relay.diff.Change` as a CloudEvents 1.0 message for Kafka.
+"""The event contract: a :class:`Change` to announce, its deterministic id, and it as a CloudEvents 1.0 message.
+
+What belongs here: what consumers see of a change (the Change the diff engine produces, :func:`event_id`, the
+event's JSON, key and headers). The diff engine decides which changes there are; this module imports nothing from it.
 
 This is a public contract; consumers depend on every name below. Structured content mode: the whole event is the
 Kafka record value, JSON (UTF-8), and the ``content-type`` header says ``application/cloudevents+json``.
@@ -7,7 +10,7 @@ Kafka record value, JSON (UTF-8), and the ``content-type`` header says ``applica
 attribute          value
 =================  ============================================================================================
 ``specversion``    ``"1.0"``
-``id``             deterministic (see :func:`relay.diff.event_id`): re-publishing a change repeats its id
+``id``             deterministic (see :func:`event_id`): re-publishing a change repeats its id
 ``source``         ``/integrations/{integration}/{resource}``, each path segment percent-encoded, so it is a
                    valid URI-reference (a relative one, as CloudEvents allows) whatever the ids contain
 ``type``           ``{resource with "/" as "."}.{created|updated|deleted}``, e.g. ``ats.users.updated``
@@ -26,22 +29,62 @@ Headers: ``content-type``, plus ``ce_type`` and ``ce_id`` so consumers can route
 the value. Topic choice is the caller's.
 
 Records hold whatever JSON the source sent, including integers beyond 64 bits: those are serialized exactly (see
-:func:`relay.diff.encode_json`), never rounded and never refused.
+:func:`relay.jsonenc.encode_json`), never rounded and never refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
-from typing import Final, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 from urllib.parse import quote
 
-from relay.diff import Change, ChangeKind, encode_json, format_timestamp_ms
+import orjson
+
 from relay.errors import InvalidPage
+from relay.jsonenc import encode_json
+from relay.kinds import ChangeKind
+from relay.timestamps import format_timestamp_ms
 
 SPEC_VERSION: Final = "1.0"
 CONTENT_TYPE: Final = b"application/cloudevents+json"
 DATA_CONTENT_TYPE: Final = "application/json"
 _EVENT_START: Final = b'{"specversion":%s,"id":' % encode_json(SPEC_VERSION)
+
+
+class Change(NamedTuple):  # immutable, and several times faster to build than a frozen dataclass
+    """One event to publish. ``time_ms`` is None when the source gave no time: the caller uses detection time."""
+
+    kind: ChangeKind
+    entity_id: str
+    record: dict[str, Any] | None  # as received; None for a vanished entity, whose record we do not keep
+    changed_fields: tuple[str, ...] | None  # sorted; only for updates
+    snapshot: bool
+    restored: bool
+    reason: Literal["vanished"] | None
+    version: int
+    content_hash: int
+    time_ms: int | None
+    event_id: str
+    # The record as JSON with sorted keys, as hashed: the event embeds it instead of encoding the record again.
+    record_json: bytes | None = None
+    # The source's own text of ``time_ms`` when it is already in the event's form (``2024-01-02T03:04:05.678Z``).
+    time_text: str | None = None
+
+
+def event_id(integration: str, resource: str, entity_id: str, version: int, kind: ChangeKind, content: int) -> str:
+    """Deterministic event id: the same change always gets the same id, so consumers can de-duplicate.
+
+    ``version`` grows with every event of the entity, so content flipping A, B, A, B still gives distinct ids. The
+    hash input is a JSON array, which keeps the parts unambiguous whatever characters they contain. The result is
+    shaped as a UUIDv8 (RFC 9562: version and variant bits set, the rest is hash).
+    """
+    material = orjson.dumps([integration, resource, entity_id, version, kind, content])
+    digest = bytearray(hashlib.blake2b(material, digest_size=16, person=b"relay.event-id").digest())
+    digest[6] = (digest[6] & 0x0F) | 0x80
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class KafkaMessage(NamedTuple):  # immutable, and several times faster to build than a frozen dataclass
@@ -106,7 +149,7 @@ def to_kafka_message(change: Change, *, integration: str, resource: str, detecte
 def _event_json(change: Change, integration: str, resource: str, detected_at_ms: int) -> bytes:
     """The event as JSON: the bytes ``encode_json`` gives for the CloudEvent object (attributes in the order of the
     module docstring's table), assembled from pieces. What is the same for every event of a pair and kind is encoded
-    once (:func:`_event_pieces`): encoding a whole object per event was an eighth of the relay's CPU per record."""
+    once (:func:`_event_pieces`): encoding a whole object per event was a large share of the relay's CPU per record."""
     head, middle = _event_pieces(integration, resource, change.kind)
     record = change.record
     time_text = change.time_text or format_timestamp_ms(detected_at_ms if change.time_ms is None else change.time_ms)

@@ -2,7 +2,7 @@
 
 Every page fetched allocates its body, its records and its events, and frees them once the page is committed. glibc
 keeps freed memory for reuse instead of returning it, so after a snapshot of a million records the relay's resident
-memory stays several megabytes above what it remembers (about 6 bytes per entity at 1M, measured) until the next
+memory stays above what it remembers (the README's Performance section has the measurements) until the next
 large poll reuses it; restoring the state topic leaves the same behind. ``malloc_trim(0)`` returns it. It walks the
 whole heap, so it runs at the end of a poll or a restore only once enough records were handled since the last time:
 a fleet's small polls never pay for it.

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from relay import __version__
+from relay.kinds import CHANGE_KINDS
+from relay.webhook_labels import WEBHOOK_OUTCOMES, WEBHOOK_TYPES
 
 POLL_OUTCOMES = (
     "success",
@@ -25,7 +27,7 @@ POLL_OUTCOMES = (
     "internal_error",
 )
 POLL_KINDS = ("snapshot", "incremental", "reconcile")
-EVENT_TYPES = ("created", "updated", "deleted")
+EVENT_TYPES: tuple[str, ...] = CHANGE_KINDS
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")
 SUPPRESSED_REASONS = ("noop", "stale", "deleted", "snapshot_skipped")
 
@@ -35,25 +37,6 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 # Webhook to event: a second or two when all is well; the tail shows polls queued behind the concurrency limit.
 WEBHOOK_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 POLL_TRIGGERS = ("webhook", "schedule")
-# relay.webhooks.TYPE_LABELS and OUTCOMES (repeated here: relay.webhooks imports this module).
-WEBHOOK_TYPES = (
-    "data-changed",
-    "sync-finished",
-    "integration-state-changed",
-    "integration-deleted",
-    "other",
-    "unknown",
-)
-WEBHOOK_OUTCOMES = (
-    "accepted",
-    "duplicate",
-    "unknown_integration",
-    "paused",
-    "ignored",
-    "invalid",
-    "unauthorized",
-    "too_large",
-)
 
 
 class Metrics:

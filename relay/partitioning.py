@@ -3,11 +3,11 @@
 Consumers rely on every event of an entity sharing a partition, and so may any other producer writing the same
 topics, so the relay picks partitions the way Java and aiokafka do: ``(murmur2(key) & 0x7FFFFFFF) % partitions``.
 
-murmur2 in pure Python costs about a microsecond per 4-byte word, which made it the largest single cost of
-publishing an event. :func:`partitions_for_keys` therefore hashes a whole batch of keys at once, SWAR style
-("SIMD within a register"): the keys of one length are laid side by side as 64-bit lanes of one large integer, and
-each murmur2 step runs once over all lanes. Products of two 32-bit values fit a lane, and every shift is masked
-back to 32 bits per lane, so no lane ever spills into its neighbour.
+murmur2 in pure Python, one key at a time, was the largest single cost of publishing an event.
+:func:`partitions_for_keys` therefore hashes a whole batch of keys at once, SWAR style ("SIMD within a register"):
+the keys of one length are laid side by side as 64-bit lanes of one large integer, and each murmur2 step runs once
+over all lanes. Products of two 32-bit values fit a lane, and every shift is masked back to 32 bits per lane, so no
+lane ever spills into its neighbour.
 """
 
 from __future__ import annotations

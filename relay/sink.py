@@ -34,13 +34,14 @@ from relay.config import Config
 from relay.errors import Fenced, KafkaAuthorizationFailed, KafkaUnavailable, RecordTooLarge
 from relay.metrics import Metrics
 from relay.partitioning import partitions_for_keys
+from relay.tasks import retrieve
 
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
-# A transaction takes waiting units until it holds this many messages (one unit always goes, however large). Five
-# snapshot pages (events and state records) amortize a transaction's round trips; more bought no throughput on the
-# benchmark machine, only a higher peak of memory (5,000: 213 B per remembered entity at 1M, against 200).
+# A transaction takes waiting units until it holds this many messages (one unit always goes, however large). A few
+# snapshot pages (events and state records) amortize a transaction's round trips; more bought no throughput in the
+# snapshot benchmark, only a higher peak of memory (README, Performance).
 MAX_TRANSACTION_MESSAGES = 2_500
 # Fencing shows up under several names depending on where in the protocol the newer epoch is noticed.
 FENCING_ERRORS: tuple[str, ...] = ("ProducerFenced", "InvalidProducerEpoch")
@@ -195,7 +196,7 @@ class KafkaSink:
         except asyncio.CancelledError:
             if unit in self._waiting:  # not taken by a transaction yet: it never will be
                 self._waiting.remove(unit)
-            unit.outcome.add_done_callback(_retrieve_outcome)
+            unit.outcome.add_done_callback(retrieve)
             raise
         unit.outcome.result()  # raises the transaction's error
 
@@ -352,12 +353,6 @@ async def _partitions(producer: AIOKafkaProducer, messages: Sequence[OutMessage]
         for index, partition in zip(indexes, chosen, strict=True):
             partitions[index] = partition
     return partitions
-
-
-def _retrieve_outcome(outcome: asyncio.Future[None]) -> None:
-    """Mark the outcome of a unit whose caller went away as seen, so asyncio does not log it as never retrieved."""
-    if not outcome.cancelled():
-        outcome.exception()
 
 
 async def _quietly_stop(producer: Any, timeout: float = 10.0) -> None:

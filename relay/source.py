@@ -40,7 +40,6 @@ import orjson
 from yarl import URL
 
 from relay.config import Config
-from relay.diff import parse_timestamp_ms
 from relay.errors import (
     AuthenticationError,
     CursorRejected,
@@ -51,6 +50,7 @@ from relay.errors import (
     SourceError,
 )
 from relay.metrics import Metrics
+from relay.timestamps import parse_timestamp_ms
 
 RATE_LIMIT_CODES = frozenset(
     {"PLATFORM.RATE_LIMIT_EXCEEDED", "REMOTE.RATE_LIMIT_EXCEEDED", "PLATFORM.CONCURRENCY_LIMIT_EXCEEDED"}

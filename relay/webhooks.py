@@ -37,13 +37,13 @@ import orjson
 from aiohttp import web
 
 from relay.config import Config, Secret
-from relay.metrics import WEBHOOK_OUTCOMES, WEBHOOK_TYPES, Metrics
+from relay.metrics import Metrics
+from relay.webhook_labels import HANDLED_TYPES, WEBHOOK_OUTCOMES, WEBHOOK_TYPES
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER: Final = "X-Kombo-Signature"
 
-HANDLED_TYPES: Final = ("data-changed", "sync-finished", "integration-state-changed", "integration-deleted")
 # Kombo sends these too (see the spec's ``webhooks``); the relay has nothing to do for them and says so with a 200,
 # so that Kombo does not retry them.
 OTHER_KOMBO_TYPES: Final = (
@@ -54,17 +54,7 @@ OTHER_KOMBO_TYPES: Final = (
     "ai-apply-application-status-updated",
     "ai-apply-job-posting-status-updated",
 )
-# The labels of relay_webhooks_received_total are relay.metrics.WEBHOOK_TYPES (the handled types, ``other`` for a
-# Kombo type the relay ignores, ``unknown`` when unsigned, too large, unparseable or undocumented) and
-# relay.metrics.WEBHOOK_OUTCOMES, whose meanings are:
-#   accepted             acted on: polls triggered, or an integration paused / resumed
-#   duplicate            the same id was acted on within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS
-#   unknown_integration  not an integration this relay polls (202)
-#   paused               the integration is paused (it followed integration-state-changed / integration-deleted)
-#   ignored              nothing to do: no configured resource affected, a type the relay ignores, state-following off
-#   invalid              400: malformed JSON or an unknown shape
-#   unauthorized         401: missing or wrong signature
-#   too_large            413: body over RELAY_KOMBO_WEBHOOK_MAX_BODY_BYTES
+# The labels of relay_webhooks_received_total, and what each means, are in relay.webhook_labels.
 PAUSING_STATES: Final = ("INACTIVE", "INVALID")
 MAX_ID_LENGTH: Final = 256
 

@@ -32,13 +32,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from relay.simulator.clock import iso_ms
 from relay.simulator.cursor import CursorCodec
 from relay.simulator.faults import BODY_FAULTS, ERROR_FAULTS, Fault, FaultKind
 from relay.simulator.listing import InputInvalid, parse_query, run_query
 from relay.simulator.model import IntegrationState, Simulator
 from relay.simulator.ratelimit import Budget
 from relay.simulator.records import RESOURCES
+from relay.timestamps import format_timestamp_ms
 
 ERROR_TITLES: dict[str | None, str] = {
     "PLATFORM.AUTHENTICATION_INVALID": "The API key is invalid.",
@@ -75,7 +75,7 @@ class Interactions:
     def open(self, request: web.Request, sim: Simulator) -> dict[str, Any]:
         interaction: dict[str, Any] = {
             "id": next(self._ids),
-            "time": iso_ms(sim.now_ms()),
+            "time": format_timestamp_ms(sim.now_ms()),
             "method": request.method,
             "path": request.path,
             "query": request.query_string,

@@ -12,18 +12,22 @@ since the churn started, so high rates are met with few wake-ups, and a slow tic
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from relay.simulator.model import Simulator
+from relay.tasks import cancel_and_wait
 
 TICK_SECONDS = 0.05
 MAX_BEHIND = 1000  # mutations; a churn further behind than this (the loop was blocked) skips ahead instead
 
 
+class Mutator(Protocol):
+    """What a churn drives: the :class:`~relay.simulator.model.Simulator`, which imports this module."""
+
+    def random_mutation(self) -> object | None: ...
+
+
 class Churn:
-    def __init__(self, sim: Simulator, rate: float) -> None:
+    def __init__(self, sim: Mutator, rate: float) -> None:
         if rate < 0:
             raise ValueError("the churn rate must not be negative")
         self._sim = sim
@@ -53,10 +57,7 @@ class Churn:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def step(self) -> None:
         """One random mutation, now."""

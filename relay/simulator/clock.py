@@ -7,7 +7,8 @@ milliseconds since the epoch, the resolution of Kombo's timestamps.
 Formats:
 
 * record timestamps (``changed_at``, ``remote_deleted_at``, ...): ISO 8601 with milliseconds and ``Z``,
-  ``2022-08-07T14:01:29.196Z``, exactly as JavaScript's ``Date.toISOString`` and the spec's examples;
+  ``2022-08-07T14:01:29.196Z``, exactly as JavaScript's ``Date.toISOString`` and the spec's examples; the relay
+  reads and writes the same form, so both use :func:`relay.timestamps.format_timestamp_ms`;
 * the ``Date`` response header: an HTTP-date (RFC 9110, one-second resolution) of the server clock;
 * the ``updated_after`` query parameter: the spec's pattern
   ``^\\d{4}-\\d{2}-\\d{2}(T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?)?Z?$``, so a bare date and a missing ``Z`` are
@@ -20,7 +21,6 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from functools import lru_cache
 
 Clock = Callable[[], datetime]
 """Returns the current time as an aware UTC datetime."""
@@ -66,23 +66,6 @@ def to_ms(when: datetime) -> int:
 
 def from_ms(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
-
-
-@lru_cache(maxsize=8192)
-def _iso_day(days: int) -> str:
-    return (_EPOCH.date() + timedelta(days=days)).isoformat()
-
-
-def iso_ms(ms: int) -> str:
-    """``2022-08-07T14:01:29.196Z``: the format of every timestamp in a record.
-
-    Hand-rolled (a cached date plus arithmetic) because serving a page formats thousands of them.
-    """
-    days, rest = divmod(ms, 86_400_000)
-    hours, rest = divmod(rest, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    seconds, millis = divmod(rest, 1000)
-    return f"{_iso_day(days)}T{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
 
 
 def http_date(when: datetime) -> str:

@@ -32,18 +32,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from relay.simulator.clock import Clock, from_ms, iso_ms, to_ms, wall_clock
+from relay.simulator.churn import Churn
+from relay.simulator.clock import Clock, from_ms, to_ms, wall_clock
 from relay.simulator.faults import FaultInjector
 from relay.simulator.filters import Filter
 from relay.simulator.ratelimit import RateLimiter
 from relay.simulator.records import PROTECTED_FIELDS, RESOURCES, Change, RecordSeed, ResourceSpec, record_id
-
-if TYPE_CHECKING:
-    from relay.simulator.churn import Churn
+from relay.timestamps import format_timestamp_ms
 
 Record = dict[str, Any]
 
@@ -94,7 +93,7 @@ class Mutation:
     def to_json(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
-            "time": iso_ms(to_ms(self.time)),
+            "time": format_timestamp_ms(to_ms(self.time)),
             "integration": self.integration,
             "resource": self.resource,
             "id": self.id,
@@ -580,7 +579,7 @@ class Simulator:
         self._check_fields(collection, current, fields)
         if all(current[name] == value for name, value in fields.items()):
             return None
-        record = {**current, **fields, "changed_at": iso_ms(ms)}
+        record = {**current, **fields, "changed_at": format_timestamp_ms(ms)}
         collection.replace(entry, record, self._stamp(ms), ms)
         return self._log(collection, entry.id, MutationKind.UPDATED, ms, record)
 
@@ -612,7 +611,11 @@ class Simulator:
         if entry.deleted:
             raise InvalidMutation(f"{entry.id} is already deleted")
         ms = self._next_ms()
-        record = {**collection.record(entry), "remote_deleted_at": iso_ms(ms), "changed_at": iso_ms(ms)}
+        record = {
+            **collection.record(entry),
+            "remote_deleted_at": format_timestamp_ms(ms),
+            "changed_at": format_timestamp_ms(ms),
+        }
         collection.replace(entry, record, self._stamp(ms), ms)
         return self._log(collection, entry.id, MutationKind.DELETED, ms, record)
 
@@ -625,7 +628,7 @@ class Simulator:
         if not entry.deleted:
             raise InvalidMutation(f"{entry.id} is not deleted")
         ms = self._next_ms()
-        record = {**collection.record(entry), "remote_deleted_at": None, "changed_at": iso_ms(ms)}
+        record = {**collection.record(entry), "remote_deleted_at": None, "changed_at": format_timestamp_ms(ms)}
         collection.replace(entry, record, self._stamp(ms), ms)
         return self._log(collection, entry.id, MutationKind.RESTORED, ms, record)
 
@@ -695,8 +698,6 @@ class Simulator:
     def start_churn(self, rate: float) -> Churn:
         """Start (or re-rate) a steady churn of ``rate`` random mutations per second, as a task of the running
         event loop (so call it from a coroutine, e.g. the test or the server's loop)."""
-        from relay.simulator.churn import Churn  # churn.py imports this module; it is only needed here
-
         if self.churn is not None and self.churn.running:
             self.churn.rate = rate
             return self.churn

@@ -24,10 +24,10 @@ from functools import lru_cache
 from hashlib import blake2b
 from typing import Any, NamedTuple
 
-from relay.simulator.clock import iso_ms
 from relay.simulator.dice import ID_LENGTH, TO_BASE58, Dice, kombo_id
 from relay.simulator.filters import REMOTE_IDS, AnyOf, Contains, CustomField, Filter, OnOrAfter, nested
 from relay.simulator.filters import field as top
+from relay.timestamps import format_timestamp_ms
 
 Record = dict[str, Any]
 DAY_MS = 86_400_000
@@ -198,7 +198,7 @@ def generate_user(seed: RecordSeed) -> Record:
         "email": email,
         "status": "ACTIVE" if active else "INACTIVE",
         "remote_data": {"/users": {"id": 10_000 + seed.number, "name": f"{first} {last}", "active": active}},
-        "changed_at": iso_ms(seed.changed_ms),
+        "changed_at": format_timestamp_ms(seed.changed_ms),
         "remote_deleted_at": None,
         "system_roles": [_system_role(r) for r in dice.sample(SYSTEM_ROLES, number_of_roles)],
     }
@@ -275,11 +275,11 @@ def _application(seed: RecordSeed, dice: Dice, index: int) -> dict[str, Any]:
         "remote_id": remote_id(app_number),
         "outcome": outcome,
         "rejection_reason_name": "Position filled" if outcome == "DECLINED" else None,
-        "rejected_at": iso_ms(updated) if outcome == "DECLINED" else None,
+        "rejected_at": format_timestamp_ms(updated) if outcome == "DECLINED" else None,
         "remote_url": f"https://ats.example.com/applications/{remote_id(app_number)}",
-        "changed_at": iso_ms(updated),
-        "remote_created_at": iso_ms(created),
-        "remote_updated_at": iso_ms(updated),
+        "changed_at": format_timestamp_ms(updated),
+        "remote_created_at": format_timestamp_ms(created),
+        "remote_updated_at": format_timestamp_ms(updated),
         "current_stage": {
             "id": kombo_id(seed.salt, seed.integration, "stage", job_number, stage_index),
             "name": STAGE_NAMES[stage_index],
@@ -322,10 +322,10 @@ def generate_candidate(seed: RecordSeed) -> Record:
         "custom_fields": {"desired_salary": dice.between(40, 150) * 1000},
         "integration_fields": _integration_fields(dice, ident),
         "remote_url": f"https://ats.example.com/candidates/{remote_id(seed.number)}",
-        "remote_created_at": iso_ms(created),
-        "remote_updated_at": iso_ms(updated),
+        "remote_created_at": format_timestamp_ms(created),
+        "remote_updated_at": format_timestamp_ms(updated),
         "remote_data": {"/candidates": {"id": 10_000 + seed.number, "name": f"{first} {last}"}},
-        "changed_at": iso_ms(seed.changed_ms),
+        "changed_at": format_timestamp_ms(seed.changed_ms),
         "remote_deleted_at": None,
         "applications": [_application(seed, dice, i) for i in range(dice.between(1, 2))],
         "tags": [_tag(seed.integration, seed.salt, t) for t in dice.sample(TAGS, dice.between(0, 2))],
@@ -335,7 +335,10 @@ def generate_candidate(seed: RecordSeed) -> Record:
 def update_candidate(record: Record, change: Change) -> Record:
     which = change.rng.choice(("title", "company", "first_name", "source"))
     options = {"title": JOB_TITLES, "company": COMPANIES, "first_name": FIRST_NAMES, "source": SOURCES}[which]
-    return {which: _changed(record[which], options, change.rng), "remote_updated_at": iso_ms(change.now_ms)}
+    return {
+        which: _changed(record[which], options, change.rng),
+        "remote_updated_at": format_timestamp_ms(change.now_ms),
+    }
 
 
 def toggle_tag(record: Record, change: Change) -> list[Any]:
@@ -457,13 +460,13 @@ def generate_job(seed: RecordSeed) -> Record:
         "custom_fields": {"cost_center": f"CC-{dice.between(100, 999)}"},
         "integration_fields": _integration_fields(dice, ident),
         "remote_url": f"https://ats.example.com/jobs/{remote_id(seed.number)}",
-        "opened_at": iso_ms(created) if status != "DRAFT" else None,
-        "closed_at": iso_ms(updated) if status in ("CLOSED", "ARCHIVED") else None,
-        "remote_created_at": iso_ms(created),
-        "remote_updated_at": iso_ms(updated),
+        "opened_at": format_timestamp_ms(created) if status != "DRAFT" else None,
+        "closed_at": format_timestamp_ms(updated) if status in ("CLOSED", "ARCHIVED") else None,
+        "remote_created_at": format_timestamp_ms(created),
+        "remote_updated_at": format_timestamp_ms(updated),
         "contact_id": None,
         "remote_data": {"/jobs": {"id": 10_000 + seed.number, "title": title}},
-        "changed_at": iso_ms(seed.changed_ms),
+        "changed_at": format_timestamp_ms(seed.changed_ms),
         "remote_deleted_at": None,
         "stages": [
             {
@@ -501,11 +504,11 @@ def update_job(record: Record, change: Change) -> Record:
     which = change.rng.choice(("name", "status", "weekly_hours"))
     if which == "name":
         name = f"{_changed(record['name'].split(' (')[0], JOB_TITLES, change.rng)} ({record['department']})"
-        return {"name": name, "remote_updated_at": iso_ms(change.now_ms)}
+        return {"name": name, "remote_updated_at": format_timestamp_ms(change.now_ms)}
     if which == "status":
         status = _changed(record["status"], JOB_STATUSES, change.rng)
-        closed = iso_ms(change.now_ms) if status in ("CLOSED", "ARCHIVED") else None
-        return {"status": status, "closed_at": closed, "remote_updated_at": iso_ms(change.now_ms)}
+        closed = format_timestamp_ms(change.now_ms) if status in ("CLOSED", "ARCHIVED") else None
+        return {"status": status, "closed_at": closed, "remote_updated_at": format_timestamp_ms(change.now_ms)}
     return {"weekly_hours": _changed(record["weekly_hours"], (40.0, 38.5, 30.0, 20.0), change.rng)}
 
 
@@ -577,8 +580,8 @@ def _employment(employee_id: str, salt: int, dice: Dice, changed_ms: int) -> dic
         "pay_frequency": "MONTHLY",
         "employment_type": "FULL_TIME",
         "pay_currency": "EUR",
-        "effective_date": iso_ms(changed_ms - dice.between(30, 700) * DAY_MS),
-        "changed_at": iso_ms(changed_ms),
+        "effective_date": format_timestamp_ms(changed_ms - dice.between(30, 700) * DAY_MS),
+        "changed_at": format_timestamp_ms(changed_ms),
         "remote_deleted_at": None,
         "remote_data": None,
         "custom_fields": None,
@@ -650,11 +653,11 @@ def generate_employee(seed: RecordSeed) -> Record:
                 "domestic_bank_routing": {"number": "10070000", "type": "DE_BANKLEITZAHL"},
             }
         ],
-        "date_of_birth": iso_ms(created - dice.between(20 * 365, 60 * 365) * DAY_MS),
-        "start_date": iso_ms(start_ms),
-        "termination_date": iso_ms(seed.changed_ms) if status == "INACTIVE" else None,
-        "remote_created_at": iso_ms(created),
-        "changed_at": iso_ms(seed.changed_ms),
+        "date_of_birth": format_timestamp_ms(created - dice.between(20 * 365, 60 * 365) * DAY_MS),
+        "start_date": format_timestamp_ms(start_ms),
+        "termination_date": format_timestamp_ms(seed.changed_ms) if status == "INACTIVE" else None,
+        "remote_created_at": format_timestamp_ms(created),
+        "changed_at": format_timestamp_ms(seed.changed_ms),
         "remote_deleted_at": None,
         "custom_fields": {"shirt_size": dice.pick(("S", "M", "L", "XL"))},
         "integration_fields": _integration_fields(dice, ident),
@@ -668,7 +671,7 @@ def generate_employee(seed: RecordSeed) -> Record:
                 "type_id": kombo_id(seed.salt, seed.integration, "absence_type", "vacation"),
                 "balance": float(dice.between(0, 30)),
                 "balance_unit": "DAYS",
-                "changed_at": iso_ms(seed.changed_ms),
+                "changed_at": format_timestamp_ms(seed.changed_ms),
                 "remote_deleted_at": None,
                 "used": float(dice.between(0, 10)),
                 "used_unit": "DAYS",
@@ -690,7 +693,7 @@ def generate_employee(seed: RecordSeed) -> Record:
             "name": WORK_LOCATIONS[location_index],
             "address": _address(dice),
             "type": "OFFICE" if location_index != 1 else "REMOTE",
-            "changed_at": iso_ms(created),
+            "changed_at": format_timestamp_ms(created),
             "remote_deleted_at": None,
             "remote_data": None,
         },
@@ -713,7 +716,7 @@ def change_employment(record: Record, change: Change) -> list[Any]:
     employments = [dict(e) for e in record["employments"]]
     employment = employments[change.rng.randrange(len(employments))]
     employment["pay_rate"] = float(employment["pay_rate"] or 0) + change.rng.randrange(1, 10) * 1000
-    employment["changed_at"] = iso_ms(change.now_ms)
+    employment["changed_at"] = format_timestamp_ms(change.now_ms)
     return employments
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.netaddr import bound_port
 from relay.simulator.api import Api, Interactions, error_response
 from relay.simulator.clock import http_date
 from relay.simulator.control import Control
@@ -103,7 +104,8 @@ class SimulatorServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.port = _bound_port(runner, self.port)
+        port = bound_port(runner)
+        self.port = self.port if port is None else port
         if self.webhooks is not None:
             await self.webhooks.start()
 
@@ -124,10 +126,3 @@ class SimulatorServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-
-def _bound_port(runner: web.AppRunner, requested: int) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return requested

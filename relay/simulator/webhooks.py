@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -41,6 +40,7 @@ import aiohttp
 import orjson
 
 from relay.simulator.model import Simulator
+from relay.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +234,7 @@ class WebhookSender:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         for sending in list(self._sending):
             sending.cancel()
         await asyncio.gather(*self._sending, return_exceptions=True)

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from relay.diff import parse_timestamp_ms
+from relay.timestamps import parse_timestamp_ms
 from tests.benchmarks.support import (
     RESOURCE,
     RelayProcess,

@@ -41,6 +41,7 @@ from relay.sink import KafkaSink, OutMessage
 from relay.source import Page, SourceClient
 from relay.state import Checkpoint, StateStore
 from tests.benchmarks.support import API_KEY, RESOURCE, SimulatorProcess, broker, log, median
+from tests.unit.support import apply_result
 
 INTEGRATION = "bench:profile"
 STAGES = ("parse", "fingerprint", "diff", "serialize", "produce")
@@ -87,7 +88,7 @@ def _pass(
             snapshot=True,
             emit_snapshot=False,
         )
-        diff.apply_result(silent.entities, silent.shapes, result)
+        apply_result(silent.entities, silent.shapes, result)
     seconds["fingerprint"] = clock() - started
 
     store = StateStore(6)

@@ -38,7 +38,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.diff import parse_timestamp_ms
+from relay.timestamps import parse_timestamp_ms
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -24,7 +24,8 @@ from relay.config import load_config
 from relay.metrics import Metrics
 from relay.simulator import Simulator, SimulatorServer
 from relay.sink import KafkaSink
-from relay.state import Checkpoint, StateStore, restore
+from relay.state import Checkpoint, StateStore
+from relay.state_topic import restore
 from tests.faults.oracle import Oracle
 from tests.integration.harness import Collector, collect
 

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from relay.diff import format_timestamp_ms
 from relay.errors import (
     AuthenticationError,
     CursorRejected,
@@ -19,6 +18,7 @@ from relay.errors import (
 from relay.metrics import Metrics
 from relay.simulator import FaultKind, Simulator, SimulatorServer
 from relay.source import RateLimitBudget, SourceClient
+from relay.timestamps import format_timestamp_ms
 from tests.integration.harness import relay_config
 
 ACME = "personio:acme"

@@ -18,7 +18,7 @@ import time
 import aiohttp
 
 from relay.simulator import Simulator, SimulatorServer
-from relay.simulator.clock import iso_ms
+from relay.timestamps import format_timestamp_ms as iso_ms
 
 ACME = "personio:acme"
 

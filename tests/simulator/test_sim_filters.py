@@ -9,7 +9,8 @@ import pytest
 from simkit import ACME, USERS, Client
 
 from relay.simulator import ManualClock, Simulator
-from relay.simulator.clock import iso_ms, parse_timestamp_ms, to_ms
+from relay.simulator.clock import parse_timestamp_ms, to_ms
+from relay.timestamps import format_timestamp_ms as iso_ms
 
 Serve = Callable[[Simulator], AbstractAsyncContextManager[Client]]
 

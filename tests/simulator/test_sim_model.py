@@ -9,8 +9,9 @@ import pytest
 from simkit import ACME, GLOBEX, USERS
 
 from relay.simulator import InvalidMutation, ManualClock, MutationKind, NotFound, Simulator, SimulatorError
-from relay.simulator.clock import iso_ms, to_ms
+from relay.simulator.clock import to_ms
 from relay.simulator.model import CHURN_WEIGHTS
+from relay.timestamps import format_timestamp_ms as iso_ms
 
 Eventually = Callable[..., Awaitable[None]]
 

@@ -1,12 +1,15 @@
-"""Helpers shared by the unit tests: a configuration that needs no server, and waiting on the event loop."""
+"""Helpers shared by the unit tests (and the benchmarks): a configuration that needs no server, waiting on the event
+loop, and remembering diff results the way the relay does once Kafka committed them."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
+from relay import diff
 from relay.config import Config, load_config
+from relay.errors import StateError
 
 # Nothing listens there: a test that reached Kafka by mistake fails at once instead of talking to a real broker.
 NO_KAFKA = "127.0.0.1:9"
@@ -33,3 +36,24 @@ async def wait_until(condition: Callable[[], bool], what: str = "condition", tim
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+def apply_result(
+    state: MutableMapping[str, bytes], shapes: diff.ShapeTable, result: diff.DiffResult | diff.VanishResult
+) -> None:
+    """Remember a result, once its events are committed: new shapes first, since the fingerprints refer to them."""
+    if isinstance(result, diff.DiffResult):
+        for new_id, names in result.new_shapes:
+            shapes.add_known(new_id, names)
+    state.update(result.delta)
+
+
+def check_fingerprint(fingerprint: bytes, shapes: diff.ShapeTable) -> None:
+    """Raise StateError unless ``fingerprint`` is readable with ``shapes`` (the layout of relay.diff's docstring)."""
+    header, flags_offset, known_flags = diff._HEADER.size, diff._FLAGS_OFFSET, diff._DELETED | diff._VANISHED
+    malformed = len(fingerprint) < header or fingerprint[flags_offset] & ~known_flags
+    if not malformed and diff.is_deleted(fingerprint):
+        malformed = len(fingerprint) != header or diff.shape_id(fingerprint) != 0
+    if malformed:
+        raise StateError(f"malformed fingerprint {fingerprint[:40]!r}")
+    diff.field_hashes(fingerprint, shapes)

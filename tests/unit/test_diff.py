@@ -15,8 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay import diff
-from relay.diff import Change, DiffResult, ShapeTable
+from relay.diff import DiffResult, ShapeTable
 from relay.errors import InvalidPage, StateError
+from relay.events import Change, event_id
+from relay.jsonenc import encode_json
+from relay.timestamps import format_timestamp_ms, parse_timestamp_ms
+from tests.unit.support import apply_result, check_fingerprint
 
 INTEGRATION = "acme"
 RESOURCE = "ats/users"
@@ -57,7 +61,7 @@ class Memory:
             snapshot=snapshot,
             emit_snapshot=emit_snapshot,
         )
-        diff.apply_result(self.state, self.shapes, result)
+        apply_result(self.state, self.shapes, result)
         return result
 
     def vanish(self, seen: Iterable[str], *, complete: bool = True, fraction: float = 1.0) -> diff.VanishResult:
@@ -69,7 +73,7 @@ class Memory:
             complete=complete,
             max_vanish_fraction=fraction,
         )
-        diff.apply_result(self.state, self.shapes, result)
+        apply_result(self.state, self.shapes, result)
         return result
 
 
@@ -95,7 +99,7 @@ def test_unseen_live_record_is_created() -> None:
         False,
         None,
     )
-    assert change.time_ms == diff.parse_timestamp_ms(T0)
+    assert change.time_ms == parse_timestamp_ms(T0)
     assert change.content_hash == diff.content_hash(memory.state["u1"])
     assert not diff.is_deleted(memory.state["u1"])
 
@@ -121,7 +125,7 @@ def test_changed_content_is_updated_with_changed_fields() -> None:
     assert change.kind == "updated"
     assert change.changed_fields == ("changed_at", "name")
     assert change.version == 2
-    assert change.time_ms == diff.parse_timestamp_ms(T1)
+    assert change.time_ms == parse_timestamp_ms(T1)
 
 
 def test_nested_only_change_without_changed_at_is_updated() -> None:
@@ -156,7 +160,7 @@ def test_newly_set_remote_deleted_at_is_deleted_at_that_time() -> None:
     memory.feed(record())
     change = only(memory.feed(record(at=T1, deleted_at=T2)))
     assert change.kind == "deleted"
-    assert change.time_ms == diff.parse_timestamp_ms(T2)
+    assert change.time_ms == parse_timestamp_ms(T2)
     assert change.changed_fields is None
     assert diff.is_deleted(memory.state["u1"])
 
@@ -236,7 +240,7 @@ def test_missing_changed_at_is_never_stale(first: str | None, second: str | None
     memory.feed(record(at=first))
     change = only(memory.feed(record(at=second, name="Grace")))
     assert change.kind == "updated"
-    assert change.time_ms == (None if second is None else diff.parse_timestamp_ms(second))
+    assert change.time_ms == (None if second is None else parse_timestamp_ms(second))
 
 
 # --------------------------------------------------------------------------------------------------- the page
@@ -364,7 +368,7 @@ def test_event_id_depends_on_every_part() -> None:
         ("acme", "ats/users", "u1", 1, "created", 43),
         ("acme:ats/users", "", "u1", 1, "created", 42),
     ]
-    assert len({diff.event_id(*base), *(diff.event_id(*v) for v in variants)}) == len(variants) + 1  # type: ignore[arg-type]
+    assert len({event_id(*base), *(event_id(*v) for v in variants)}) == len(variants) + 1  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------------- vanished
@@ -446,7 +450,7 @@ def test_fingerprint_layout() -> None:
     shapes = ShapeTable()
     shapes.add_known(3, ("a", "b"))
     assert diff.field_hashes(fp, shapes) == {"a": 1, "b": 2**16 - 1}
-    diff.check_fingerprint(fp, shapes)
+    check_fingerprint(fp, shapes)
 
 
 def test_fingerprint_without_changed_at() -> None:
@@ -462,7 +466,7 @@ def test_deleted_fingerprints_keep_the_header_only() -> None:
         assert len(fp) == 25
         assert diff.is_deleted(fp)
         assert diff.field_hashes(fp, memory.shapes) == {}
-        diff.check_fingerprint(fp, memory.shapes)
+        check_fingerprint(fp, memory.shapes)
     with pytest.raises(ValueError, match="no shape"):
         diff.make_fingerprint(b"\0" * 8, changed_at_ms=None, version=0, deleted=True, field_hashes=[1])
 
@@ -488,7 +492,7 @@ def test_check_fingerprint_rejects_garbage(bad: bytes) -> None:
     shapes = ShapeTable()
     shapes.add_known(0, ())
     with pytest.raises(StateError):
-        diff.check_fingerprint(bad, shapes)
+        check_fingerprint(bad, shapes)
 
 
 def test_fingerprint_of_unknown_shape_is_a_state_error() -> None:
@@ -516,7 +520,7 @@ def test_shape_table_entries_restore_one_by_one() -> None:
     for shape_id, names in memory.shapes.shape_records():
         restored.add_known(shape_id, list(names))
     for fp in memory.state.values():
-        diff.check_fingerprint(fp, restored)
+        check_fingerprint(fp, restored)
 
 
 def test_add_known_is_idempotent_and_refuses_conflicts() -> None:
@@ -545,113 +549,6 @@ def test_shape_table_from_garbage_is_a_state_error(data: bytes) -> None:
         ShapeTable.from_bytes(data)
 
 
-# -------------------------------------------------------------------------------------------------- timestamps
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("1970-01-01T00:00:00Z", 0),
-        ("2024-01-02T03:04:05.678Z", 1_704_164_645_678),
-        ("2024-01-02T03:04:05.678+00:00", 1_704_164_645_678),
-        ("2024-01-02T05:04:05.678+02:00", 1_704_164_645_678),
-        ("2024-01-02T00:04:05.678-0300", 1_704_164_645_678),
-        ("2024-01-02t03:04:05.678z", 1_704_164_645_678),
-        ("2024-01-02T03:04:05Z", 1_704_164_645_000),
-        ("2024-01-02T03:04:05.6789999Z", 1_704_164_645_678),  # truncated, never rounded up
-        ("2024-01-02T03:04:05.6Z", 1_704_164_645_600),
-        ("2016-12-31T23:59:60Z", 1_483_228_800_000),  # a leap second is the next minute's first instant
-        ("1969-12-31T23:59:59.999Z", -1),
-        ("0001-01-01T00:00:00Z", -62_135_596_800_000),
-    ],
-)
-def test_parse_timestamp_ms(text: str, expected: int) -> None:
-    assert diff.parse_timestamp_ms(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        "garbage",
-        "2024-01-02",
-        "2024-01-02T03:04:05",  # no timezone: ambiguous
-        "2024-01-02T03:04:05.Z",
-        "2024-02-30T00:00:00Z",
-        "2024-01-02T24:00:00Z",
-        "2024-01-02T03:60:00Z",
-        "2024-01-02T03:04:05+24:00",
-        "0000-01-01T00:00:00Z",
-        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
-        "\uff12\uff10\uff12\uff14-01-02T03:04:05Z",  # full-width digits
-        " 2024-01-02T03:04:05Z",
-        "2024-01-02T03:04:05Z\n",
-    ],
-)
-def test_parse_timestamp_ms_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match=r"timestamp|range|date|day|month|year"):
-        diff.parse_timestamp_ms(text)
-
-
-@given(
-    st.integers(diff.parse_timestamp_ms("0001-01-01T00:00:00Z"), diff.parse_timestamp_ms("9999-12-31T23:59:59.999Z"))
-)
-def test_format_and_parse_are_inverse(epoch_ms: int) -> None:
-    assert diff.parse_timestamp_ms(diff.format_timestamp_ms(epoch_ms)) == epoch_ms
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "2016-12-31T23:59:60.000Z",  # a leap second: fromisoformat refuses it, the general path takes it
-        "2024-01-02T03:04:05.+00Z",  # fromisoformat would read "+00" as a timezone
-        "2024-02-30T00:00:00.000Z",
-        "2024-01-02T24:00:00.000Z",
-        "2024-01-0٣T03:04:05.678Z",  # an Arabic-Indic digit
-        "2024-01-02T03:04:05.67aZ",
-    ],
-)
-def test_the_fast_timestamp_path_accepts_what_the_pattern_accepts(text: str) -> None:
-    """``...SS.mmmZ`` takes a fast path; it must agree with the general one (reached here through a lower-case z)."""
-    try:
-        expected: int | str = diff.parse_timestamp_ms(text[:-1] + "z")
-    except ValueError:
-        expected = "refused"
-    try:
-        fast: int | str = diff.parse_timestamp_ms(text)
-    except ValueError:
-        fast = "refused"
-    assert fast == expected
-
-
-@st.composite
-def timestamp_texts(draw: st.DrawFn) -> str:
-    """Texts near the RFC 3339 forms: any fraction length, offsets, lower-case separators, leap seconds."""
-    day = f"{draw(st.integers(1, 9999)):04d}-{draw(st.integers(1, 12)):02d}-{draw(st.integers(1, 31)):02d}"
-    clock = ":".join(f"{draw(st.integers(0, limit)):02d}" for limit in (24, 59, 60))
-    fraction = draw(st.sampled_from(["", "."])) + draw(st.text("0123456789", max_size=6))
-    zone = draw(st.sampled_from(["Z", "z", "+00:00", "-01:30", "+23:59", ""]))
-    return day + draw(st.sampled_from("Tt")) + clock + fraction + zone
-
-
-@given(timestamp_texts())
-def test_a_source_time_is_reused_only_when_it_is_the_event_form(text: str) -> None:
-    try:
-        epoch_ms = diff.parse_timestamp_ms(text)
-    except ValueError:
-        return
-    reused = diff._event_time_text(text)
-    assert reused is None or reused == diff.format_timestamp_ms(epoch_ms) == text
-
-
-@given(
-    st.integers(diff.parse_timestamp_ms("0001-01-01T00:00:00Z"), diff.parse_timestamp_ms("9999-12-31T23:59:59.999Z"))
-)
-def test_every_formatted_time_is_reused(epoch_ms: int) -> None:
-    text = diff.format_timestamp_ms(epoch_ms)
-    assert diff._event_time_text(text) == text
-
-
 @given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
 def test_narrowing_a_wide_fingerprint_keeps_the_low_16_bits_of_each_hash(first: int, second: int) -> None:
     header = diff.make_fingerprint(b"\1" * 8, changed_at_ms=5, version=2, shape_id=3, deleted=False)
@@ -674,12 +571,12 @@ def test_field_hashes_are_16_bits_of_the_crc32() -> None:
 
 # ------------------------------------------------------------------------------------------------- properties
 
-BASE_MS = diff.parse_timestamp_ms("2024-06-01T00:00:00Z")
+BASE_MS = parse_timestamp_ms("2024-06-01T00:00:00Z")
 OPERATIONS = ("update", "nested", "toggle_field", "delete", "restore", "restore_same", "refetch", "stale", "unread")
 
 
 def at(tick: int) -> str:
-    return diff.format_timestamp_ms(BASE_MS + tick * 1000)
+    return format_timestamp_ms(BASE_MS + tick * 1000)
 
 
 @st.composite
@@ -820,8 +717,8 @@ def test_changed_fields_are_exactly_the_fields_that_differ(before: dict[str, Any
     memory = Memory()
     memory.feed(as_record(before))
     result = memory.feed(as_record(after))
-    encoded_before = {k: diff.encode_json(v, sort_keys=True) for k, v in as_record(before).items()}
-    encoded_after = {k: diff.encode_json(v, sort_keys=True) for k, v in as_record(after).items()}
+    encoded_before = {k: encode_json(v, sort_keys=True) for k, v in as_record(before).items()}
+    encoded_after = {k: encode_json(v, sort_keys=True) for k, v in as_record(after).items()}
     differing = sorted(
         k for k in encoded_before.keys() | encoded_after.keys() if encoded_before.get(k) != encoded_after.get(k)
     )

@@ -13,13 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay import diff
-from relay.diff import Change, ShapeTable
+from relay.diff import ShapeTable
 from relay.errors import InvalidPage
-from relay.events import KafkaMessage, event_source, event_type, kafka_key, to_kafka_message
+from relay.events import Change, KafkaMessage, event_source, event_type, kafka_key, to_kafka_message
+from relay.jsonenc import encode_json
+from relay.kinds import ChangeKind
+from relay.timestamps import format_timestamp_ms, parse_timestamp_ms
+from tests.unit.support import apply_result
 
 INTEGRATION = "acme"
 RESOURCE = "ats/users"
-DETECTED_AT_MS = diff.parse_timestamp_ms("2024-05-05T05:05:05.555Z")
+DETECTED_AT_MS = parse_timestamp_ms("2024-05-05T05:05:05.555Z")
 CHANGED_AT = "2024-01-02T03:04:05.678Z"
 DELETED_AT = "2024-02-03T04:05:06.789Z"
 
@@ -56,7 +60,7 @@ def changes_for(*pages: list[dict[str, Any]], integration: str = INTEGRATION, re
     changes: list[Change] = []
     for page in pages:
         result = diff.diff_page(state, shapes, page, integration=integration, resource=resource, snapshot=False)
-        diff.apply_result(state, shapes, result)
+        apply_result(state, shapes, result)
         changes.extend(result.changes)
     return changes
 
@@ -83,7 +87,7 @@ def lifecycle() -> list[Change]:
 def vanished_change() -> Change:
     state: dict[str, bytes] = {}
     shapes = ShapeTable()
-    diff.apply_result(
+    apply_result(
         state,
         shapes,
         diff.diff_page(state, shapes, [record()], integration=INTEGRATION, resource=RESOURCE, snapshot=False),
@@ -103,7 +107,7 @@ def assert_valid_cloudevent(event: dict[str, Any]) -> None:
         assert event[attribute]
     assert URI_REFERENCE.fullmatch(event["source"])
     assert event["time"].endswith("Z")
-    diff.parse_timestamp_ms(event["time"])
+    parse_timestamp_ms(event["time"])
     assert event["datacontenttype"] == "application/json"
     assert set(event["data"]) == DATA_FIELDS
 
@@ -183,7 +187,7 @@ def test_snapshot_flag_is_carried() -> None:
         ("ats/application-stages", "deleted", "ats.application-stages.deleted"),
     ],
 )
-def test_event_type(resource: str, kind: diff.ChangeKind, expected: str) -> None:
+def test_event_type(resource: str, kind: ChangeKind, expected: str) -> None:
     assert event_type(resource, kind) == expected
 
 
@@ -308,7 +312,7 @@ def event_object(change: Change, integration: str, resource: str) -> dict[str, A
         "source": event_source(integration, resource),
         "type": event_type(resource, change.kind),
         "subject": change.entity_id,
-        "time": change.time_text or diff.format_timestamp_ms(time_ms),
+        "time": change.time_text or format_timestamp_ms(time_ms),
         "datacontenttype": "application/json",
         "data": {
             "integration_id": integration,
@@ -317,11 +321,9 @@ def event_object(change: Change, integration: str, resource: str) -> dict[str, A
             # Pre-encoded like the record: an integer beyond 64 bits is encoded exactly (see test above), which orjson
             # alone refuses and the standard library's fallback cannot do around a Fragment.
             "remote_id": orjson.Fragment(
-                diff.encode_json(None if change.record is None else change.record.get("remote_id"))
+                encode_json(None if change.record is None else change.record.get("remote_id"))
             ),
-            "record": orjson.Fragment(
-                diff.encode_json(change.record) if change.record_json is None else change.record_json
-            ),
+            "record": orjson.Fragment(encode_json(change.record) if change.record_json is None else change.record_json),
             "changed_fields": change.changed_fields,
             "snapshot": change.snapshot,
             "restored": change.restored,

@@ -8,13 +8,9 @@ import pytest
 
 from relay import diff
 from relay.errors import StateError
-from relay.state import (
-    FINGERPRINT_FORMAT,
-    WIDE_FINGERPRINT_FORMAT,
-    Checkpoint,
-    StateStore,
-    check_partition_count,
-)
+from relay.state import Checkpoint, StateStore
+from relay.state_records import FINGERPRINT_FORMAT, WIDE_FINGERPRINT_FORMAT
+from relay.state_topic import check_partition_count, check_placement
 
 ACME = "personio:acme"
 USERS = "ats/users"
@@ -91,7 +87,7 @@ def test_restore_records_names_the_integrations_it_read() -> None:
 def test_records_in_their_integrations_partition_pass_the_placement_check() -> None:
     store = StateStore(2)
     (record,) = store.records_for(ACME, USERS, delta={"u1": live(1, [1])}, new_shapes=(), checkpoint=None)
-    store.check_placement("relay-state", 2, record.partition, {ACME})
+    check_placement(store, "relay-state", 2, record.partition, {ACME})
 
 
 def test_state_placed_by_another_partition_count_is_refused_with_the_counts_that_fit() -> None:
@@ -100,7 +96,7 @@ def test_state_placed_by_another_partition_count_is_refused_with_the_counts_that
     assert written_with_two == 1
     reader = StateStore(1)
     with pytest.raises(StateError) as raised:
-        reader.check_placement("relay-state", 2, written_with_two, {ACME})
+        check_placement(reader, "relay-state", 2, written_with_two, {ACME})
     message = str(raised.value)
     assert "'personio:acme' is in partition 1 of the state topic 'relay-state'" in message
     assert "RELAY_STATE_TOPIC_PARTITIONS=1 places it in partition 0" in message

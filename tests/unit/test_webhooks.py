@@ -17,13 +17,13 @@ import pytest
 from aiohttp import web
 
 from relay.config import MASK, Config, ConfigError, Secret, load_config
-from relay.metrics import WEBHOOK_OUTCOMES, WEBHOOK_TYPES, Metrics
+from relay.metrics import Metrics
 from relay.scheduler import Scheduler
 from relay.simulator import webhooks as sim_webhooks
 from relay.web import Heartbeat, build_app
+from relay.webhook_labels import HANDLED_TYPES, WEBHOOK_OUTCOMES, WEBHOOK_TYPES
 from relay.webhooks import (
     DEFAULT_MODEL_MAP,
-    HANDLED_TYPES,
     OTHER_KOMBO_TYPES,
     SIGNATURE_HEADER,
     DataChanged,

@@ -1,0 +1,37 @@
+"""The label values of ``relay_webhooks_received_total``: the webhook types and the outcomes it counts.
+
+What belongs here: those two closed lists and what each value means, nothing else. relay.metrics pre-initialises
+the series from them and relay.webhooks labels every webhook with them; both import this leaf, so the lists have
+one home.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# The Kombo webhook types the relay acts on.
+HANDLED_TYPES: Final = ("data-changed", "sync-finished", "integration-state-changed", "integration-deleted")
+
+# Types: the handled ones, ``other`` for a Kombo type the relay ignores, ``unknown`` when unsigned, too large,
+# unparseable or undocumented.
+WEBHOOK_TYPES: Final = (*HANDLED_TYPES, "other", "unknown")
+
+# Outcomes:
+#   accepted             acted on: polls triggered, or an integration paused / resumed
+#   duplicate            the same id was acted on within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS
+#   unknown_integration  not an integration this relay polls (202)
+#   paused               the integration is paused (it followed integration-state-changed / integration-deleted)
+#   ignored              nothing to do: no configured resource affected, a type the relay ignores, state-following off
+#   invalid              400: malformed JSON or an unknown shape
+#   unauthorized         401: missing or wrong signature
+#   too_large            413: body over RELAY_KOMBO_WEBHOOK_MAX_BODY_BYTES
+WEBHOOK_OUTCOMES: Final = (
+    "accepted",
+    "duplicate",
+    "unknown_integration",
+    "paused",
+    "ignored",
+    "invalid",
+    "unauthorized",
+    "too_large",
+)
