@@ -30,12 +30,15 @@ from relay.errors import AuthenticationError, Fenced, KafkaAuthorizationFailed, 
 from relay.heap import HeapTrimmer, malloc_trim
 from relay.logs import configure_logging
 from relay.metrics import Metrics
+from relay.netaddr import bound_port
 from relay.pipeline import Pipeline
 from relay.reload_gate import ReloadGate
 from relay.scheduler import Scheduler
 from relay.sink import KafkaSink
 from relay.source import SourceClient
-from relay.state import StateStore, restore
+from relay.state import StateStore
+from relay.state_topic import restore
+from relay.tasks import cancel_and_wait
 from relay.web import Heartbeat, build_app
 from relay.webhooks import WebhookReceiver, WebhookSettings, make_handler
 
@@ -137,7 +140,7 @@ class Relay:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
         await site.start()
-        self.http_port = _bound_port(site) or self.config.http_port
+        self.http_port = bound_port(self._runner) or self.config.http_port
         log.info("http server listening", extra={"host": self.config.http_host, "port": self.http_port})
 
     async def connect_kafka(self) -> bool:
@@ -257,23 +260,13 @@ class Relay:
             await asyncio.wait_for(self._stop_requested.wait(), delay)
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+        await cancel_and_wait(self._probe)
         await self.sink.stop()
         await self.source.close()
         await self.heartbeat.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-
-def _bound_port(site: web.TCPSite) -> int | None:
-    """The port the site really listens on (RELAY_HTTP_PORT=0 asks for any free port, as the tests do)."""
-    server = site._server
-    sockets = getattr(server, "sockets", None) or ()
-    return int(sockets[0].getsockname()[1]) if sockets else None
 
 
 async def serve(config: Config) -> int:

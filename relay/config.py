@@ -35,6 +35,7 @@ from relay.config_kinds import (
     shown,
 )
 from relay.errors import ConfigError
+from relay.kinds import CHANGE_KINDS, ChangeKind
 from relay.secret import MASK, Secret
 from relay.settings import (
     ENV_PREFIX,
@@ -77,9 +78,8 @@ LogFormat = Literal["json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
-EventType = Literal["created", "updated", "deleted"]
-
-EVENT_TYPES: Final[tuple[EventType, ...]] = get_args(EventType)
+EventType = ChangeKind
+EVENT_TYPES: Final[tuple[EventType, ...]] = CHANGE_KINDS
 CONFIG_FILE_ENV: Final = "RELAY_CONFIG_FILE"
 
 

@@ -14,18 +14,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from relay import __version__
 from relay.kinds import CHANGE_KINDS
+from relay.verdicts import VERDICTS
 from relay.webhook_labels import WEBHOOK_OUTCOMES, WEBHOOK_TYPES
 
-POLL_OUTCOMES = (
-    "success",
-    "source_error",
-    "integration_error",
-    "invalid_page",
-    "kafka_error",
-    "cursor_rejected",
-    "record_too_large",
-    "internal_error",
-)
+# A poll succeeds, restarts after its cursor was rejected, or ends as its error's verdict says.
+POLL_OUTCOMES = ("success", "cursor_rejected", *dict.fromkeys(verdict.outcome for _, verdict in VERDICTS))
 POLL_KINDS = ("snapshot", "incremental", "reconcile")
 EVENT_TYPES: tuple[str, ...] = CHANGE_KINDS
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")

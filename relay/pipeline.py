@@ -25,7 +25,6 @@ into memory. If the source rejects a saved cursor the poll restarts from the wat
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
@@ -42,7 +41,9 @@ from relay.metrics import Metrics
 from relay.pending import Prepared, Unapplied, events_by_kind
 from relay.sink import KafkaSink, OutMessage
 from relay.source import Page, SourceClient
-from relay.state import Checkpoint, InProgress, PollKind, StateStore, complete_poll
+from relay.state import Checkpoint, InProgress, PollKind, StateStore
+from relay.tasks import retrieve
+from relay.timestamps import format_timestamp_ms
 from relay.verdicts import verdict_on
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ class Pipeline:
     def updated_after(self, kind: PollKind, checkpoint: Checkpoint) -> str | None:
         if kind != "incremental" or checkpoint.watermark_ms is None:
             return None
-        return iso_ms(max(0, checkpoint.watermark_ms - int(self.config.overlap_seconds * 1000)))
+        return format_timestamp_ms(max(0, checkpoint.watermark_ms - int(self.config.overlap_seconds * 1000)))
 
     def may_defer(self, pair_key: tuple[str, str]) -> bool:
         """Whether an unchanged page's checkpoint may stay unpersisted (for at most CHECKPOINT_DEFER_SECONDS)."""
@@ -279,7 +280,7 @@ class PairPoll:
         finally:
             if self._prefetched is not None:  # stopped, or a page failed: the next one is not wanted
                 self._prefetched.cancel()
-                self._prefetched.add_done_callback(_retrieve)
+                self._prefetched.add_done_callback(retrieve)
 
     async def _next_page(self) -> Page | None:
         """The next page: fetched now (the first), or the one prefetched; None if the relay began to stop first."""
@@ -336,7 +337,7 @@ class PairPoll:
         overlap with, so it commits in this task."""
         assert self._started_at_ms is not None
         await self._apply_committed(wait_all=True)
-        checkpoint = complete_poll(self._checkpoint(), kind=self.kind, started_at_ms=self._started_at_ms)
+        checkpoint = self._checkpoint().completed(kind=self.kind, started_at_ms=self._started_at_ms)
         prepared = await self._prepare(page, checkpoint)
         messages = self._messages_to_commit(prepared, self._seen)
         if messages is not None:
@@ -496,7 +497,7 @@ class PairPoll:
         for _, committing in self._in_flight:
             if committing is not None:
                 committing.cancel()
-                committing.add_done_callback(_retrieve)
+                committing.add_done_callback(retrieve)
         self._in_flight.clear()
 
     def _apply(self, prepared: Prepared, *, committed: bool) -> None:
@@ -529,21 +530,3 @@ class PairPoll:
         self.outcome.records += prepared.records
         self.outcome.events += events
         self._published(events)
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """Mark a discarded task's outcome as seen, so asyncio does not log "exception was never retrieved"."""
-    if not task.cancelled():
-        task.exception()
-
-
-def iso_ms(epoch_ms: int) -> str:
-    """Kombo's timestamp format: ``2024-01-02T03:04:05.678Z``."""
-    seconds, millis = divmod(epoch_ms, 1000)
-    return f"{_iso_seconds(seconds)}.{millis:03d}Z"
-
-
-# Watermarks are the source's Date header, to the second, and the pairs polled in the same second share one.
-@functools.lru_cache(maxsize=256)
-def _iso_seconds(epoch_seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_seconds))

@@ -76,11 +76,6 @@ class Checkpoint:
         )
 
 
-def complete_poll(checkpoint: Checkpoint, *, kind: PollKind, started_at_ms: int) -> Checkpoint:
-    """The checkpoint after the last page of a poll committed: :meth:`Checkpoint.completed`."""
-    return checkpoint.completed(kind=kind, started_at_ms=started_at_ms)
-
-
 @dataclass(slots=True)
 class PairState:
     entities: dict[str, bytes] = field(default_factory=dict)
@@ -214,10 +209,6 @@ def _liveness(fingerprint: bytes | None) -> int:
     return 0 if fingerprint is None or is_deleted(fingerprint) else 1
 
 
-# Until relay.app imports it from relay.state_topic, where it now lives. (relay.state_topic imports this module for
-# type checking only, so this is no import cycle.)
-from relay.state_topic import restore  # noqa: E402
-
 __all__ = [
     "Checkpoint",
     "InProgress",
@@ -225,6 +216,4 @@ __all__ = [
     "PollKind",
     "StateRecord",
     "StateStore",
-    "complete_poll",
-    "restore",
 ]

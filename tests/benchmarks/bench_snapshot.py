@@ -41,7 +41,7 @@ from relay import diff
 from relay.events import to_kafka_message
 from relay.partitioning import partitions_for_keys
 from relay.sink import MAX_TRANSACTION_MESSAGES
-from relay.state import Checkpoint, InProgress, StateStore, complete_poll
+from relay.state import Checkpoint, InProgress, StateStore
 from tests.benchmarks.support import (
     API_KEY,
     RESOURCE,
@@ -186,7 +186,7 @@ async def prepare_messages(url: str, integration: str) -> list[list[OutTuple]]:
             messages.append((0, None, message.key, message.value, message.headers))
         last = number == len(pages) - 1
         checkpoint = (
-            complete_poll(pair.checkpoint, kind="snapshot", started_at_ms=int(time.time() * 1000))
+            pair.checkpoint.completed(kind="snapshot", started_at_ms=int(time.time() * 1000))
             if last
             else Checkpoint(in_progress=InProgress("snapshot", "c" * 40, None, 0, number + 1))
         )
