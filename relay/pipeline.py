@@ -32,14 +32,13 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
-from relay import diff
 from relay.config import Config
 from relay.errors import CursorRejected, InvalidPage, SinkError
-from relay.events import to_kafka_message
 from relay.heap import HeapTrimmer
 from relay.metrics import Metrics
-from relay.pending import Prepared, Unapplied, events_by_kind
-from relay.sink import KafkaSink, OutMessage
+from relay.pages import DeferredCheckpoints, PageMaker
+from relay.pending import Prepared, Unapplied
+from relay.sink import KafkaSink
 from relay.source import Page, SourceClient
 from relay.state import Checkpoint, InProgress, PollKind, StateStore
 from relay.tasks import retrieve
@@ -48,11 +47,6 @@ from relay.verdicts import verdict_on
 
 log = logging.getLogger(__name__)
 
-# An incremental page that changed nothing commits no transaction: its checkpoint (the watermark moved) stays in
-# memory until the pair's next transaction, or until it has waited this long.
-CHECKPOINT_DEFER_SECONDS = 300.0
-# Records diffed, and events serialized, between two yields to the event loop while the previous page commits.
-PREPARE_SLICE = 50
 # Pages of one pair sent to the sink and not yet committed: enough for the sink to group several pages per
 # transaction while the source keeps sending, few enough to bound what a poll holds in memory (their messages).
 MAX_PAGES_IN_FLIGHT = 4
@@ -97,8 +91,7 @@ class Pipeline:
         self._heap = heap
         self.stopping = asyncio.Event()
         self._stopped: asyncio.Future[None] | None = None  # the same, as a future to wait on with others
-        # Pairs whose checkpoint in memory is ahead of the state topic (see CHECKPOINT_DEFER_SECONDS): since when.
-        self._deferred_since: dict[tuple[str, str], float] = {}
+        self.deferred = DeferredCheckpoints()  # they outlive a poll
 
     def stop(self) -> None:
         """Let the polls in progress end at their next page: what committed says where the next run resumes."""
@@ -195,15 +188,6 @@ class Pipeline:
             return None
         return format_timestamp_ms(max(0, checkpoint.watermark_ms - int(self.config.overlap_seconds * 1000)))
 
-    def may_defer(self, pair_key: tuple[str, str]) -> bool:
-        """Whether an unchanged page's checkpoint may stay unpersisted (for at most CHECKPOINT_DEFER_SECONDS)."""
-        now = time.monotonic()
-        return now - self._deferred_since.setdefault(pair_key, now) < CHECKPOINT_DEFER_SECONDS
-
-    def persisted(self, pair_key: tuple[str, str]) -> None:
-        """The pair's checkpoint in memory is in the state topic again."""
-        self._deferred_since.pop(pair_key, None)
-
 
 class PairPoll:
     """One poll of one pair, from its checkpoint to its last page.
@@ -245,6 +229,16 @@ class PairPoll:
         self._prefetched: asyncio.Task[Page] | None = None
         self._in_flight: deque[tuple[Prepared, asyncio.Task[None] | None]] = deque()
         self._unapplied = Unapplied()
+        self._pages = PageMaker(
+            pipeline.config,
+            pipeline.store,
+            pipeline.metrics,
+            pipeline.clock,
+            pipeline.deferred,
+            integration=integration,
+            resource=resource,
+            kind=kind,
+        )
 
     # ------------------------------------------------------------------------------------------- the page loop
 
@@ -338,8 +332,8 @@ class PairPoll:
         assert self._started_at_ms is not None
         await self._apply_committed(wait_all=True)
         checkpoint = self._checkpoint().completed(kind=self.kind, started_at_ms=self._started_at_ms)
-        prepared = await self._prepare(page, checkpoint)
-        messages = self._messages_to_commit(prepared, self._seen)
+        prepared = await self._pages.prepare(page, checkpoint, self._unapplied)
+        messages = self._pages.messages_to_commit(prepared, self._seen)
         if messages is not None:
             await self._pipeline.sink.commit(messages)
         self._apply(prepared, committed=messages is not None)
@@ -349,9 +343,11 @@ class PairPoll:
         """Prepare a page that has more after it and hand it to the sink, leaving its commit in flight."""
         assert self._started_at_ms is not None
         in_progress = InProgress(self.kind, next_cursor, self._updated_after, self._started_at_ms, self._page_number)
-        prepared = await self._prepare(page, replace(self._checkpoint(), in_progress=in_progress))
+        prepared = await self._pages.prepare(
+            page, replace(self._checkpoint(), in_progress=in_progress), self._unapplied
+        )
         await self._apply_committed(wait_all=False, room_for_one=True)
-        messages = self._messages_to_commit(prepared, None)
+        messages = self._pages.messages_to_commit(prepared, None)
         committing = None if messages is None else asyncio.create_task(self._pipeline.sink.commit(messages))
         self._in_flight.append((prepared, committing))
         self._unapplied.add(prepared)
@@ -364,113 +360,6 @@ class PairPoll:
         return self._store.pair(self.integration, self.resource).checkpoint
 
     # ------------------------------------------------------------------------------------------- one page
-
-    async def _prepare(self, page: Page, checkpoint: Checkpoint) -> Prepared:
-        """Diff a page and serialize its events, against memory as it will be once the earlier pages still
-        committing are applied (their fingerprints and shapes)."""
-        pair = self._store.pair(self.integration, self.resource)
-        page_diff = diff.PageDiff(
-            self._unapplied.entities_over(pair.entities),
-            self._unapplied.shapes_over(pair.shapes),
-            integration=self.integration,
-            resource=self.resource,
-            snapshot=self.kind == "snapshot",
-            emit_snapshot=self._pipeline.config.initial_snapshot == "emit",
-        )
-        # Diffed and serialized in slices, yielding in between: a page's work holds the event loop long enough to
-        # matter, and the previous page's transaction needs the loop for each of its round trips to Kafka.
-        records = page.records
-        for start in range(0, len(records), PREPARE_SLICE):
-            if start:
-                await asyncio.sleep(0)
-            page_diff.feed(records[start : start + PREPARE_SLICE])
-        result = page_diff.result()
-        changes = list(result.changes)
-        now_ms = int(self._pipeline.clock() * 1000)
-        messages: list[OutMessage] = []
-        for start in range(0, len(changes), PREPARE_SLICE):
-            await asyncio.sleep(0)
-            messages.extend(self._event_messages(changes[start : start + PREPARE_SLICE], now_ms))
-        # Only what the commit and the counters need is kept: the records and changes go now, not once the page has
-        # committed, which holds several pages in flight to their messages.
-        return Prepared(
-            self.kind,
-            len(records),
-            checkpoint,
-            result.suppressed_by_reason(),
-            events_by_kind(changes),
-            dict(result.delta),
-            list(result.new_shapes),
-            messages,
-        )
-
-    def _messages_to_commit(self, prepared: Prepared, reconcile_seen: set[str] | None) -> list[OutMessage] | None:
-        """What a prepared page commits: its events and state records (and, given the ids a reconciliation saw, the
-        vanished entities after its last page); None when it needs no transaction at all."""
-        if reconcile_seen is not None:
-            self._add_vanished(prepared, reconcile_seen)
-        pair_key = (self.integration, self.resource)
-        if prepared.kind == "incremental" and prepared.changes_nothing and self._pipeline.may_defer(pair_key):
-            # Nothing changed: no transaction. Only the watermark moved; it is kept in memory and persisted with the
-            # pair's next transaction, or within CHECKPOINT_DEFER_SECONDS. A persisted watermark that lags is safe:
-            # after a restart the pair re-fetches a little more, and the diff drops what it already announced.
-            return None
-        state_records = self._store.records_for(
-            self.integration,
-            self.resource,
-            delta=prepared.delta,
-            new_shapes=prepared.new_shapes,
-            checkpoint=prepared.checkpoint,
-        )
-        state_topic = self._pipeline.config.state_topic
-        prepared.messages.extend(OutMessage(state_topic, r.key, r.value, partition=r.partition) for r in state_records)
-        return prepared.messages
-
-    def _add_vanished(self, prepared: Prepared, seen: set[str]) -> None:
-        entities = self._store.pair(self.integration, self.resource).entities
-        merged = {**entities, **prepared.delta} if prepared.delta else entities
-        result = diff.find_vanished(
-            merged,
-            seen,
-            integration=self.integration,
-            resource=self.resource,
-            complete=True,
-            max_vanish_fraction=self._pipeline.config.reconcile_max_vanish_fraction,
-        )
-        if result.refused is not None:
-            self._pipeline.metrics.vanish_refused.labels(self.resource, result.refused).inc()
-            log.warning(
-                "reconciliation refused to emit vanish-deletes",
-                extra={
-                    "integration": self.integration,
-                    "resource": self.resource,
-                    "reason": result.refused,
-                    "would_vanish": result.would_vanish,
-                },
-            )
-            return
-        changes = list(result.changes)
-        prepared.count_events(changes)
-        prepared.delta.update(result.delta)
-        prepared.messages.extend(self._event_messages(changes, int(self._pipeline.clock() * 1000)))
-
-    def _event_messages(self, changes: list[diff.Change], now_ms: int) -> list[OutMessage]:
-        config = self._pipeline.config
-        messages: list[OutMessage] = []
-        topics: dict[str, str] = {}
-        tombstones = config.emit_tombstones
-        integration, resource = self.integration, self.resource
-        for change in changes:
-            message = to_kafka_message(change, integration=integration, resource=resource, detected_at_ms=now_ms)
-            topic = topics.get(change.kind)
-            if topic is None:
-                topic = topics[change.kind] = config.topic_for(resource, change.kind)
-            messages.append(OutMessage(topic, message.key, message.value, message.headers))
-            if tombstones and change.kind == "deleted":
-                messages.append(OutMessage(topic, message.key, None))
-        return messages
-
-    # ------------------------------------------------------------------------------------------- remembering
 
     async def _apply_committed(self, *, wait_all: bool, room_for_one: bool = False) -> None:
         """Apply the pages in flight that committed, oldest first: all of them (``wait_all``), or those done already
@@ -501,31 +390,7 @@ class PairPoll:
         self._in_flight.clear()
 
     def _apply(self, prepared: Prepared, *, committed: bool) -> None:
-        """Remember a page once its transaction committed (or, ``committed`` False, once it needed none)."""
-        integration, resource = self.integration, self.resource
-        metrics = self._pipeline.metrics
-        if committed:
-            pair = self._store.pair(integration, resource)
-            self._pipeline.persisted((integration, resource))
-            added = sum(1 for entity_id in prepared.delta if entity_id not in pair.entities)
-            self._store.apply(
-                integration,
-                resource,
-                delta=prepared.delta,
-                new_shapes=prepared.new_shapes,
-                checkpoint=prepared.checkpoint,
-            )
-            if added:
-                metrics.entities.labels(resource).inc(added)
-        else:
-            self._store.set_checkpoint(integration, resource, prepared.checkpoint)
-        series = metrics.for_resource(resource)
-        for change_kind, count in prepared.events_by_kind.items():
-            series.events_published[change_kind].inc(count)
-        for reason, count in prepared.suppressed_by_reason.items():
-            if count:
-                series.events_suppressed[reason].inc(count)
-        events = sum(prepared.events_by_kind.values())
+        events = self._pages.remember(prepared, committed=committed)
         self.outcome.pages += 1
         self.outcome.records += prepared.records
         self.outcome.events += events
