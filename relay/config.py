@@ -198,6 +198,7 @@ class Config:
     source_backoff_initial_seconds: float
     source_backoff_max_seconds: float
     source_ratelimit_min_remaining: int
+    source_max_response_bytes: int
     integration_backoff_max_seconds: float
     # Polling
     poll_interval_seconds: float
@@ -724,6 +725,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         Integer(0),
         5,
         "Slow down when the source's remaining request budget is at or below this",
+    ),
+    Setting(
+        "RELAY_SOURCE_MAX_RESPONSE_BYTES",
+        Integer(1),
+        33554432,
+        "A larger response from the source fails its poll (RELAY.RESPONSE_TOO_LARGE); 32 MiB is far above a page "
+        "of 250 large records",
     ),
     Setting(
         "RELAY_INTEGRATION_BACKOFF_MAX_SECONDS",
