@@ -194,6 +194,7 @@ class Config:
     page_size: int
     source_connect_timeout_seconds: float
     source_read_timeout_seconds: float
+    source_request_timeout_seconds: float
     source_max_retries: int
     source_backoff_initial_seconds: float
     source_backoff_max_seconds: float
@@ -717,6 +718,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("RELAY_PAGE_SIZE", Integer(1, 250), 250, "Records asked for per page"),
     Setting("RELAY_SOURCE_CONNECT_TIMEOUT_SECONDS", _SECONDS, 10.0, "Timeout for connecting to the source"),
     Setting("RELAY_SOURCE_READ_TIMEOUT_SECONDS", _SECONDS, 60.0, "Timeout for reading a response from the source"),
+    Setting(
+        "RELAY_SOURCE_REQUEST_TIMEOUT_SECONDS",
+        _SECONDS,
+        120.0,
+        "Deadline of a whole request to the source (connecting, headers and the whole body), so that a body that "
+        "trickles in still ends; at least RELAY_SOURCE_READ_TIMEOUT_SECONDS",
+    ),
     Setting("RELAY_SOURCE_MAX_RETRIES", Integer(0), 6, "Retries of a failing request (rate limit, 5xx, timeout)"),
     Setting("RELAY_SOURCE_BACKOFF_INITIAL_SECONDS", _SECONDS, 0.5, "First delay before retrying a failed request"),
     Setting("RELAY_SOURCE_BACKOFF_MAX_SECONDS", _SECONDS, 60.0, "Longest delay between two retries of a request"),
@@ -1115,6 +1123,7 @@ def _assemble(values: Mapping[str, Any]) -> Config:
 def _relation_problems(config: Config) -> Iterator[str]:
     yield from _topic_problems(config)
     yield from _backoff_problems(config)
+    yield from _timeout_problems(config)
     yield from _kafka_security_problems(config.kafka_security)
 
 
@@ -1131,6 +1140,11 @@ def _topic_problems(config: Config) -> Iterator[str]:
 def _backoff_problems(config: Config) -> Iterator[str]:
     if config.source_backoff_initial_seconds > config.source_backoff_max_seconds:
         yield "RELAY_SOURCE_BACKOFF_INITIAL_SECONDS: must not exceed RELAY_SOURCE_BACKOFF_MAX_SECONDS"
+
+
+def _timeout_problems(config: Config) -> Iterator[str]:
+    if config.source_request_timeout_seconds < config.source_read_timeout_seconds:
+        yield "RELAY_SOURCE_REQUEST_TIMEOUT_SECONDS: must not be less than RELAY_SOURCE_READ_TIMEOUT_SECONDS"
 
 
 def _kafka_security_problems(security: KafkaSecurity) -> Iterator[str]:

@@ -84,6 +84,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "page_size": 250,
     "source_connect_timeout_seconds": 10.0,
     "source_read_timeout_seconds": 60.0,
+    "source_request_timeout_seconds": 120.0,
     "source_max_retries": 6,
     "source_backoff_initial_seconds": 0.5,
     "source_backoff_max_seconds": 60.0,
@@ -170,6 +171,7 @@ OVERRIDES: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELAY_PAGE_SIZE", "100", "page_size", 100, {}),
     ("RELAY_SOURCE_CONNECT_TIMEOUT_SECONDS", "2.5", "source_connect_timeout_seconds", 2.5, {}),
     ("RELAY_SOURCE_READ_TIMEOUT_SECONDS", "30", "source_read_timeout_seconds", 30.0, {}),
+    ("RELAY_SOURCE_REQUEST_TIMEOUT_SECONDS", "300", "source_request_timeout_seconds", 300.0, {}),
     ("RELAY_SOURCE_MAX_RETRIES", "0", "source_max_retries", 0, {}),
     ("RELAY_SOURCE_BACKOFF_INITIAL_SECONDS", "1", "source_backoff_initial_seconds", 1.0, {}),
     ("RELAY_SOURCE_BACKOFF_MAX_SECONDS", "120", "source_backoff_max_seconds", 120.0, {}),
@@ -453,6 +455,10 @@ RELATIONS: list[tuple[dict[str, str], list[str]]] = [
     (
         {"RELAY_SOURCE_BACKOFF_INITIAL_SECONDS": "10", "RELAY_SOURCE_BACKOFF_MAX_SECONDS": "5"},
         ["RELAY_SOURCE_BACKOFF_INITIAL_SECONDS: must not exceed RELAY_SOURCE_BACKOFF_MAX_SECONDS"],
+    ),
+    (
+        {"RELAY_SOURCE_READ_TIMEOUT_SECONDS": "90", "RELAY_SOURCE_REQUEST_TIMEOUT_SECONDS": "30"},
+        ["RELAY_SOURCE_REQUEST_TIMEOUT_SECONDS: must not be less than RELAY_SOURCE_READ_TIMEOUT_SECONDS"],
     ),
     (
         {"RELAY_TOPIC_TEMPLATE": "{prefix}/{resource}"},
