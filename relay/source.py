@@ -19,6 +19,11 @@ Errors are classified by the envelope's ``error.code``, as Kombo advises, and on
 Before the budget runs out the client slows down: when ``ratelimit-remaining`` falls to
 ``RELAY_SOURCE_RATELIMIT_MIN_REMAINING`` it spreads the remaining requests over the time until ``ratelimit-reset``.
 
+A wait taken from a header is never longer than ``RELAY_SOURCE_BACKOFF_MAX_SECONDS`` (the rate-limit budget is shared
+by every integration: one absurd header must not stall them all). ``Retry-After`` is seconds or an HTTP date (one in
+the past is 0); ``ratelimit-reset`` is seconds, or above 10**9 a time in seconds since the epoch. A value that is no
+wait (negative, ``nan``, ``inf``, not a number) is ignored: the next header, else the exponential backoff, decides.
+
 A page is validated before anyone sees it: the success envelope, and for every record an ``id`` (a non-empty
 string) and a parseable ``changed_at``/``remote_deleted_at``. A bad page raises :class:`~relay.errors.InvalidPage`
 naming the integration, the page and the record, so nothing from it is published or checkpointed.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -60,6 +66,9 @@ RETRYABLE_CODES = frozenset(
 )
 AUTHENTICATION_CODES = frozenset({"PLATFORM.AUTHENTICATION_INVALID", "PLATFORM.IP_NOT_WHITELISTED"})
 
+# A ratelimit-reset above this (2001-09-09 as seconds since the epoch) is a time, not a number of seconds to wait.
+EPOCH_SECONDS_FROM = 10**9
+
 Sleep = Callable[[float], Awaitable[None]]
 Headers = Mapping[str, str]
 
@@ -81,11 +90,11 @@ class RateLimitBudget:
     remaining: int | None = None
     reset_at: float | None = None  # monotonic time at which the budget refills
 
-    def observe(self, headers: Headers, now: float) -> None:
-        remaining = _int_header(headers, "ratelimit-remaining")
-        reset = _float_header(headers, "ratelimit-reset")
+    def observe(self, headers: Headers, now: float, max_wait: float) -> None:
+        remaining = _finite(headers.get("ratelimit-remaining"))
+        reset = _reset_delay(headers, max_wait)
         if remaining is not None:
-            self.remaining = remaining
+            self.remaining = max(0, int(remaining))
         if reset is not None:
             self.reset_at = now + reset
 
@@ -209,7 +218,7 @@ class SourceClient:
                 self._url(resource), params=params, headers={"X-Integration-Id": integration}
             ) as response:
                 body = await response.read()
-                self._budget.observe(response.headers, time.monotonic())
+                self._budget.observe(response.headers, time.monotonic(), self._config.source_backoff_max_seconds)
                 status = response.status
                 headers = response.headers
         except TimeoutError as exc:
@@ -259,7 +268,8 @@ class SourceClient:
         }
         text = message or f"HTTP {status} without a Kombo error envelope"
         if code in RATE_LIMIT_CODES or (code is None and status == 429):
-            return RateLimited(text, retry_after=_retry_after(headers), **kwargs)
+            retry_after = _retry_after(headers, self._config.source_backoff_max_seconds)
+            return RateLimited(text, retry_after=retry_after, **kwargs)
         if code in AUTHENTICATION_CODES:
             return AuthenticationError(text, **kwargs)
         if code == "PLATFORM.INTEGRATION_NOT_FOUND" or (code or "").startswith("INTEGRATION."):
@@ -359,17 +369,30 @@ def _parse_error_envelope(body: bytes) -> tuple[str | None, str | None, str | No
     )
 
 
-def _retry_after(headers: Headers) -> float | None:
-    """Retry-After (seconds or an HTTP date), else ratelimit-reset; None when the source said neither."""
+def _retry_after(headers: Headers, max_wait: float) -> float | None:
+    """Retry-After (seconds or an HTTP date), else ratelimit-reset, at most ``max_wait``; None when the source said
+    neither, or nothing that is a wait."""
     value = headers.get("retry-after")
     if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
+        seconds = _finite(value)
+        if seconds is None:
             when = _http_date_seconds(value)
-            if when is not None:
-                return max(0.0, when - time.time())
-    return _float_header(headers, "ratelimit-reset")
+            seconds = None if when is None else max(0.0, when - time.time())
+        if seconds is not None and seconds >= 0:
+            return min(seconds, max_wait)
+    return _reset_delay(headers, max_wait)
+
+
+def _reset_delay(headers: Headers, max_wait: float) -> float | None:
+    """The seconds until ratelimit-reset, at most ``max_wait``; None when absent or not a wait.
+
+    A value above :data:`EPOCH_SECONDS_FROM` is read as the time of the reset in seconds since the epoch."""
+    seconds = _finite(headers.get("ratelimit-reset"))
+    if seconds is None or seconds < 0:
+        return None
+    if seconds > EPOCH_SECONDS_FROM:
+        seconds = max(0.0, seconds - time.time())
+    return min(seconds, max_wait)
 
 
 def _date_header_ms(headers: Headers) -> int | None:
@@ -390,16 +413,12 @@ def _http_date_seconds(value: str) -> float | None:
         return None
 
 
-def _int_header(headers: Headers, name: str) -> int | None:
-    value = _float_header(headers, name)
-    return int(value) if value is not None else None
-
-
-def _float_header(headers: Headers, name: str) -> float | None:
-    value = headers.get(name)
+def _finite(value: str | None) -> float | None:
+    """A header's number; None when it is absent, not a number, or not finite (``nan``, ``inf``, ``1e400``)."""
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None

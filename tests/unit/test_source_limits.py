@@ -1,0 +1,201 @@
+"""The source client against a broken or hostile source: every wait, size, time, label and field it takes from a
+response is bounded. Small aiohttp servers on 127.0.0.1 play the source, each test setting how it answers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from relay.config import load_config
+from relay.errors import RateLimited
+from relay.metrics import Metrics
+from relay.source import SourceClient
+
+ACME = "personio:acme"
+USERS = "ats/users"
+API_KEY = "sk-hostile-0123456789"
+RECORD = {"id": "u1", "changed_at": "2025-07-01T12:00:00.000Z", "remote_deleted_at": None}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def page_body(records: list[dict[str, Any]] | None = None, next_cursor: object = None) -> bytes:
+    results = [RECORD] if records is None else records
+    return orjson.dumps({"status": "success", "data": {"results": results, "next": next_cursor}})
+
+
+def answer(status: int = 200, body: bytes | None = None, **headers: str) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=status,
+            body=page_body() if body is None else body,
+            headers={name.replace("_", "-"): value for name, value in headers.items()},
+            content_type="application/json",
+        )
+
+    return handle
+
+
+def error_body(code: str, log_url: str | None = None) -> bytes:
+    return orjson.dumps({"status": "error", "error": {"code": code, "message": "no", "log_url": log_url}})
+
+
+class RecordingSleep:
+    """Stands in for asyncio.sleep: records the waits the client asked for and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+class FakeSource:
+    """A source on 127.0.0.1 that answers with ``handler`` and remembers the requests it got."""
+
+    def __init__(self) -> None:
+        self.handler: Handler = answer()
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.url = ""
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((str(request.rel_url), dict(request.headers)))
+        return await self.handler(request)
+
+    async def start(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_get(f"/v1/{USERS}", self._handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        return runner
+
+
+class Harness:
+    def __init__(self, source: FakeSource) -> None:
+        self.source = source
+        self.sleep = RecordingSleep()
+        self.metrics = Metrics([USERS])
+        self._clients: list[SourceClient] = []
+
+    def client(self, **settings: str) -> SourceClient:
+        environ = {
+            "RELAY_SOURCE_URL": self.source.url,
+            "RELAY_API_KEY": API_KEY,
+            "RELAY_INTEGRATIONS": ACME,
+            "RELAY_RESOURCES": USERS,
+            "RELAY_SOURCE_MAX_RETRIES": "0",
+            **{f"RELAY_{name.upper()}": value for name, value in settings.items()},
+        }
+        client = SourceClient(load_config(None, environ), self.metrics, sleep=self.sleep)
+        self._clients.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.close()
+
+    def codes(self) -> dict[str, float]:
+        """relay_source_requests_total by its code label, summed over the other labels."""
+        totals: dict[str, float] = {}
+        for metric in self.metrics.registry.collect():
+            for sample in metric.samples:
+                if sample.name == "relay_source_requests_total":
+                    code = sample.labels["code"]
+                    totals[code] = totals.get(code, 0.0) + sample.value
+        return totals
+
+
+@pytest.fixture
+async def source() -> AsyncIterator[FakeSource]:
+    fake = FakeSource()
+    runner = await fake.start()
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def harness(source: FakeSource) -> AsyncIterator[Harness]:
+    running = Harness(source)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+async def fetch(client: SourceClient, *, cursor: str | None = None, page_number: int = 0) -> Any:
+    return await client.fetch_page(ACME, USERS, updated_after=None, cursor=cursor, page_number=page_number)
+
+
+# --- 1. Waits taken from headers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "999999999"}, 7.0),  # absurdly large: capped at RELAY_SOURCE_BACKOFF_MAX_SECONDS
+        ({"Retry-After": "3"}, 3.0),
+        ({"Retry-After": "Tue, 01 Jul 2003 12:00:00 GMT"}, 0.0),  # a date in the past: now
+        ({"ratelimit-reset": "1e12"}, 7.0),  # an epoch time far away: capped
+        ({"Retry-After": "-5", "ratelimit-reset": "4"}, 4.0),  # not a delay: ignored, the next header counts
+        ({"Retry-After": "nan", "ratelimit-reset": "4"}, 4.0),
+        ({"Retry-After": "inf", "ratelimit-reset": "4"}, 4.0),
+        ({"Retry-After": "-inf", "ratelimit-reset": "4"}, 4.0),
+    ],
+)
+async def test_a_wait_the_source_asks_for_is_read_sensibly_and_capped(
+    harness: Harness, headers: dict[str, str], expected: float
+) -> None:
+    harness.source.handler = answer(429, b"{}", **headers)
+    client = harness.client(source_max_retries="1", source_backoff_max_seconds="7")
+    with pytest.raises(RateLimited) as raised:
+        await fetch(client)
+    assert raised.value.retry_after == expected
+    assert harness.sleep.waits == [expected]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-3"])
+async def test_a_retry_after_that_is_no_delay_falls_back_to_the_backoff(harness: Harness, value: str) -> None:
+    harness.source.handler = answer(429, b"{}", Retry_After=value)
+    client = harness.client(source_max_retries="1", source_backoff_max_seconds="7")
+    with pytest.raises(RateLimited) as raised:
+        await fetch(client)
+    assert raised.value.retry_after is None
+    assert len(harness.sleep.waits) == 1
+    assert 0 <= harness.sleep.waits[0] <= 7
+
+
+async def test_a_ratelimit_reset_that_is_an_epoch_time_is_read_as_one(harness: Harness) -> None:
+    reset = int(time.time()) + 30
+    harness.source.handler = answer(200, **{"ratelimit-remaining": "0", "ratelimit-reset": str(reset)})
+    client = harness.client(source_backoff_max_seconds="60")
+    await fetch(client)
+    await fetch(client)  # the budget is spent: this one waits for the reset first
+    assert len(harness.sleep.waits) == 1
+    assert 20 <= harness.sleep.waits[0] <= 30
+
+
+@pytest.mark.parametrize("reset", ["1e12", "999999999", "inf"])
+async def test_a_spent_budget_never_stalls_longer_than_the_backoff_max(harness: Harness, reset: str) -> None:
+    harness.source.handler = answer(200, **{"ratelimit-remaining": "0", "ratelimit-reset": reset})
+    client = harness.client(source_backoff_max_seconds="7")
+    await fetch(client)
+    await fetch(client)
+    assert all(0 <= wait <= 7 for wait in harness.sleep.waits)
+
+
+@pytest.mark.parametrize("remaining", ["inf", "-inf", "nan", "1e400", "lots"])
+async def test_a_ratelimit_remaining_that_is_no_count_is_ignored(harness: Harness, remaining: str) -> None:
+    harness.source.handler = answer(200, **{"ratelimit-remaining": remaining, "ratelimit-reset": "5"})
+    client = harness.client()
+    assert len((await fetch(client)).records) == 1
+    assert len((await fetch(client)).records) == 1
+    assert all(0 <= wait <= 5 for wait in harness.sleep.waits)
