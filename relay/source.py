@@ -27,6 +27,13 @@ wait (negative, ``nan``, ``inf``, not a number) is ignored: the next header, els
 A page is validated before anyone sees it: the success envelope, and for every record an ``id`` (a non-empty
 string) and a parseable ``changed_at``/``remote_deleted_at``. A bad page raises :class:`~relay.errors.InvalidPage`
 naming the integration, the page and the record, so nothing from it is published or checkpointed.
+
+A broken or hostile source cannot make the client hang, run out of memory or flood the metrics:
+
+* a response larger than ``RELAY_SOURCE_MAX_RESPONSE_BYTES`` (checked against Content-Length when there is one, and
+  counted as it arrives, decompressed) is not read further: :class:`~relay.errors.InvalidPage`
+  ``RELAY.RESPONSE_TOO_LARGE``, not retried, since the same page would be as large again (an error response that
+  large is classified by its status alone);
 """
 
 from __future__ import annotations
@@ -217,7 +224,7 @@ class SourceClient:
             async with self._get_session().get(
                 self._url(resource), params=params, headers={"X-Integration-Id": integration}
             ) as response:
-                body = await response.read()
+                body = await _read_at_most(response, self._config.source_max_response_bytes)
                 self._budget.observe(response.headers, time.monotonic(), self._config.source_backoff_max_seconds)
                 status = response.status
                 headers = response.headers
@@ -238,9 +245,27 @@ class SourceClient:
             series.source_request_duration.observe(time.monotonic() - started)
 
         if 200 <= status < 300:
+            if body is None:
+                raise self._too_large(integration, resource, status, page_number)
             series.source_requests_ok.inc()
             return self._parse_page(body, headers, integration, resource, page_number)
+        if body is None:  # an error's envelope that large is not Kombo's: its status says enough
+            body = b""
         raise self._error_from_response(status, headers, body, integration, resource, has_cursor="cursor" in params)
+
+    def _too_large(self, integration: str, resource: str, status: int, page_number: int) -> InvalidPage:
+        # Not retried: the same page would be as large again. The poll fails, nothing advances, the pair backs off.
+        code = "RELAY.RESPONSE_TOO_LARGE"
+        self._count(resource, status, code)
+        limit = self._config.source_max_response_bytes
+        return InvalidPage(
+            f"page {page_number}: the response is larger than RELAY_SOURCE_MAX_RESPONSE_BYTES ({limit} bytes); "
+            "raise that, or lower RELAY_PAGE_SIZE",
+            code=code,
+            integration=integration,
+            resource=resource,
+            status=status,
+        )
 
     def _count(self, resource: str, status: int | None, code: str) -> None:
         status_class = f"{status // 100}xx" if status is not None else "error"
@@ -304,6 +329,22 @@ class SourceClient:
         if results:  # an idle poll's page is empty: no lock taken to add 0
             self._metrics.for_resource(resource).records_fetched.inc(len(results))
         return Page(records=results, next_cursor=next_cursor, source_time_ms=_date_header_ms(headers))
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body (decompressed), in one bytes object; None once it is known to exceed ``limit`` bytes, which is
+    as soon as the Content-Length says so, or else as soon as that many bytes arrived (the rest is not read)."""
+    length = response.content_length
+    if length is not None and length > limit and "content-encoding" not in response.headers:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _unwrap_envelope(document: Any, page_number: int, where: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:

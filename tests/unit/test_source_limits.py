@@ -3,6 +3,7 @@ response is bounded. Small aiohttp servers on 127.0.0.1 play the source, each te
 
 from __future__ import annotations
 
+import gzip
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from relay.config import load_config
-from relay.errors import RateLimited
+from relay.errors import InvalidPage, RateLimited, RetryableSourceError
 from relay.metrics import Metrics
 from relay.source import SourceClient
 
@@ -199,3 +200,71 @@ async def test_a_ratelimit_remaining_that_is_no_count_is_ignored(harness: Harnes
     assert len((await fetch(client)).records) == 1
     assert len((await fetch(client)).records) == 1
     assert all(0 <= wait <= 5 for wait in harness.sleep.waits)
+
+
+# --- 2. The size of a response --------------------------------------------------------------------------------------
+
+LIMIT = 64 * 1024
+
+
+def padded_page(size: int) -> bytes:
+    """A valid page of exactly ``size`` bytes (JSON whitespace makes up the difference)."""
+    head, tail = b'{"status":"success","data":{"results":' + orjson.dumps([RECORD]), b',"next":null}}'
+    return head + b" " * (size - len(head) - len(tail)) + tail
+
+
+async def test_a_response_at_the_limit_is_a_page(harness: Harness) -> None:
+    harness.source.handler = answer(200, padded_page(LIMIT))
+    page = await fetch(harness.client(source_max_response_bytes=str(LIMIT)))
+    assert page.records == [RECORD]
+
+
+def streamed(body: bytes, *, chunk: int, encoding: str | None = None) -> Handler:
+    """Sends ``body`` chunk by chunk without a Content-Length, until it is done or the client goes away."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if encoding is not None:
+            response.headers["Content-Encoding"] = encoding
+        await response.prepare(request)
+        try:
+            for start in range(0, len(body), chunk):
+                await response.write(body[start : start + chunk])
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+        return response
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        pytest.param(answer(200, padded_page(LIMIT + 1)), id="content-length"),
+        pytest.param(streamed(padded_page(64 * LIMIT), chunk=LIMIT // 4), id="chunked"),
+        pytest.param(
+            answer(200, gzip.compress(padded_page(64 * LIMIT)), Content_Encoding="gzip"), id="gzip-content-length"
+        ),
+        pytest.param(streamed(gzip.compress(padded_page(64 * LIMIT)), chunk=1024, encoding="gzip"), id="gzip-chunked"),
+    ],
+)
+async def test_a_response_over_the_limit_is_an_invalid_page_not_retried(harness: Harness, handler: Handler) -> None:
+    harness.source.handler = handler
+    client = harness.client(source_max_response_bytes=str(LIMIT), source_max_retries="3")
+    with pytest.raises(InvalidPage) as raised:
+        await fetch(client, page_number=4)
+    error = raised.value
+    assert (error.code, error.integration, error.resource) == ("RELAY.RESPONSE_TOO_LARGE", ACME, USERS)
+    assert "page 4" in str(error)
+    assert f"{LIMIT} bytes" in str(error)
+    assert "RELAY_SOURCE_MAX_RESPONSE_BYTES" in str(error)
+    assert harness.sleep.waits == []
+
+
+async def test_an_error_response_over_the_limit_is_classified_by_its_status(harness: Harness) -> None:
+    harness.source.handler = answer(503, error_body("PLATFORM.INPUT_INVALID") + b" " * LIMIT)
+    client = harness.client(source_max_response_bytes=str(LIMIT))
+    with pytest.raises(RetryableSourceError) as raised:
+        await fetch(client)
+    assert raised.value.code == "RELAY.HTTP_503"
