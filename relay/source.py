@@ -34,6 +34,8 @@ A broken or hostile source cannot make the client hang, run out of memory or flo
   counted as it arrives, decompressed) is not read further: :class:`~relay.errors.InvalidPage`
   ``RELAY.RESPONSE_TOO_LARGE``, not retried, since the same page would be as large again (an error response that
   large is classified by its status alone);
+* a request (connecting, the headers and the whole body) that takes longer than
+  ``RELAY_SOURCE_REQUEST_TIMEOUT_SECONDS`` is a timeout (``RELAY.TIMEOUT``, retried), even if bytes keep trickling in;
 """
 
 from __future__ import annotations
@@ -142,8 +144,10 @@ class SourceClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # `total` is the deadline of a whole request, body included: `sock_read` alone lets a body that trickles
+            # in, a byte at a time, go on for ever.
             timeout = aiohttp.ClientTimeout(
-                total=None,
+                total=self._config.source_request_timeout_seconds,
                 sock_connect=self._config.source_connect_timeout_seconds,
                 sock_read=self._config.source_read_timeout_seconds,
             )

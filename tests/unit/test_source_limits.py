@@ -3,6 +3,7 @@ response is bounded. Small aiohttp servers on 127.0.0.1 play the source, each te
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -268,3 +269,35 @@ async def test_an_error_response_over_the_limit_is_classified_by_its_status(harn
     with pytest.raises(RetryableSourceError) as raised:
         await fetch(client)
     assert raised.value.code == "RELAY.HTTP_503"
+
+
+# --- 3. The deadline of a whole request -----------------------------------------------------------------------------
+
+
+def dripping(body: bytes, *, at_once: int, interval: float) -> Handler:
+    """Sends the first ``at_once`` bytes of ``body`` at once, then one byte every ``interval`` seconds."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        try:
+            await response.write(body[:at_once])
+            for index in range(at_once, len(body)):
+                await asyncio.sleep(interval)  # the behaviour under test: a body that trickles in
+                await response.write(body[index : index + 1])
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+        return response
+
+    return handle
+
+
+async def test_a_body_that_trickles_in_times_out_as_a_whole(harness: Harness) -> None:
+    body = page_body()
+    # Every byte comes well within the read timeout, but the whole body takes ~3 s: longer than the deadline.
+    harness.source.handler = dripping(body, at_once=len(body) - 30, interval=0.1)
+    client = harness.client(source_read_timeout_seconds="0.5", source_request_timeout_seconds="0.5")
+    with pytest.raises(RetryableSourceError) as raised:
+        await fetch(client)
+    assert raised.value.code == "RELAY.TIMEOUT"
