@@ -36,6 +36,9 @@ A broken or hostile source cannot make the client hang, run out of memory or flo
   large is classified by its status alone);
 * a request (connecting, the headers and the whole body) that takes longer than
   ``RELAY_SOURCE_REQUEST_TIMEOUT_SECONDS`` is a timeout (``RELAY.TIMEOUT``, retried), even if bytes keep trickling in;
+* the ``code`` label of ``relay_source_requests_total`` and ``relay_source_retries_total`` is a code Kombo documents
+  (:data:`KOMBO_ERROR_CODES`), one of the relay's own (``RELAY.*``) or ``other``; the error and its log line keep the
+  source's code, cut to :data:`MAX_CODE_CHARS` characters;
 """
 
 from __future__ import annotations
@@ -74,6 +77,52 @@ RETRYABLE_CODES = frozenset(
     {"REMOTE.SERVICE_UNAVAILABLE", "PLATFORM.UNKNOWN_ERROR", "PLATFORM.TASK_TIMED_OUT", "REMOTE.UNKNOWN_HTTP_ERROR"}
 )
 AUTHENTICATION_CODES = frozenset({"PLATFORM.AUTHENTICATION_INVALID", "PLATFORM.IP_NOT_WHITELISTED"})
+# Every `error.code` Kombo documents (the enums of ../shared/kombo-openapi.json; a test compares the two). With the
+# relay's own codes these are the only values of a `code` label: a source that makes codes up must not make series.
+KOMBO_ERROR_CODES = frozenset(
+    {
+        "AI_APPLY.JOB_FEED_IMPORT_ALREADY_RUNNING",
+        "AI_APPLY.JOB_FEED_IMPORT_TIMED_OUT",
+        "ATS.APPLICATION_ALREADY_EXISTS",
+        "ATS.JOB_CLOSED",
+        "HRIS.EMPLOYEE_ALREADY_EXISTS",
+        "INTEGRATION.ACTION_DISABLED",
+        "INTEGRATION.ACTION_NOT_AVAILABLE",
+        "INTEGRATION.AUTHENTICATION_INVALID",
+        "INTEGRATION.INACTIVE",
+        "INTEGRATION.MODEL_DISABLED",
+        "INTEGRATION.MODEL_NOT_AVAILABLE",
+        "INTEGRATION.PERMISSION_MISSING",
+        "INTEGRATION.QA_FAILED",
+        "INTEGRATION.SETUP_INCOMPLETE",
+        "INTEGRATION.SETUP_SYNC_PENDING",
+        "LMS.COURSE_UPDATE_NOT_SUPPORTED",
+        "PLATFORM.AUTHENTICATION_INVALID",
+        "PLATFORM.CONCURRENCY_LIMIT_EXCEEDED",
+        "PLATFORM.INPUT_INVALID",
+        "PLATFORM.INTEGRATION_NOT_FOUND",
+        "PLATFORM.IP_NOT_WHITELISTED",
+        "PLATFORM.RATE_LIMIT_EXCEEDED",
+        "PLATFORM.TASK_TIMED_OUT",
+        "PLATFORM.UNKNOWN_ERROR",
+        "REMOTE.INPUT_INVALID",
+        "REMOTE.RATE_LIMIT_EXCEEDED",
+        "REMOTE.SERVICE_UNAVAILABLE",
+        "REMOTE.UNKNOWN_HTTP_ERROR",
+    }
+)
+# The codes of the relay's own, for failures that carry no Kombo code; RELAY.HTTP_<status> is one too.
+RELAY_ERROR_CODES = frozenset(
+    {
+        "RELAY.TIMEOUT",
+        "RELAY.CONNECTION_ERROR",
+        "RELAY.MALFORMED_BODY",
+        "RELAY.INVALID_PAGE",
+        "RELAY.RESPONSE_TOO_LARGE",
+    }
+)
+OTHER_CODE = "other"  # the label of any other code
+MAX_CODE_CHARS = 100  # an error code from the source is untrusted: longer ones are cut (for the error and the log)
 
 # A ratelimit-reset above this (2001-09-09 as seconds since the epoch) is a time, not a number of seconds to wait.
 EPOCH_SECONDS_FROM = 10**9
@@ -182,7 +231,7 @@ class SourceClient:
                 return await self._request(integration, resource, params, page_number)
             except RetryableSourceError as error:
                 attempt += 1
-                self._metrics.source_retries.labels(resource, error.code).inc()
+                self._metrics.source_retries.labels(resource, code_label(error.code)).inc()
                 if attempt > self._config.source_max_retries:
                     raise
                 await self._backoff(attempt, error)
@@ -273,7 +322,7 @@ class SourceClient:
 
     def _count(self, resource: str, status: int | None, code: str) -> None:
         status_class = f"{status // 100}xx" if status is not None else "error"
-        self._metrics.source_requests.labels(resource, status_class, code).inc()
+        self._metrics.source_requests.labels(resource, status_class, code_label(code)).inc()
 
     def _error_from_response(
         self,
@@ -351,6 +400,17 @@ async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes |
     return b"".join(chunks)
 
 
+def code_label(code: str) -> str:
+    """The value of a metric's ``code`` label for an error code: a code Kombo documents or one of ours, else
+    ``other``. The error and its log line keep the real code."""
+    if code in KOMBO_ERROR_CODES or code in RELAY_ERROR_CODES:
+        return code
+    status = code.removeprefix("RELAY.HTTP_")
+    if status != code and len(status) == 3 and status.isascii() and status.isdigit():  # a handful in practice
+        return code
+    return OTHER_CODE
+
+
 def _unwrap_envelope(document: Any, page_number: int, where: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(document, dict) or document.get("status") != "success" or not isinstance(data, dict):
@@ -408,7 +468,7 @@ def _parse_error_envelope(body: bytes) -> tuple[str | None, str | None, str | No
         return None, None, None
     code, message, log_url = error.get("code"), error.get("message"), error.get("log_url")
     return (
-        code if isinstance(code, str) else None,
+        code[:MAX_CODE_CHARS] if isinstance(code, str) else None,
         message[:500] if isinstance(message, str) else None,
         log_url if isinstance(log_url, str) else None,
     )

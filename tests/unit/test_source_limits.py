@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,9 +15,9 @@ import pytest
 from aiohttp import web
 
 from relay.config import load_config
-from relay.errors import InvalidPage, RateLimited, RetryableSourceError
+from relay.errors import InvalidPage, RateLimited, RetryableSourceError, SourceError
 from relay.metrics import Metrics
-from relay.source import SourceClient
+from relay.source import KOMBO_ERROR_CODES, SourceClient
 
 ACME = "personio:acme"
 USERS = "ats/users"
@@ -301,3 +302,48 @@ async def test_a_body_that_trickles_in_times_out_as_a_whole(harness: Harness) ->
     with pytest.raises(RetryableSourceError) as raised:
         await fetch(client)
     assert raised.value.code == "RELAY.TIMEOUT"
+
+
+# --- 4. Metric labels -----------------------------------------------------------------------------------------------
+
+
+async def test_error_codes_the_source_makes_up_are_one_label_value(harness: Harness) -> None:
+    client = harness.client()
+    for index in range(5):
+        harness.source.handler = answer(400, error_body(f"MADE.UP_{index}"))
+        with pytest.raises(SourceError) as raised:
+            await fetch(client)
+        assert raised.value.code == f"MADE.UP_{index}"  # the error and the log keep the real code
+    harness.source.handler = answer(400, error_body("X" * 5000))
+    with pytest.raises(SourceError) as raised:
+        await fetch(client)
+    assert raised.value.code == "X" * 100  # untrusted: truncated
+    harness.source.handler = answer(404, error_body("PLATFORM.INTEGRATION_NOT_FOUND"))
+    with pytest.raises(SourceError):
+        await fetch(client)
+    harness.source.handler = answer(418, b"teapot")
+    with pytest.raises(SourceError):
+        await fetch(client)
+    harness.source.handler = answer(400, error_body("418"))
+    with pytest.raises(SourceError):
+        await fetch(client)
+    assert harness.codes() == {"": 0.0, "other": 7.0, "PLATFORM.INTEGRATION_NOT_FOUND": 1.0, "RELAY.HTTP_418": 1.0}
+
+
+def test_the_kombo_error_codes_are_those_of_the_spec(kombo_spec_path: Path) -> None:
+    spec = orjson.loads(kombo_spec_path.read_bytes())
+    found: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            code = node.get("properties", {}).get("error", {}).get("properties", {}).get("code", {})
+            found.update(code.get("enum", ()))
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(spec)
+    assert found, "the spec has no error codes where this test looks for them"
+    assert found == KOMBO_ERROR_CODES
