@@ -39,6 +39,9 @@ A broken or hostile source cannot make the client hang, run out of memory or flo
 * the ``code`` label of ``relay_source_requests_total`` and ``relay_source_retries_total`` is a code Kombo documents
   (:data:`KOMBO_ERROR_CODES`), one of the relay's own (``RELAY.*``) or ``other``; the error and its log line keep the
   source's code, cut to :data:`MAX_CODE_CHARS` characters;
+* a redirect (3xx) is not followed, since the API key, the integration id and the query would go along: it raises
+  :class:`~relay.errors.SourceError` ``RELAY.REDIRECT`` naming the origin it points to; not retried, the pair backs
+  off (``RELAY_SOURCE_URL`` is wrong, or the source is hostile);
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ RELAY_ERROR_CODES = frozenset(
         "RELAY.MALFORMED_BODY",
         "RELAY.INVALID_PAGE",
         "RELAY.RESPONSE_TOO_LARGE",
+        "RELAY.REDIRECT",
     }
 )
 OTHER_CODE = "other"  # the label of any other code
@@ -275,7 +279,10 @@ class SourceClient:
         started = time.monotonic()
         try:
             async with self._get_session().get(
-                self._url(resource), params=params, headers={"X-Integration-Id": integration}
+                self._url(resource),
+                params=params,
+                headers={"X-Integration-Id": integration},
+                allow_redirects=False,  # the API key, the integration id and the query must not go elsewhere
             ) as response:
                 body = await _read_at_most(response, self._config.source_max_response_bytes)
                 self._budget.observe(response.headers, time.monotonic(), self._config.source_backoff_max_seconds)
@@ -297,6 +304,8 @@ class SourceClient:
         finally:
             series.source_request_duration.observe(time.monotonic() - started)
 
+        if 300 <= status < 400:
+            raise self._redirected(integration, resource, status, headers)
         if 200 <= status < 300:
             if body is None:
                 raise self._too_large(integration, resource, status, page_number)
@@ -305,6 +314,20 @@ class SourceClient:
         if body is None:  # an error's envelope that large is not Kombo's: its status says enough
             body = b""
         raise self._error_from_response(status, headers, body, integration, resource, has_cursor="cursor" in params)
+
+    def _redirected(self, integration: str, resource: str, status: int, headers: Headers) -> SourceError:
+        # An API does not redirect its list endpoints: RELAY_SOURCE_URL is wrong (http:// for https://, an old host)
+        # or the source is hostile. Neither gets better by retrying; the pair backs off and the error says where to.
+        code = "RELAY.REDIRECT"
+        self._count(resource, status, code)
+        return SourceError(
+            f"HTTP {status} redirects to {_origin(self._url(resource), headers.get('location'))}, which is not "
+            "followed (the API key and the integration id would go along); set RELAY_SOURCE_URL to the API's own URL",
+            code=code,
+            integration=integration,
+            resource=resource,
+            status=status,
+        )
 
     def _too_large(self, integration: str, resource: str, status: int, page_number: int) -> InvalidPage:
         # Not retried: the same page would be as large again. The poll fails, nothing advances, the pair backs off.
@@ -398,6 +421,16 @@ async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes |
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _origin(base: URL, location: str | None) -> str:
+    """The origin (scheme, host, port) a Location header points to: never its path, query or user info."""
+    if not location:
+        return "nowhere (no Location header)"
+    try:
+        return str(base.join(URL(location)).origin())[:200]
+    except ValueError:
+        return f"{location[:64]!r} (not a URL)"
 
 
 def code_label(code: str) -> str:

@@ -347,3 +347,27 @@ def test_the_kombo_error_codes_are_those_of_the_spec(kombo_spec_path: Path) -> N
     walk(spec)
     assert found, "the spec has no error codes where this test looks for them"
     assert found == KOMBO_ERROR_CODES
+
+
+# --- 5. Redirects ---------------------------------------------------------------------------------------------------
+
+
+async def test_a_redirect_is_not_followed(harness: Harness) -> None:
+    elsewhere = FakeSource()
+    runner = await elsewhere.start()
+    try:
+        target = f"{elsewhere.url}/{USERS}?page_size=250"
+        harness.source.handler = answer(302, b"", Location=target)
+        client = harness.client(source_max_retries="3")
+        with pytest.raises(SourceError) as raised:
+            await fetch(client, cursor="c1")
+    finally:
+        await runner.cleanup()
+    assert elsewhere.requests == []  # neither the integration id, nor the query, nor the key went there
+    error = raised.value
+    assert not isinstance(error, RetryableSourceError)
+    assert (error.code, error.status, error.integration, error.resource) == ("RELAY.REDIRECT", 302, ACME, USERS)
+    assert elsewhere.url.removesuffix("/v1") in str(error)
+    assert "page_size" not in str(error)  # the origin only
+    assert API_KEY not in str(error)
+    assert harness.sleep.waits == []
