@@ -42,6 +42,8 @@ A broken or hostile source cannot make the client hang, run out of memory or flo
 * a redirect (3xx) is not followed, since the API key, the integration id and the query would go along: it raises
   :class:`~relay.errors.SourceError` ``RELAY.REDIRECT`` naming the origin it points to; not retried, the pair backs
   off (``RELAY_SOURCE_URL`` is wrong, or the source is hostile);
+* JSON nested deeper than orjson reads (1024 levels) is an :class:`~relay.errors.InvalidPage` ``RELAY.JSON_TOO_DEEP``,
+  not a malformed body to retry;
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ RELAY_ERROR_CODES = frozenset(
         "RELAY.INVALID_PAGE",
         "RELAY.RESPONSE_TOO_LARGE",
         "RELAY.REDIRECT",
+        "RELAY.JSON_TOO_DEEP",
     }
 )
 OTHER_CODE = "other"  # the label of any other code
@@ -395,6 +398,13 @@ class SourceClient:
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            if "depth" in exc.msg or "recursion" in exc.msg:
+                # Nested deeper than orjson reads (1024): the same page would be as deep again, so no retry.
+                raise InvalidPage(
+                    f"page {page_number}: the body nests JSON deeper than the parser reads ({exc})",
+                    code="RELAY.JSON_TOO_DEEP",
+                    **where,
+                ) from exc
             # A truncated or garbled body is a transport accident, not the source's data: retry it.
             raise RetryableSourceError(
                 f"page {page_number}: the body is not valid JSON ({exc})", code="RELAY.MALFORMED_BODY", **where

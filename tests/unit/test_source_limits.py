@@ -371,3 +371,17 @@ async def test_a_redirect_is_not_followed(harness: Harness) -> None:
     assert "page_size" not in str(error)  # the origin only
     assert API_KEY not in str(error)
     assert harness.sleep.waits == []
+
+
+# --- 6. JSON nested too deep ----------------------------------------------------------------------------------------
+
+
+async def test_json_nested_deeper_than_the_parser_reads_is_an_invalid_page(harness: Harness) -> None:
+    deep = b"[" * 2000 + b"]" * 2000
+    harness.source.handler = answer(200, b'{"status":"success","data":{"results":[' + deep + b'],"next":null}}')
+    client = harness.client(source_max_retries="3")
+    with pytest.raises(InvalidPage) as raised:
+        await fetch(client, page_number=2)
+    assert (raised.value.code, raised.value.integration, raised.value.resource) == ("RELAY.JSON_TOO_DEEP", ACME, USERS)
+    assert "page 2" in str(raised.value)
+    assert harness.sleep.waits == []
