@@ -24,9 +24,10 @@ by every integration: one absurd header must not stall them all). ``Retry-After`
 the past is 0); ``ratelimit-reset`` is seconds, or above 10**9 a time in seconds since the epoch. A value that is no
 wait (negative, ``nan``, ``inf``, not a number) is ignored: the next header, else the exponential backoff, decides.
 
-A page is validated before anyone sees it: the success envelope, and for every record an ``id`` (a non-empty
-string) and a parseable ``changed_at``/``remote_deleted_at``. A bad page raises :class:`~relay.errors.InvalidPage`
-naming the integration, the page and the record, so nothing from it is published or checkpointed.
+A page is validated before anyone sees it: the success envelope, no more records than ``page_size``, and for every
+record an ``id`` (a non-empty string) and a parseable ``changed_at``/``remote_deleted_at``. A bad page raises
+:class:`~relay.errors.InvalidPage` naming the integration, the page and the record, so nothing from it is published
+or checkpointed.
 
 A broken or hostile source cannot make the client hang, run out of memory or flood the metrics:
 
@@ -410,6 +411,13 @@ class SourceClient:
                 f"page {page_number}: the body is not valid JSON ({exc})", code="RELAY.MALFORMED_BODY", **where
             ) from exc
         results, next_cursor = _unwrap_envelope(document, page_number, where)
+        if len(results) > self._config.page_size:
+            raise InvalidPage(
+                f"page {page_number}: {len(results)} records, more than the page_size {self._config.page_size} "
+                "asked for",
+                code="RELAY.INVALID_PAGE",
+                **where,
+            )
         for index, record in enumerate(results):
             _validate_record(record, index, page_number, where)
         if results:  # an idle poll's page is empty: no lock taken to add 0

@@ -385,3 +385,25 @@ async def test_json_nested_deeper_than_the_parser_reads_is_an_invalid_page(harne
     assert (raised.value.code, raised.value.integration, raised.value.resource) == ("RELAY.JSON_TOO_DEEP", ACME, USERS)
     assert "page 2" in str(raised.value)
     assert harness.sleep.waits == []
+
+
+# --- 7. More records than asked for ---------------------------------------------------------------------------------
+
+
+async def test_a_page_with_more_records_than_asked_for_is_invalid(harness: Harness) -> None:
+    records = [{**RECORD, "id": f"u{index}"} for index in range(3)]
+    harness.source.handler = answer(200, page_body(records))
+    with pytest.raises(InvalidPage) as raised:
+        await fetch(harness.client(page_size="2"), page_number=5)
+    error = raised.value
+    assert (error.code, error.integration, error.resource) == ("RELAY.INVALID_PAGE", ACME, USERS)
+    assert "page 5" in str(error)
+    assert "3 records" in str(error)
+    assert "page_size 2" in str(error)
+
+
+async def test_a_page_with_as_many_records_as_asked_for_is_fine(harness: Harness) -> None:
+    records = [{**RECORD, "id": f"u{index}"} for index in range(2)]
+    harness.source.handler = answer(200, page_body(records, next_cursor="c2"))
+    page = await fetch(harness.client(page_size="2"))
+    assert (page.records, page.next_cursor) == (records, "c2")
