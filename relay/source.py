@@ -45,6 +45,8 @@ A broken or hostile source cannot make the client hang, run out of memory or flo
   off (``RELAY_SOURCE_URL`` is wrong, or the source is hostile);
 * JSON nested deeper than orjson reads (1024 levels) is an :class:`~relay.errors.InvalidPage` ``RELAY.JSON_TOO_DEEP``,
   not a malformed body to retry;
+* a ``next`` cursor longer than :data:`MAX_CURSOR_CHARS` is an :class:`~relay.errors.InvalidPage`; the source's
+  ``log_url`` is cut to :data:`MAX_LOG_URL_CHARS` characters and its ``message`` to 500.
 """
 
 from __future__ import annotations
@@ -131,6 +133,9 @@ RELAY_ERROR_CODES = frozenset(
 )
 OTHER_CODE = "other"  # the label of any other code
 MAX_CODE_CHARS = 100  # an error code from the source is untrusted: longer ones are cut (for the error and the log)
+MAX_LOG_URL_CHARS = 2048  # the same for the error's log_url
+# A `next` cursor longer than this is not one: it is sent back in the query string and kept in the checkpoint.
+MAX_CURSOR_CHARS = 4096
 
 # A ratelimit-reset above this (2001-09-09 as seconds since the epoch) is a time, not a number of seconds to wait.
 EPOCH_SECONDS_FROM = 10**9
@@ -476,9 +481,15 @@ def _unwrap_envelope(document: Any, page_number: int, where: dict[str, Any]) -> 
         raise RetryableSourceError(
             f"page {page_number}: data.results is not a list", code="RELAY.MALFORMED_BODY", **where
         )
-    if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
+    if next_cursor is not None and (
+        not isinstance(next_cursor, str) or not next_cursor or len(next_cursor) > MAX_CURSOR_CHARS
+    ):
+        what = f"a string of {len(next_cursor)} characters" if isinstance(next_cursor, str) else _describe(next_cursor)
         raise InvalidPage(
-            f"page {page_number}: data.next is neither null nor a cursor string", code="RELAY.INVALID_PAGE", **where
+            f"page {page_number}: data.next is neither null nor a cursor string of 1 to {MAX_CURSOR_CHARS} characters"
+            f" (it is {what})",
+            code="RELAY.INVALID_PAGE",
+            **where,
         )
     return results, next_cursor
 
@@ -521,7 +532,7 @@ def _parse_error_envelope(body: bytes) -> tuple[str | None, str | None, str | No
     return (
         code[:MAX_CODE_CHARS] if isinstance(code, str) else None,
         message[:500] if isinstance(message, str) else None,
-        log_url if isinstance(log_url, str) else None,
+        log_url[:MAX_LOG_URL_CHARS] if isinstance(log_url, str) else None,
     )
 
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from relay.config import load_config
 from relay.errors import InvalidPage, RateLimited, RetryableSourceError, SourceError
 from relay.metrics import Metrics
-from relay.source import KOMBO_ERROR_CODES, SourceClient
+from relay.source import KOMBO_ERROR_CODES, MAX_CURSOR_CHARS, SourceClient
 
 ACME = "personio:acme"
 USERS = "ats/users"
@@ -407,3 +407,31 @@ async def test_a_page_with_as_many_records_as_asked_for_is_fine(harness: Harness
     harness.source.handler = answer(200, page_body(records, next_cursor="c2"))
     page = await fetch(harness.client(page_size="2"))
     assert (page.records, page.next_cursor) == (records, "c2")
+
+
+# --- 8. Other unbounded fields --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "next_cursor",
+    [pytest.param("c" * (MAX_CURSOR_CHARS + 1), id="too-long"), 123, [], {"a": 1}, ""],
+)
+async def test_a_next_cursor_that_is_no_cursor_is_an_invalid_page(harness: Harness, next_cursor: object) -> None:
+    harness.source.handler = answer(200, page_body(next_cursor=next_cursor))
+    with pytest.raises(InvalidPage) as raised:
+        await fetch(harness.client())
+    assert raised.value.code == "RELAY.INVALID_PAGE"
+    assert "c" * 200 not in str(raised.value)  # the error does not repeat a huge cursor
+
+
+async def test_a_cursor_at_the_limit_is_fine(harness: Harness) -> None:
+    harness.source.handler = answer(200, page_body(next_cursor="c" * MAX_CURSOR_CHARS))
+    assert (await fetch(harness.client())).next_cursor == "c" * MAX_CURSOR_CHARS
+
+
+async def test_a_huge_log_url_is_truncated(harness: Harness) -> None:
+    harness.source.handler = answer(400, error_body("INTEGRATION.INACTIVE", log_url="https://x/" + "l" * 10_000))
+    with pytest.raises(SourceError) as raised:
+        await fetch(harness.client())
+    assert raised.value.log_url is not None
+    assert len(raised.value.log_url) <= 2048
