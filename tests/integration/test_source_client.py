@@ -20,19 +20,10 @@ from relay.metrics import Metrics
 from relay.simulator import FaultKind, Simulator, SimulatorServer
 from relay.source import RateLimitBudget, SourceClient
 from tests.integration.harness import relay_config
+from tests.unit.support import RecordingSleep
 
 ACME = "personio:acme"
 USERS = "ats/users"
-
-
-class RecordingSleep:
-    """Stands in for asyncio.sleep: records the waits the client asked for and returns at once."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @pytest.fixture

@@ -33,3 +33,13 @@ async def wait_until(condition: Callable[[], bool], what: str = "condition", tim
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+class RecordingSleep:
+    """Stands in for asyncio.sleep: records the waits asked for and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)

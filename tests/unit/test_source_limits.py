@@ -18,6 +18,7 @@ from relay.config import load_config
 from relay.errors import InvalidPage, RateLimited, RetryableSourceError, SourceError
 from relay.metrics import Metrics
 from relay.source import KOMBO_ERROR_CODES, MAX_CURSOR_CHARS, SourceClient
+from tests.unit.support import RecordingSleep
 
 ACME = "personio:acme"
 USERS = "ats/users"
@@ -46,16 +47,6 @@ def answer(status: int = 200, body: bytes | None = None, **headers: str) -> Hand
 
 def error_body(code: str, log_url: str | None = None) -> bytes:
     return orjson.dumps({"status": "error", "error": {"code": code, "message": "no", "log_url": log_url}})
-
-
-class RecordingSleep:
-    """Stands in for asyncio.sleep: records the waits the client asked for and returns at once."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 class FakeSource:
