@@ -217,11 +217,23 @@ class Config:
     page_size: int = setting(Integer(1, 250), 250, "Records asked for per page")
     source_connect_timeout_seconds: float = setting(_SECONDS, 10.0, "Timeout for connecting to the source")
     source_read_timeout_seconds: float = setting(_SECONDS, 60.0, "Timeout for reading a response from the source")
+    source_request_timeout_seconds: float = setting(
+        _SECONDS,
+        120.0,
+        "Deadline of a whole request to the source (connecting, headers and the whole body), so that a body that "
+        "trickles in still ends; at least RELAY_SOURCE_READ_TIMEOUT_SECONDS",
+    )
     source_max_retries: int = setting(Integer(0), 6, "Retries of a failing request (rate limit, 5xx, timeout)")
     source_backoff_initial_seconds: float = setting(_SECONDS, 0.5, "First delay before retrying a failed request")
     source_backoff_max_seconds: float = setting(_SECONDS, 60.0, "Longest delay between two retries of a request")
     source_ratelimit_min_remaining: int = setting(
         Integer(0), 5, "Slow down when the source's remaining request budget is at or below this"
+    )
+    source_max_response_bytes: int = setting(
+        Integer(1),
+        33554432,
+        "A larger response from the source fails its poll (RELAY.RESPONSE_TOO_LARGE); 32 MiB is far above a page "
+        "of 250 large records",
     )
     integration_backoff_max_seconds: float = setting(
         _SECONDS, 900.0, "Longest pause of an integration the source cannot serve (the others keep going)"
@@ -424,6 +436,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
 def _relation_problems(config: Config) -> Iterator[str]:
     yield from _topic_problems(config)
     yield from _backoff_problems(config)
+    yield from _timeout_problems(config)
     yield from _kafka_security_problems(config.kafka_security)
 
 
@@ -440,6 +453,11 @@ def _topic_problems(config: Config) -> Iterator[str]:
 def _backoff_problems(config: Config) -> Iterator[str]:
     if config.source_backoff_initial_seconds > config.source_backoff_max_seconds:
         yield "RELAY_SOURCE_BACKOFF_INITIAL_SECONDS: must not exceed RELAY_SOURCE_BACKOFF_MAX_SECONDS"
+
+
+def _timeout_problems(config: Config) -> Iterator[str]:
+    if config.source_request_timeout_seconds < config.source_read_timeout_seconds:
+        yield "RELAY_SOURCE_REQUEST_TIMEOUT_SECONDS: must not be less than RELAY_SOURCE_READ_TIMEOUT_SECONDS"
 
 
 def _kafka_security_problems(security: KafkaSecurity) -> Iterator[str]:

@@ -19,9 +19,34 @@ Errors are classified by the envelope's ``error.code``, as Kombo advises, and on
 Before the budget runs out the client slows down: when ``ratelimit-remaining`` falls to
 ``RELAY_SOURCE_RATELIMIT_MIN_REMAINING`` it spreads the remaining requests over the time until ``ratelimit-reset``.
 
-A page is validated before anyone sees it: the success envelope, and for every record an ``id`` (a non-empty
-string) and a parseable ``changed_at``/``remote_deleted_at``. A bad page raises :class:`~relay.errors.InvalidPage`
-naming the integration, the page and the record, so nothing from it is published or checkpointed.
+A wait taken from a header is never longer than ``RELAY_SOURCE_BACKOFF_MAX_SECONDS`` (the rate-limit budget is shared
+by every integration: one absurd header must not stall them all). ``Retry-After`` is seconds or an HTTP date (one in
+the past is 0); ``ratelimit-reset`` is seconds, or above 10**9 a time in seconds since the epoch. A value that is no
+wait (negative, ``nan``, ``inf``, not a number) is ignored: the next header, else the exponential backoff, decides.
+
+A page is validated before anyone sees it: the success envelope, no more records than ``page_size``, and for every
+record an ``id`` (a non-empty string) and a parseable ``changed_at``/``remote_deleted_at``. A bad page raises
+:class:`~relay.errors.InvalidPage` naming the integration, the page and the record, so nothing from it is published
+or checkpointed.
+
+A broken or hostile source cannot make the client hang, run out of memory or flood the metrics:
+
+* a response larger than ``RELAY_SOURCE_MAX_RESPONSE_BYTES`` (checked against Content-Length when there is one, and
+  counted as it arrives, decompressed) is not read further: :class:`~relay.errors.InvalidPage`
+  ``RELAY.RESPONSE_TOO_LARGE``, not retried, since the same page would be as large again (an error response that
+  large is classified by its status alone);
+* a request (connecting, the headers and the whole body) that takes longer than
+  ``RELAY_SOURCE_REQUEST_TIMEOUT_SECONDS`` is a timeout (``RELAY.TIMEOUT``, retried), even if bytes keep trickling in;
+* the ``code`` label of ``relay_source_requests_total`` and ``relay_source_retries_total`` is a code Kombo documents
+  (:data:`KOMBO_ERROR_CODES`), one of the relay's own (``RELAY.*``) or ``other``; the error and its log line keep the
+  source's code, cut to :data:`MAX_CODE_CHARS` characters;
+* a redirect (3xx) is not followed, since the API key, the integration id and the query would go along: it raises
+  :class:`~relay.errors.SourceError` ``RELAY.REDIRECT`` naming the origin it points to; not retried, the pair backs
+  off (``RELAY_SOURCE_URL`` is wrong, or the source is hostile);
+* JSON nested deeper than orjson reads (1024 levels) is an :class:`~relay.errors.InvalidPage` ``RELAY.JSON_TOO_DEEP``,
+  not a malformed body to retry;
+* a ``next`` cursor longer than :data:`MAX_CURSOR_CHARS` is an :class:`~relay.errors.InvalidPage`; the source's
+  ``log_url`` is cut to :data:`MAX_LOG_URL_CHARS` characters and its ``message`` to 500.
 """
 
 from __future__ import annotations
@@ -29,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -59,6 +85,60 @@ RETRYABLE_CODES = frozenset(
     {"REMOTE.SERVICE_UNAVAILABLE", "PLATFORM.UNKNOWN_ERROR", "PLATFORM.TASK_TIMED_OUT", "REMOTE.UNKNOWN_HTTP_ERROR"}
 )
 AUTHENTICATION_CODES = frozenset({"PLATFORM.AUTHENTICATION_INVALID", "PLATFORM.IP_NOT_WHITELISTED"})
+# Every `error.code` Kombo documents (the enums of ../shared/kombo-openapi.json; a test compares the two). With the
+# relay's own codes these are the only values of a `code` label: a source that makes codes up must not make series.
+KOMBO_ERROR_CODES = frozenset(
+    {
+        "AI_APPLY.JOB_FEED_IMPORT_ALREADY_RUNNING",
+        "AI_APPLY.JOB_FEED_IMPORT_TIMED_OUT",
+        "ATS.APPLICATION_ALREADY_EXISTS",
+        "ATS.JOB_CLOSED",
+        "HRIS.EMPLOYEE_ALREADY_EXISTS",
+        "INTEGRATION.ACTION_DISABLED",
+        "INTEGRATION.ACTION_NOT_AVAILABLE",
+        "INTEGRATION.AUTHENTICATION_INVALID",
+        "INTEGRATION.INACTIVE",
+        "INTEGRATION.MODEL_DISABLED",
+        "INTEGRATION.MODEL_NOT_AVAILABLE",
+        "INTEGRATION.PERMISSION_MISSING",
+        "INTEGRATION.QA_FAILED",
+        "INTEGRATION.SETUP_INCOMPLETE",
+        "INTEGRATION.SETUP_SYNC_PENDING",
+        "LMS.COURSE_UPDATE_NOT_SUPPORTED",
+        "PLATFORM.AUTHENTICATION_INVALID",
+        "PLATFORM.CONCURRENCY_LIMIT_EXCEEDED",
+        "PLATFORM.INPUT_INVALID",
+        "PLATFORM.INTEGRATION_NOT_FOUND",
+        "PLATFORM.IP_NOT_WHITELISTED",
+        "PLATFORM.RATE_LIMIT_EXCEEDED",
+        "PLATFORM.TASK_TIMED_OUT",
+        "PLATFORM.UNKNOWN_ERROR",
+        "REMOTE.INPUT_INVALID",
+        "REMOTE.RATE_LIMIT_EXCEEDED",
+        "REMOTE.SERVICE_UNAVAILABLE",
+        "REMOTE.UNKNOWN_HTTP_ERROR",
+    }
+)
+# The codes of the relay's own, for failures that carry no Kombo code; RELAY.HTTP_<status> is one too.
+RELAY_ERROR_CODES = frozenset(
+    {
+        "RELAY.TIMEOUT",
+        "RELAY.CONNECTION_ERROR",
+        "RELAY.MALFORMED_BODY",
+        "RELAY.INVALID_PAGE",
+        "RELAY.RESPONSE_TOO_LARGE",
+        "RELAY.REDIRECT",
+        "RELAY.JSON_TOO_DEEP",
+    }
+)
+OTHER_CODE = "other"  # the label of any other code
+MAX_CODE_CHARS = 100  # an error code from the source is untrusted: longer ones are cut (for the error and the log)
+MAX_LOG_URL_CHARS = 2048  # the same for the error's log_url
+# A `next` cursor longer than this is not one: it is sent back in the query string and kept in the checkpoint.
+MAX_CURSOR_CHARS = 4096
+
+# A ratelimit-reset above this (2001-09-09 as seconds since the epoch) is a time, not a number of seconds to wait.
+EPOCH_SECONDS_FROM = 10**9
 
 Sleep = Callable[[float], Awaitable[None]]
 Headers = Mapping[str, str]
@@ -81,11 +161,11 @@ class RateLimitBudget:
     remaining: int | None = None
     reset_at: float | None = None  # monotonic time at which the budget refills
 
-    def observe(self, headers: Headers, now: float) -> None:
-        remaining = _int_header(headers, "ratelimit-remaining")
-        reset = _float_header(headers, "ratelimit-reset")
+    def observe(self, headers: Headers, now: float, max_wait: float) -> None:
+        remaining = _finite(headers.get("ratelimit-remaining"))
+        reset = _reset_delay(headers, max_wait)
         if remaining is not None:
-            self.remaining = remaining
+            self.remaining = max(0, int(remaining))
         if reset is not None:
             self.reset_at = now + reset
 
@@ -126,8 +206,10 @@ class SourceClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # `total` is the deadline of a whole request, body included: `sock_read` alone lets a body that trickles
+            # in, a byte at a time, go on for ever.
             timeout = aiohttp.ClientTimeout(
-                total=None,
+                total=self._config.source_request_timeout_seconds,
                 sock_connect=self._config.source_connect_timeout_seconds,
                 sock_read=self._config.source_read_timeout_seconds,
             )
@@ -162,7 +244,7 @@ class SourceClient:
                 return await self._request(integration, resource, params, page_number)
             except RetryableSourceError as error:
                 attempt += 1
-                self._metrics.source_retries.labels(resource, error.code).inc()
+                self._metrics.source_retries.labels(resource, code_label(error.code)).inc()
                 if attempt > self._config.source_max_retries:
                     raise
                 await self._backoff(attempt, error)
@@ -206,10 +288,13 @@ class SourceClient:
         started = time.monotonic()
         try:
             async with self._get_session().get(
-                self._url(resource), params=params, headers={"X-Integration-Id": integration}
+                self._url(resource),
+                params=params,
+                headers={"X-Integration-Id": integration},
+                allow_redirects=False,  # the API key, the integration id and the query must not go elsewhere
             ) as response:
-                body = await response.read()
-                self._budget.observe(response.headers, time.monotonic())
+                body = await _read_at_most(response, self._config.source_max_response_bytes)
+                self._budget.observe(response.headers, time.monotonic(), self._config.source_backoff_max_seconds)
                 status = response.status
                 headers = response.headers
         except TimeoutError as exc:
@@ -228,14 +313,48 @@ class SourceClient:
         finally:
             series.source_request_duration.observe(time.monotonic() - started)
 
+        if 300 <= status < 400:
+            raise self._redirected(integration, resource, status, headers)
         if 200 <= status < 300:
+            if body is None:
+                raise self._too_large(integration, resource, status, page_number)
             series.source_requests_ok.inc()
             return self._parse_page(body, headers, integration, resource, page_number)
+        if body is None:  # an error's envelope that large is not Kombo's: its status says enough
+            body = b""
         raise self._error_from_response(status, headers, body, integration, resource, has_cursor="cursor" in params)
+
+    def _redirected(self, integration: str, resource: str, status: int, headers: Headers) -> SourceError:
+        # An API does not redirect its list endpoints: RELAY_SOURCE_URL is wrong (http:// for https://, an old host)
+        # or the source is hostile. Neither gets better by retrying; the pair backs off and the error says where to.
+        code = "RELAY.REDIRECT"
+        self._count(resource, status, code)
+        return SourceError(
+            f"HTTP {status} redirects to {_origin(self._url(resource), headers.get('location'))}, which is not "
+            "followed (the API key and the integration id would go along); set RELAY_SOURCE_URL to the API's own URL",
+            code=code,
+            integration=integration,
+            resource=resource,
+            status=status,
+        )
+
+    def _too_large(self, integration: str, resource: str, status: int, page_number: int) -> InvalidPage:
+        # Not retried: the same page would be as large again. The poll fails, nothing advances, the pair backs off.
+        code = "RELAY.RESPONSE_TOO_LARGE"
+        self._count(resource, status, code)
+        limit = self._config.source_max_response_bytes
+        return InvalidPage(
+            f"page {page_number}: the response is larger than RELAY_SOURCE_MAX_RESPONSE_BYTES ({limit} bytes); "
+            "raise that, or lower RELAY_PAGE_SIZE",
+            code=code,
+            integration=integration,
+            resource=resource,
+            status=status,
+        )
 
     def _count(self, resource: str, status: int | None, code: str) -> None:
         status_class = f"{status // 100}xx" if status is not None else "error"
-        self._metrics.source_requests.labels(resource, status_class, code).inc()
+        self._metrics.source_requests.labels(resource, status_class, code_label(code)).inc()
 
     def _error_from_response(
         self,
@@ -259,7 +378,8 @@ class SourceClient:
         }
         text = message or f"HTTP {status} without a Kombo error envelope"
         if code in RATE_LIMIT_CODES or (code is None and status == 429):
-            return RateLimited(text, retry_after=_retry_after(headers), **kwargs)
+            retry_after = _retry_after(headers, self._config.source_backoff_max_seconds)
+            return RateLimited(text, retry_after=retry_after, **kwargs)
         if code in AUTHENTICATION_CODES:
             return AuthenticationError(text, **kwargs)
         if code == "PLATFORM.INTEGRATION_NOT_FOUND" or (code or "").startswith("INTEGRATION."):
@@ -284,16 +404,67 @@ class SourceClient:
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            if "depth" in exc.msg or "recursion" in exc.msg:
+                # Nested deeper than orjson reads (1024): the same page would be as deep again, so no retry.
+                raise InvalidPage(
+                    f"page {page_number}: the body nests JSON deeper than the parser reads ({exc})",
+                    code="RELAY.JSON_TOO_DEEP",
+                    **where,
+                ) from exc
             # A truncated or garbled body is a transport accident, not the source's data: retry it.
             raise RetryableSourceError(
                 f"page {page_number}: the body is not valid JSON ({exc})", code="RELAY.MALFORMED_BODY", **where
             ) from exc
         results, next_cursor = _unwrap_envelope(document, page_number, where)
+        if len(results) > self._config.page_size:
+            raise InvalidPage(
+                f"page {page_number}: {len(results)} records, more than the page_size {self._config.page_size} "
+                "asked for",
+                code="RELAY.INVALID_PAGE",
+                **where,
+            )
         for index, record in enumerate(results):
             _validate_record(record, index, page_number, where)
         if results:  # an idle poll's page is empty: no lock taken to add 0
             self._metrics.for_resource(resource).records_fetched.inc(len(results))
         return Page(records=results, next_cursor=next_cursor, source_time_ms=_date_header_ms(headers))
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body (decompressed), in one bytes object; None once it is known to exceed ``limit`` bytes, which is
+    as soon as the Content-Length says so, or else as soon as that many bytes arrived (the rest is not read)."""
+    length = response.content_length
+    if length is not None and length > limit and "content-encoding" not in response.headers:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _origin(base: URL, location: str | None) -> str:
+    """The origin (scheme, host, port) a Location header points to: never its path, query or user info."""
+    if not location:
+        return "nowhere (no Location header)"
+    try:
+        return str(base.join(URL(location)).origin())[:200]
+    except ValueError:
+        return f"{location[:64]!r} (not a URL)"
+
+
+def code_label(code: str) -> str:
+    """The value of a metric's ``code`` label for an error code: a code Kombo documents or one of ours, else
+    ``other``. The error and its log line keep the real code."""
+    if code in KOMBO_ERROR_CODES or code in RELAY_ERROR_CODES:
+        return code
+    status = code.removeprefix("RELAY.HTTP_")
+    if status != code and len(status) == 3 and status.isascii() and status.isdigit():  # a handful in practice
+        return code
+    return OTHER_CODE
 
 
 def _unwrap_envelope(document: Any, page_number: int, where: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
@@ -310,9 +481,15 @@ def _unwrap_envelope(document: Any, page_number: int, where: dict[str, Any]) -> 
         raise RetryableSourceError(
             f"page {page_number}: data.results is not a list", code="RELAY.MALFORMED_BODY", **where
         )
-    if next_cursor is not None and (not isinstance(next_cursor, str) or not next_cursor):
+    if next_cursor is not None and (
+        not isinstance(next_cursor, str) or not next_cursor or len(next_cursor) > MAX_CURSOR_CHARS
+    ):
+        what = f"a string of {len(next_cursor)} characters" if isinstance(next_cursor, str) else _describe(next_cursor)
         raise InvalidPage(
-            f"page {page_number}: data.next is neither null nor a cursor string", code="RELAY.INVALID_PAGE", **where
+            f"page {page_number}: data.next is neither null nor a cursor string of 1 to {MAX_CURSOR_CHARS} characters"
+            f" (it is {what})",
+            code="RELAY.INVALID_PAGE",
+            **where,
         )
     return results, next_cursor
 
@@ -353,23 +530,36 @@ def _parse_error_envelope(body: bytes) -> tuple[str | None, str | None, str | No
         return None, None, None
     code, message, log_url = error.get("code"), error.get("message"), error.get("log_url")
     return (
-        code if isinstance(code, str) else None,
+        code[:MAX_CODE_CHARS] if isinstance(code, str) else None,
         message[:500] if isinstance(message, str) else None,
-        log_url if isinstance(log_url, str) else None,
+        log_url[:MAX_LOG_URL_CHARS] if isinstance(log_url, str) else None,
     )
 
 
-def _retry_after(headers: Headers) -> float | None:
-    """Retry-After (seconds or an HTTP date), else ratelimit-reset; None when the source said neither."""
+def _retry_after(headers: Headers, max_wait: float) -> float | None:
+    """Retry-After (seconds or an HTTP date), else ratelimit-reset, at most ``max_wait``; None when the source said
+    neither, or nothing that is a wait."""
     value = headers.get("retry-after")
     if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
+        seconds = _finite(value)
+        if seconds is None:
             when = _http_date_seconds(value)
-            if when is not None:
-                return max(0.0, when - time.time())
-    return _float_header(headers, "ratelimit-reset")
+            seconds = None if when is None else max(0.0, when - time.time())
+        if seconds is not None and seconds >= 0:
+            return min(seconds, max_wait)
+    return _reset_delay(headers, max_wait)
+
+
+def _reset_delay(headers: Headers, max_wait: float) -> float | None:
+    """The seconds until ratelimit-reset, at most ``max_wait``; None when absent or not a wait.
+
+    A value above :data:`EPOCH_SECONDS_FROM` is read as the time of the reset in seconds since the epoch."""
+    seconds = _finite(headers.get("ratelimit-reset"))
+    if seconds is None or seconds < 0:
+        return None
+    if seconds > EPOCH_SECONDS_FROM:
+        seconds = max(0.0, seconds - time.time())
+    return min(seconds, max_wait)
 
 
 def _date_header_ms(headers: Headers) -> int | None:
@@ -390,16 +580,12 @@ def _http_date_seconds(value: str) -> float | None:
         return None
 
 
-def _int_header(headers: Headers, name: str) -> int | None:
-    value = _float_header(headers, name)
-    return int(value) if value is not None else None
-
-
-def _float_header(headers: Headers, name: str) -> float | None:
-    value = headers.get(name)
+def _finite(value: str | None) -> float | None:
+    """A header's number; None when it is absent, not a number, or not finite (``nan``, ``inf``, ``1e400``)."""
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None

@@ -20,19 +20,10 @@ from relay.simulator import FaultKind, Simulator, SimulatorServer
 from relay.source import RateLimitBudget, SourceClient
 from relay.timestamps import format_timestamp_ms
 from tests.integration.harness import relay_config
+from tests.unit.support import RecordingSleep
 
 ACME = "personio:acme"
 USERS = "ats/users"
-
-
-class RecordingSleep:
-    """Stands in for asyncio.sleep: records the waits the client asked for and returns at once."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @pytest.fixture
@@ -127,7 +118,10 @@ async def test_retries_are_bounded(server: SimulatorServer) -> None:
 async def test_rate_limit_waits_as_long_as_the_source_asks(server: SimulatorServer, retry_after: bool) -> None:
     server.sim.rate_limiter.configure(limit=1, window=30, retry_after=retry_after)
     sleep = RecordingSleep()
-    client, metrics = client_for(server, sleep, source_max_retries=1, source_ratelimit_min_remaining=0)
+    # A wait the source asks for is capped at RELAY_SOURCE_BACKOFF_MAX_SECONDS, which the harness keeps tiny.
+    client, metrics = client_for(
+        server, sleep, source_max_retries=1, source_ratelimit_min_remaining=0, source_backoff_max_seconds=60
+    )
     async with client:
         await client.fetch_page(ACME, USERS, updated_after=None, cursor=None, page_number=0)
         with pytest.raises(RateLimited) as raised:
@@ -143,7 +137,7 @@ async def test_rate_limit_waits_as_long_as_the_source_asks(server: SimulatorServ
 async def test_the_client_slows_down_before_the_budget_runs_out(server: SimulatorServer) -> None:
     server.sim.rate_limiter.configure(limit=4, window=40, retry_after=True)
     sleep = RecordingSleep()
-    client, metrics = client_for(server, sleep, source_ratelimit_min_remaining=2)
+    client, metrics = client_for(server, sleep, source_ratelimit_min_remaining=2, source_backoff_max_seconds=60)
     async with client:
         for _ in range(3):
             await client.fetch_page(ACME, USERS, updated_after=None, cursor=None, page_number=0)

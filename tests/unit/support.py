@@ -57,3 +57,13 @@ def check_fingerprint(fingerprint: bytes, shapes: diff.ShapeTable) -> None:
     if malformed:
         raise StateError(f"malformed fingerprint {fingerprint[:40]!r}")
     diff.field_hashes(fingerprint, shapes)
+
+
+class RecordingSleep:
+    """Stands in for asyncio.sleep: records the waits asked for and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
