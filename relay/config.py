@@ -180,6 +180,8 @@ class KafkaSecurity:
 
     def ssl_context(self) -> ssl.SSLContext:
         # Imported here so that `relay check-config` and the unit tests of everything else need no Kafka client.
+        import ssl
+
         from aiokafka.helpers import create_ssl_context
 
         context: ssl.SSLContext = create_ssl_context(
@@ -189,6 +191,8 @@ class KafkaSecurity:
             password=_revealed(self.ssl_key_password),
         )
         context.check_hostname = self.ssl_check_hostname
+        # Said here, not left to the defaults of Python, OpenSSL and aiokafka, which have allowed TLS 1.0 and 1.1.
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
 
 

@@ -658,6 +658,11 @@ def test_kafka_client_kwargs_ssl_build_a_context() -> None:
     assert kwargs["security_protocol"] == "SSL"
 
 
+def test_the_kafka_tls_context_refuses_tls_older_than_1_2() -> None:
+    context = load(**SSL).kafka_security.ssl_context()
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
 # --- Documentation --------------------------------------------------------------------------------------------------
 
 
