@@ -28,8 +28,8 @@ from relay.config import (
     settings_help,
     settings_markdown,
 )
-from relay.config_kinds import Integer
-from relay.settings import setting, settings_class, settings_of
+from relay.config_kinds import Integer, SecretValue
+from relay.settings import Setting, setting, settings_class, settings_of
 
 API_KEY = "sk_live_never-print-me-7f3a91"
 SASL_PASSWORD = "sasl-never-print-me-02be"
@@ -568,6 +568,47 @@ def test_secrets_never_appear_in_problems(tmp_path: Path) -> None:
         assert API_KEY not in text
         assert SASL_PASSWORD not in text
         assert "123456789123" not in text
+
+
+SECRET_SETTINGS = [each for each in SETTINGS if isinstance(each.kind, SecretValue)]
+
+
+@pytest.mark.parametrize("each", SECRET_SETTINGS, ids=[each.env for each in SECRET_SETTINGS])
+@pytest.mark.parametrize("padding", ["\n", "\r\n", " \t", "\u00a0"])
+def test_every_secret_is_stripped_of_surrounding_whitespace(each: Setting, padding: str) -> None:
+    # A key pasted with its newline made aiohttp refuse every request ("Forbidden control character").
+    needs = {**SASL, **SSL_WITH_CERT, "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+    config = load(**{**needs, each.env: f"{padding}{SASL_PASSWORD}{padding}"})
+    secret = field_value(config, each.field)
+    assert isinstance(secret, Secret)
+    assert secret.reveal() == SASL_PASSWORD
+
+
+@pytest.mark.parametrize("each", SECRET_SETTINGS, ids=[each.env for each in SECRET_SETTINGS])
+@pytest.mark.parametrize("control", ["\n", "\x00", "\x1b", "\x7f", "\x85"])
+def test_a_secret_holding_a_control_character_is_refused_without_showing_it(each: Setting, control: str) -> None:
+    needs = {**SASL, **SSL_WITH_CERT, "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+    value = f"{API_KEY}{control}{SASL_PASSWORD}"
+    problems = problems_with(**{**needs, each.env: value})
+    assert problems == [f"{each.env}: must not contain control characters (a line break, a tab, ...)"]
+    assert API_KEY not in repr(problems)
+    assert SASL_PASSWORD not in repr(problems)
+
+
+def test_a_secret_from_the_configuration_file_is_stripped_and_checked_too(tmp_path: Path) -> None:
+    stripped = write(tmp_path / "stripped.toml", f'api_key = "{API_KEY}\\n"\nintegrations = "a:1"\n')
+    assert load_config(stripped, environ={}).api_key.reveal() == API_KEY
+    controlled = write(tmp_path / "controlled.toml", f'api_key = "{API_KEY}\\ttail"\nintegrations = "a:1"\n')
+    assert problems_of({}, controlled) == [
+        f"api_key (in {controlled}): must not contain control characters (a line break, a tab, ...)"
+    ]
+
+
+def test_a_secret_file_holding_a_control_character_is_refused(tmp_path: Path) -> None:
+    key_file = write(tmp_path / "key", f"{API_KEY}\n{API_KEY}\n")
+    assert problems_of({"RELAY_API_KEY_FILE": str(key_file), "RELAY_INTEGRATIONS": "a:1"}) == [
+        "RELAY_API_KEY_FILE: must not contain control characters (a line break, a tab, ...)"
+    ]
 
 
 # --- Derived values -------------------------------------------------------------------------------------------------
