@@ -406,15 +406,22 @@ SETTINGS: Final[tuple[Setting, ...]] = settings_of(Config)
 # --- Loading ------------------------------------------------------------------------------------------------------
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    warnings: list[str] | None = None,
+) -> Config:
     """Load the configuration from ``path`` (default: ``$RELAY_CONFIG_FILE``, if set) and ``RELAY_*`` variables.
 
-    Raises ``ConfigError`` with every problem found, one line each, naming the setting.
+    Raises ``ConfigError`` with every problem found, one line each, naming the setting. ``warnings``, if given,
+    receives a line for each setting accepted but unwise (a secret too short to be masked in the logs, a secret file
+    every user may read); the relay logs them at start-up, ``check-config`` prints them.
     """
     environ = os.environ if environ is None else environ
     if path is None:
         path = environ.get(CONFIG_FILE_ENV) or None
-    values = read_settings(SETTINGS, None if path is None else Path(path), environ)
+    values = read_settings(SETTINGS, None if path is None else Path(path), environ, warnings)
     # Relations between settings are checked once each setting is valid on its own.
     config = assemble(Config, values)
     if problems := list(_relation_problems(config)):

@@ -611,6 +611,64 @@ def test_a_secret_file_holding_a_control_character_is_refused(tmp_path: Path) ->
     ]
 
 
+def warnings_of(environ: Mapping[str, str], path: Path | None = None) -> list[str]:
+    warnings: list[str] = []
+    load_config(path, environ=environ, warnings=warnings)
+    return warnings
+
+
+SHORT_SECRET_WARNING = (
+    "a secret of fewer than 4 characters is neither safe nor masked in the logs; use a long random one"
+)
+
+
+@pytest.mark.parametrize("each", SECRET_SETTINGS, ids=[each.env for each in SECRET_SETTINGS])
+def test_a_secret_too_short_to_mask_is_warned_about_naming_the_key_not_the_value(each: Setting) -> None:
+    needs = {**MINIMAL, **SASL, **SSL_WITH_CERT, "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+    warnings = warnings_of({**needs, each.env: " x7q\n"})
+    assert warnings == [f"{each.env}: {SHORT_SECRET_WARNING}"]
+    assert "x7q" not in repr(warnings)
+    assert warnings_of({**needs, each.env: "x7qz"}) == []
+
+
+def test_a_short_secret_from_a_file_or_the_configuration_file_is_warned_about(tmp_path: Path) -> None:
+    key_file = write(tmp_path / "key", "abc\n")
+    key_file.chmod(0o600)
+    assert warnings_of({"RELAY_API_KEY_FILE": str(key_file), "RELAY_INTEGRATIONS": "a:1"}) == [
+        f"RELAY_API_KEY_FILE: {SHORT_SECRET_WARNING}"
+    ]
+    toml = write(tmp_path / "relay.toml", 'api_key = "abc"\nintegrations = "a:1"\n')
+    assert warnings_of({}, toml) == [f"api_key (in {toml}): {SHORT_SECRET_WARNING}"]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o777])
+def test_a_secret_file_every_user_may_read_is_warned_about(tmp_path: Path, mode: int) -> None:
+    key_file = write(tmp_path / "key", API_KEY)
+    key_file.chmod(mode)
+    warnings = warnings_of({"RELAY_API_KEY_FILE": str(key_file), "RELAY_INTEGRATIONS": "a:1"})
+    assert warnings == [
+        f"RELAY_API_KEY_FILE: {key_file} is readable by every user (mode {mode:04o}); make it readable by the relay "
+        "only (chmod 0400, or defaultMode: 0400 on a Kubernetes Secret volume)"
+    ]
+    assert API_KEY not in repr(warnings)
+
+
+@pytest.mark.parametrize("mode", [0o400, 0o600, 0o640, 0o440])
+def test_a_secret_file_others_may_not_read_is_not_warned_about(tmp_path: Path, mode: int) -> None:
+    key_file = write(tmp_path / "key", API_KEY)
+    key_file.chmod(mode)
+    assert warnings_of({"RELAY_API_KEY_FILE": str(key_file), "RELAY_INTEGRATIONS": "a:1"}) == []
+
+
+def test_the_mode_warned_about_is_the_files_not_its_symlinks(tmp_path: Path) -> None:
+    # A Kubernetes Secret volume's files are symlinks (0777 themselves) into a ..data directory.
+    key_file = write(tmp_path / "key", API_KEY)
+    key_file.chmod(0o400)
+    link = tmp_path / "link"
+    link.symlink_to(key_file)
+    assert warnings_of({"RELAY_API_KEY_FILE": str(link), "RELAY_INTEGRATIONS": "a:1"}) == []
+
+
 # --- Derived values -------------------------------------------------------------------------------------------------
 
 
@@ -772,6 +830,22 @@ def test_check_config_reports_every_problem(
         "  RELAY_PAGE_SIZE: must be an integer from 1 to 250, got 0",
     ]
     assert API_KEY not in err
+
+
+def test_check_config_prints_the_warnings_of_an_accepted_configuration(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    key_file = write(tmp_path / "key", API_KEY)
+    key_file.chmod(0o644)
+    set_env(monkeypatch, {"RELAY_API_KEY_FILE": str(key_file), "RELAY_INTEGRATIONS": "a:1"})
+    set_env(monkeypatch, {"RELAY_KOMBO_WEBHOOK_SECRET": "abc"})
+    assert relay.cli.main(["check-config"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"relay: warning: RELAY_API_KEY_FILE: {key_file} is readable by every user (mode 0644); make it readable by "
+        "the relay only (chmod 0400, or defaultMode: 0400 on a Kubernetes Secret volume)",
+        f"relay: warning: RELAY_KOMBO_WEBHOOK_SECRET: {SHORT_SECRET_WARNING}",
+    ]
 
 
 def test_check_config_help_explains_the_configuration(capsys: pytest.CaptureFixture[str]) -> None:
