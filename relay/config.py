@@ -158,6 +158,11 @@ class KafkaSecurity:
     )
     ssl_key_password: Secret | None = setting(SecretValue(), None, "Password of the client certificate's private key")
     ssl_check_hostname: bool = setting(Flag(), True, "Check that each broker's certificate is for its host name")
+    allow_plaintext_password: bool = setting(
+        Flag(),
+        False,
+        "Lets SASL PLAIN send its password over a plaintext listener (SASL_PLAINTEXT); for a local test broker only",
+    )
 
     @property
     def uses_sasl(self) -> bool:
@@ -468,6 +473,14 @@ def _kafka_security_problems(security: KafkaSecurity) -> Iterator[str]:
     }
     if security.uses_sasl:
         yield from (f"{name}: required because {protocol}" for name, value in sasl.items() if value is None)
+        # SCRAM never sends the password, PLAIN sends it as is: over SASL_PLAINTEXT, anyone on the path reads it.
+        plain_in_clear = security.security_protocol == "SASL_PLAINTEXT" and security.sasl_mechanism == "PLAIN"
+        if plain_in_clear and not security.allow_plaintext_password:
+            yield (
+                "RELAY_KAFKA_SASL_MECHANISM: PLAIN with RELAY_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT sends the "
+                "password in clear; use SASL_SSL or a SCRAM mechanism, or set "
+                "RELAY_KAFKA_ALLOW_PLAINTEXT_PASSWORD=true (a local test broker only)"
+            )
     else:
         # A credential that is silently not used means a connection less secure than the operator believes.
         yield from (f"{name}: set, but {protocol}, without SASL" for name, value in sasl.items() if value is not None)

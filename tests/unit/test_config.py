@@ -38,7 +38,7 @@ MINIMAL = {"RELAY_API_KEY": API_KEY, "RELAY_INTEGRATIONS": INTEGRATION}
 EXISTING_FILE = __file__
 SASL = {
     "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-    "RELAY_KAFKA_SASL_MECHANISM": "PLAIN",
+    "RELAY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
     "RELAY_KAFKA_SASL_USERNAME": "relay",
     "RELAY_KAFKA_SASL_PASSWORD": SASL_PASSWORD,
 }
@@ -110,6 +110,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
         "ssl_keyfile": None,
         "ssl_key_password": None,
         "ssl_check_hostname": True,
+        "allow_plaintext_password": False,
     },
     "topic_prefix": "kombo",
     "topic_template": "{prefix}.{resource}",
@@ -208,6 +209,7 @@ OVERRIDES: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELAY_KAFKA_SSL_KEYFILE", EXISTING_FILE, "kafka_security.ssl_keyfile", EXISTING_FILE, SSL_WITH_CERT),
     ("RELAY_KAFKA_SSL_KEY_PASSWORD", "kp", "kafka_security.ssl_key_password", Secret("kp"), SSL_WITH_CERT),
     ("RELAY_KAFKA_SSL_CHECK_HOSTNAME", "off", "kafka_security.ssl_check_hostname", False, {}),
+    ("RELAY_KAFKA_ALLOW_PLAINTEXT_PASSWORD", "yes", "kafka_security.allow_plaintext_password", True, {}),
     ("RELAY_TOPIC_PREFIX", "acme", "topic_prefix", "acme", {}),
     ("RELAY_TOPIC_TEMPLATE", "{prefix}.{resource}.{event}", "topic_template", "{prefix}.{resource}.{event}", {}),
     ("RELAY_STATE_TOPIC", "relay.state", "state_topic", "relay.state", {}),
@@ -489,6 +491,33 @@ def test_relations_between_settings(env: dict[str, str], expected: list[str]) ->
     assert problems_with(**env) == expected
 
 
+PLAIN_OVER_PLAINTEXT = (
+    "RELAY_KAFKA_SASL_MECHANISM: PLAIN with RELAY_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT sends the password in "
+    "clear; use SASL_SSL or a SCRAM mechanism, or set RELAY_KAFKA_ALLOW_PLAINTEXT_PASSWORD=true (a local test broker "
+    "only)"
+)
+
+
+def test_sasl_plain_over_plaintext_is_refused_unless_allowed() -> None:
+    plain_over_plaintext = {
+        **SASL,
+        "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "RELAY_KAFKA_SASL_MECHANISM": "PLAIN",
+    }
+    assert problems_with(**plain_over_plaintext) == [PLAIN_OVER_PLAINTEXT]
+    allowed = load(**plain_over_plaintext, RELAY_KAFKA_ALLOW_PLAINTEXT_PASSWORD="true")
+    assert allowed.kafka_client_kwargs()["sasl_plain_password"] == SASL_PASSWORD
+
+
+@pytest.mark.parametrize(
+    ("protocol", "mechanism"),
+    [("SASL_SSL", "PLAIN"), ("SASL_PLAINTEXT", "SCRAM-SHA-256"), ("SASL_PLAINTEXT", "SCRAM-SHA-512")],
+)
+def test_sasl_that_does_not_send_the_password_in_clear_needs_no_allowing(protocol: str, mechanism: str) -> None:
+    config = load(**{**SASL, "RELAY_KAFKA_SECURITY_PROTOCOL": protocol, "RELAY_KAFKA_SASL_MECHANISM": mechanism})
+    assert config.kafka_security.allow_plaintext_password is False
+
+
 def test_a_derived_state_topic_is_checked_too() -> None:
     problems = problems_with(RELAY_TOPIC_PREFIX="p" * 240)
     assert any(problem.startswith("RELAY_STATE_TOPIC: 'ppp") for problem in problems)
@@ -743,7 +772,7 @@ def test_kafka_client_kwargs_sasl_reveal_the_password() -> None:
     assert kwargs == {
         "bootstrap_servers": "localhost:9092",
         "security_protocol": "SASL_PLAINTEXT",
-        "sasl_mechanism": "PLAIN",
+        "sasl_mechanism": "SCRAM-SHA-256",
         "sasl_plain_username": "relay",
         "sasl_plain_password": SASL_PASSWORD,
     }
