@@ -53,6 +53,8 @@ WEBHOOK_OUTCOMES = (
     "invalid",
     "unauthorized",
     "too_large",
+    "timeout",
+    "busy",
 )
 
 
