@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 
 from relay import __version__
 from relay.check_config import add_arguments as add_arguments  # `relay run` takes what check-config takes
-from relay.config import Config, ConfigError, load_config, print_problems
+from relay.config import Config, ConfigError, environment_warnings, load_config, print_problems
 from relay.errors import AuthenticationError, Fenced, KafkaAuthorizationFailed, KafkaUnavailable, StateError
 from relay.heap import HeapTrimmer, malloc_trim
 from relay.logs import configure_logging
@@ -282,12 +282,15 @@ async def serve(config: Config) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    warnings: list[str] = []
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, warnings=warnings)
     except ConfigError as error:
         print_problems(error)
         return EXIT_CONFIG
     configure_logging(config.log_format, config.log_level, secrets=config.secret_values())
+    for warning in [*environment_warnings(), *warnings]:
+        log.warning("configuration warning", extra={"warning": warning})
     code = asyncio.run(serve(config))
     log.info("relay stopped", extra={"exit_code": code})
     return code

@@ -54,10 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     for warning in environment_warnings():
         print(f"relay: warning: {warning}", file=sys.stderr)
+    warnings: list[str] = []
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, warnings=warnings)
     except ConfigError as error:
         print_problems(error)
         return 2
+    for warning in warnings:
+        print(f"relay: warning: {warning}", file=sys.stderr)
     sys.stdout.write(orjson.dumps(config.masked(), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0

@@ -158,6 +158,11 @@ class KafkaSecurity:
     )
     ssl_key_password: Secret | None = setting(SecretValue(), None, "Password of the client certificate's private key")
     ssl_check_hostname: bool = setting(Flag(), True, "Check that each broker's certificate is for its host name")
+    allow_plaintext_password: bool = setting(
+        Flag(),
+        False,
+        "Lets SASL PLAIN send its password over a plaintext listener (SASL_PLAINTEXT); for a local test broker only",
+    )
 
     @property
     def uses_sasl(self) -> bool:
@@ -180,6 +185,8 @@ class KafkaSecurity:
 
     def ssl_context(self) -> ssl.SSLContext:
         # Imported here so that `relay check-config` and the unit tests of everything else need no Kafka client.
+        import ssl
+
         from aiokafka.helpers import create_ssl_context
 
         context: ssl.SSLContext = create_ssl_context(
@@ -189,6 +196,8 @@ class KafkaSecurity:
             password=_revealed(self.ssl_key_password),
         )
         context.check_hostname = self.ssl_check_hostname
+        # Said here, not left to the defaults of Python, OpenSSL and aiokafka, which have allowed TLS 1.0 and 1.1.
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
 
 
@@ -414,15 +423,22 @@ SETTINGS: Final[tuple[Setting, ...]] = settings_of(Config)
 # --- Loading ------------------------------------------------------------------------------------------------------
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    warnings: list[str] | None = None,
+) -> Config:
     """Load the configuration from ``path`` (default: ``$RELAY_CONFIG_FILE``, if set) and ``RELAY_*`` variables.
 
-    Raises ``ConfigError`` with every problem found, one line each, naming the setting.
+    Raises ``ConfigError`` with every problem found, one line each, naming the setting. ``warnings``, if given,
+    receives a line for each setting accepted but unwise (a secret too short to be masked in the logs, a secret file
+    every user may read); the relay logs them at start-up, ``check-config`` prints them.
     """
     environ = os.environ if environ is None else environ
     if path is None:
         path = environ.get(CONFIG_FILE_ENV) or None
-    values = read_settings(SETTINGS, None if path is None else Path(path), environ)
+    values = read_settings(SETTINGS, None if path is None else Path(path), environ, warnings)
     # Relations between settings are checked once each setting is valid on its own.
     config = assemble(Config, values)
     if problems := list(_relation_problems(config)):
@@ -475,6 +491,14 @@ def _kafka_security_problems(security: KafkaSecurity) -> Iterator[str]:
     }
     if security.uses_sasl:
         yield from (f"{name}: required because {protocol}" for name, value in sasl.items() if value is None)
+        # SCRAM never sends the password, PLAIN sends it as is: over SASL_PLAINTEXT, anyone on the path reads it.
+        plain_in_clear = security.security_protocol == "SASL_PLAINTEXT" and security.sasl_mechanism == "PLAIN"
+        if plain_in_clear and not security.allow_plaintext_password:
+            yield (
+                "RELAY_KAFKA_SASL_MECHANISM: PLAIN with RELAY_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT sends the "
+                "password in clear; use SASL_SSL or a SCRAM mechanism, or set "
+                "RELAY_KAFKA_ALLOW_PLAINTEXT_PASSWORD=true (a local test broker only)"
+            )
     else:
         # A credential that is silently not used means a connection less secure than the operator believes.
         yield from (f"{name}: set, but {protocol}, without SASL" for name, value in sasl.items() if value is not None)

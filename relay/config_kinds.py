@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,9 +249,15 @@ class SecretValue:
     description: str = "a secret; or, in the _FILE variant, the path of a file holding it"
 
     def parse(self, raw: object) -> Secret:
-        value = require_string(raw)
-        if not value.strip():
+        # Stripped wherever it comes from (a file's content already is): a key pasted with its trailing newline
+        # into a variable or a Kubernetes Secret made aiohttp refuse every request it was sent with.
+        value = require_string(raw).strip()
+        if not value:
             raise Invalid("must not be empty")
+        # Refused, not quietly cleaned: such a secret cannot be sent in a header, and is not the one the operator
+        # believes was set. The message says what, never where or which: the value must not appear anywhere.
+        if any(unicodedata.category(char) == "Cc" for char in value):
+            raise Invalid("must not contain control characters (a line break, a tab, ...)")
         return Secret(value)
 
 

@@ -206,6 +206,15 @@ def _vanished(fingerprint: bytes) -> bytes:
 # -------------------------------------------------------------------------------------------------------- shapes
 
 
+# The shapes of a pair are capped: a source whose records each bring a top-level key of their own would otherwise
+# grow the table, held in memory and written to the state topic, by one shape per record. A real list endpoint has a
+# handful (optional fields come and go); 1,000 is far above that. A record whose new shape would pass the cap is
+# remembered with UNKNOWN_SHAPE instead, no field hashes: its content hash still decides every event, exactly as
+# before, and only its updates' changed_fields are unknown (empty). Failing the page instead would stop the pair.
+MAX_SHAPES_PER_PAIR: Final = 1000
+UNKNOWN_SHAPE: Final[Shape] = ()  # no record has it: every record has an id
+
+
 class ShapeTable:
     """Interns record shapes (sorted tuples of top-level field names) as small integers, per pair.
 
@@ -483,6 +492,8 @@ class PageDiff:
             self.delta[entity_id] = make_fingerprint(digest, changed_at_ms=changed_at, version=version, deleted=True)
             return (), []
         names = tuple(sorted(record))
+        if len(self.shapes) + len(self.new_shape_ids) >= MAX_SHAPES_PER_PAIR and self._is_new_shape(names):
+            names = UNKNOWN_SHAPE
         try:  # field_hash(), inlined
             hashes = [_crc32(_dumps(record[name], option=_SORT_KEYS)) & 0xFFFF for name in names]
         except orjson.JSONEncodeError:  # an integer beyond 64 bits somewhere: the exact, slower way
@@ -499,8 +510,12 @@ class PageDiff:
         return names, hashes
 
     def _changed_fields(self, previous: bytes, names: Shape, hashes: list[int]) -> tuple[str, ...]:
-        """Top-level fields whose value changed, appeared or disappeared. Empty only on a 16-bit hash collision."""
+        """Top-level fields whose value changed, appeared or disappeared. Empty on a 16-bit hash collision, or when
+        either record is remembered with UNKNOWN_SHAPE (see MAX_SHAPES_PER_PAIR): then which fields changed is unknown.
+        """
         previous_names = self._shape_names(previous)
+        if names == UNKNOWN_SHAPE or previous_names == UNKNOWN_SHAPE:
+            return ()
         previous_hashes = _hash_values(previous, previous_names)
         if previous_names == names:  # the usual case: compare position by position, names already sorted
             return tuple(name for name, old, new in zip(names, previous_hashes, hashes, strict=True) if old != new)
@@ -513,6 +528,9 @@ class PageDiff:
         shape = shape_id(fingerprint)
         names = self.new_shape_names.get(shape)
         return self.shapes.names(shape) if names is None else names
+
+    def _is_new_shape(self, names: Shape) -> bool:
+        return self.shapes.id_of(names) is None and names not in self.new_shape_ids
 
     def _shape_id(self, names: Shape) -> int:
         known = self.shapes.id_of(names)

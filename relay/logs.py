@@ -16,11 +16,10 @@ from typing import Any
 
 import orjson
 
-from relay.secret import MASK
+from relay.secret import MASK, MIN_MASKED_SECRET
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
-MIN_MASKED_SECRET = 4
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import hmac
 from typing import Final, NoReturn
 
-__all__ = ["MASK", "Secret"]
+__all__ = ["MASK", "MIN_MASKED_SECRET", "Secret"]
 
 MASK: Final = "**********"
+# The shortest secret the log filter masks: a shorter one would be masked wherever its characters stand, garbling every
+# line. Configuration warns about a secret this short at start-up (relay.settings).
+MIN_MASKED_SECRET: Final = 4
 
 
 class Secret:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import stat
 import tomllib
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +20,7 @@ import yaml
 
 from relay.config_kinds import Invalid, Kind, SecretValue, require_string
 from relay.errors import ConfigError
+from relay.secret import MIN_MASKED_SECRET, Secret
 
 __all__ = [
     "ENV_PREFIX",
@@ -161,12 +164,20 @@ class _Raw:
 _Layer = Mapping[str, _Raw]  # file key -> the value given for it
 
 
-def read_settings(settings: Sequence[Setting], path: Path | None, environ: Mapping[str, str]) -> dict[str, Any]:
+def read_settings(
+    settings: Sequence[Setting],
+    path: Path | None,
+    environ: Mapping[str, str],
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
     """The value of every setting, keyed by ``Setting.field``, from ``environ``, else the file at ``path``, else the
     default (derived defaults computed last, in order, so that one may use one derived before it).
 
-    Raises ``ConfigError`` with every problem found, one line each, naming the setting.
+    Raises ``ConfigError`` with every problem found, one line each, naming the setting. ``warnings``, if given,
+    receives a line for each value that is accepted but unwise (a secret too short to mask, a secret file every user
+    may read), naming the setting, never a secret.
     """
+    warnings = [] if warnings is None else warnings
     file_layer: _Layer = {}
     problems: list[str] = []
     if path is not None:
@@ -175,7 +186,7 @@ def read_settings(settings: Sequence[Setting], path: Path | None, environ: Mappi
     values: dict[str, object] = {}
     for each in settings:
         try:
-            values[each.field] = _resolve(each, _given(each, layers))
+            values[each.field] = _resolve(each, _given(each, layers), warnings)
         except Invalid as problem:
             problems.append(str(problem))
     if problems:
@@ -262,7 +273,7 @@ def _given(setting: Setting, layers: Sequence[_Layer]) -> dict[str, _Raw]:
     return {}
 
 
-def _resolve(setting: Setting, given: Mapping[str, _Raw]) -> object:
+def _resolve(setting: Setting, given: Mapping[str, _Raw], warnings: list[str]) -> object:
     if not given:
         if setting.default is REQUIRED:
             raise Invalid(f"{' or '.join(setting.env_names)}: required")
@@ -271,20 +282,35 @@ def _resolve(setting: Setting, given: Mapping[str, _Raw]) -> object:
         raise Invalid(f"{' and '.join(raw.origin for raw in given.values())}: set only one of them")
     [(key, raw)] = given.items()
     try:
-        value = raw.value if key == setting.key else _read_secret_file(raw.value)
-        return setting.kind.parse(value)
+        value = raw.value if key == setting.key else _read_secret_file(raw.value, raw.origin, warnings)
+        parsed = setting.kind.parse(value)
     except Invalid as problem:
         raise Invalid(f"{raw.origin}: {problem}") from None
+    if isinstance(parsed, Secret) and len(parsed.reveal()) < MIN_MASKED_SECRET:
+        # Warned about, not refused: local setups use short secrets. The log filter cannot mask it (relay.logs).
+        warnings.append(
+            f"{raw.origin}: a secret of fewer than {MIN_MASKED_SECRET} characters is neither safe nor masked in the "
+            "logs; use a long random one"
+        )
+    return parsed
 
 
-def _read_secret_file(raw: object) -> str:
+def _read_secret_file(raw: object, origin: str, warnings: list[str]) -> str:
     path = require_string(raw)
     try:
-        content = Path(path).read_text(encoding="utf-8").strip()
+        with Path(path).open(encoding="utf-8") as file:
+            mode = os.fstat(file.fileno()).st_mode  # of the file read, wherever a symlink pointed
+            content = file.read().strip()
     except OSError as error:
         raise Invalid(f"cannot read {path}: {error.strerror}") from None
     except UnicodeDecodeError:
         raise Invalid(f"{path} is not UTF-8 text") from None  # the error's own message quotes a byte of it
     if not content:
         raise Invalid(f"{path} is empty")
+    if mode & stat.S_IROTH:
+        # Warned about, not refused: a Kubernetes Secret volume's files are 0644 unless its defaultMode says otherwise.
+        warnings.append(
+            f"{origin}: {path} is readable by every user (mode {stat.S_IMODE(mode):04o}); make it readable by the "
+            "relay only (chmod 0400, or defaultMode: 0400 on a Kubernetes Secret volume)"
+        )
     return content

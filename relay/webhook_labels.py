@@ -25,6 +25,8 @@ WEBHOOK_TYPES: Final = (*HANDLED_TYPES, "other", "unknown")
 #   invalid              400: malformed JSON or an unknown shape
 #   unauthorized         401: missing or wrong signature
 #   too_large            413: body over RELAY_KOMBO_WEBHOOK_MAX_BODY_BYTES
+#   timeout              408: the body was not read whole within relay.webhooks.BODY_READ_TIMEOUT_SECONDS
+#   busy                 503: relay.webhooks.MAX_WEBHOOKS_IN_FLIGHT webhooks were being handled already
 WEBHOOK_OUTCOMES: Final = (
     "accepted",
     "duplicate",
@@ -34,4 +36,6 @@ WEBHOOK_OUTCOMES: Final = (
     "invalid",
     "unauthorized",
     "too_large",
+    "timeout",
+    "busy",
 )

@@ -18,11 +18,13 @@ The parts, pure (no I/O) unless said otherwise:
 
 Answers: 200 when handled (acted on, duplicate, or nothing to do), 202 for an integration this relay does not poll,
 400 for malformed JSON or an unknown shape, 401 (empty body) for a missing or wrong signature, 413 for a body over
-the limit. The signature is checked before the body is parsed, so nothing unsigned is ever interpreted.
+the limit, 408 for a body not read whole within 10 seconds, 503 (with Retry-After) beyond 64 webhooks being handled.
+The signature is checked before the body is parsed, so nothing unsigned is ever interpreted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -56,6 +58,14 @@ OTHER_KOMBO_TYPES: Final = (
 )
 # The labels of relay_webhooks_received_total, and what each means, are in relay.webhook_labels.
 PAUSING_STATES: Final = ("INACTIVE", "INVALID")
+# A client that sends the headers and then drips the body would otherwise hold a handler for ever. Kombo sends a
+# webhook's body at once; ten seconds is ample for any real one (at most RELAY_KOMBO_WEBHOOK_MAX_BODY_BYTES).
+BODY_READ_TIMEOUT_SECONDS: Final = 10.0
+# Handling a webhook never waits for a poll, so only slow bodies keep handlers busy; 64 at once is far more than
+# Kombo's deliveries need, and bounds what slow or hostile clients can hold. Beyond it: 503, Kombo retries later.
+MAX_WEBHOOKS_IN_FLIGHT: Final = 64
+RETRY_AFTER_SECONDS: Final = 1
+_EMPTY_BODY_STATUSES: Final = (401, 408, 413, 503)  # no detail for a caller who may not even be Kombo
 MAX_ID_LENGTH: Final = 256
 
 
@@ -370,7 +380,7 @@ class Reply:
     polls: tuple[str, ...] = field(default=())
 
     def body(self) -> bytes:
-        if self.status in (401, 413):
+        if self.status in _EMPTY_BODY_STATUSES:
             return b""  # no detail for a caller who may not even be Kombo
         if self.status == 400:
             return orjson.dumps({"error": self.detail or "invalid webhook"})
@@ -476,23 +486,49 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def make_handler(receiver: WebhookReceiver, metrics: Metrics) -> Handler:
-    """The aiohttp handler of ``POST {RELAY_KOMBO_WEBHOOK_PATH}``. It answers without waiting for any poll."""
+def make_handler(
+    receiver: WebhookReceiver,
+    metrics: Metrics,
+    *,
+    body_timeout: float = BODY_READ_TIMEOUT_SECONDS,
+    max_in_flight: int = MAX_WEBHOOKS_IN_FLIGHT,
+) -> Handler:
+    """The aiohttp handler of ``POST {RELAY_KOMBO_WEBHOOK_PATH}``. It answers without waiting for any poll.
+
+    A body not read whole within ``body_timeout`` seconds gets 408; beyond ``max_in_flight`` webhooks being handled
+    at once (a handler is only busy reading a body: acting never waits), a webhook gets 503 at once, with Retry-After.
+    """
+    in_flight = 0
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        nonlocal in_flight
         received_at = time.monotonic()
-        body = await read_limited(request, receiver.settings.max_body_bytes)
+        if in_flight >= max_in_flight:
+            return _answer(Reply(503, "busy"), request, received_at)
+        in_flight += 1
+        try:
+            async with asyncio.timeout(body_timeout):
+                body = await read_limited(request, receiver.settings.max_body_bytes)
+        except TimeoutError:
+            return _answer(Reply(408, "timeout"), request, received_at)
+        finally:
+            in_flight -= 1
         if body is None:
             reply = receiver.too_large()
         else:
             reply = receiver.receive(body, request.headers.get(SIGNATURE_HEADER), received_at=received_at)
+        return _answer(reply, request, received_at)
+
+    def _answer(reply: Reply, request: web.Request, received_at: float) -> web.Response:
         metrics.webhooks_received.labels(reply.type, reply.outcome).inc()
         _log(reply, request, time.monotonic() - received_at)
         response = web.Response(status=reply.status, body=reply.body())
-        if reply.status not in (401, 413):
+        if reply.status not in _EMPTY_BODY_STATUSES:
             response.content_type = "application/json"
-        if reply.status == 413:
+        if reply.status in (408, 413, 503):
             response.force_close()  # the rest of the body was not read; the connection cannot be reused
+        if reply.status == 503:
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
     return handle

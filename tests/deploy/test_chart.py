@@ -259,6 +259,15 @@ def test_existing_secrets_are_mounted_as_files_and_no_secret_is_created(helm: He
     assert relay_container(rendered)["image"].startswith("registry.example.com/data/change-relay@sha256:")
 
 
+@pytest.mark.parametrize("values", ["sasl-tls-existing-secrets-values.yaml", "monitoring-values.yaml"])
+def test_secret_files_are_not_readable_by_other_users(helm: Helm, values: str) -> None:
+    # A Secret volume's files are 0644 unless defaultMode says otherwise; the relay warns about such a file.
+    [secrets] = [v for v in pod_spec(helm.template([CHART / "ci" / values]))["volumes"] if v["name"] == "secrets"]
+    assert secrets["projected"]["defaultMode"] & 0o007 == 0
+    items = [item for source in secrets["projected"]["sources"] for item in source["secret"]["items"]]
+    assert all(item.get("mode", 0) & 0o007 == 0 for item in items)
+
+
 def test_inline_secrets_go_to_the_charts_secret_never_to_the_configmap(helm: Helm) -> None:
     rendered = helm.template([CHART / "ci" / "monitoring-values.yaml"])
     secret = rendered.one("Secret")

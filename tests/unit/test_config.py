@@ -28,8 +28,8 @@ from relay.config import (
     settings_help,
     settings_markdown,
 )
-from relay.config_kinds import Integer
-from relay.settings import setting, settings_class, settings_of
+from relay.config_kinds import Integer, SecretValue
+from relay.settings import Setting, setting, settings_class, settings_of
 
 API_KEY = "sk_live_never-print-me-7f3a91"
 SASL_PASSWORD = "sasl-never-print-me-02be"
@@ -38,7 +38,7 @@ MINIMAL = {"RELAY_API_KEY": API_KEY, "RELAY_INTEGRATIONS": INTEGRATION}
 EXISTING_FILE = __file__
 SASL = {
     "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-    "RELAY_KAFKA_SASL_MECHANISM": "PLAIN",
+    "RELAY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
     "RELAY_KAFKA_SASL_USERNAME": "relay",
     "RELAY_KAFKA_SASL_PASSWORD": SASL_PASSWORD,
 }
@@ -112,6 +112,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
         "ssl_keyfile": None,
         "ssl_key_password": None,
         "ssl_check_hostname": True,
+        "allow_plaintext_password": False,
     },
     "topic_prefix": "kombo",
     "topic_template": "{prefix}.{resource}",
@@ -212,6 +213,7 @@ OVERRIDES: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELAY_KAFKA_SSL_KEYFILE", EXISTING_FILE, "kafka_security.ssl_keyfile", EXISTING_FILE, SSL_WITH_CERT),
     ("RELAY_KAFKA_SSL_KEY_PASSWORD", "kp", "kafka_security.ssl_key_password", Secret("kp"), SSL_WITH_CERT),
     ("RELAY_KAFKA_SSL_CHECK_HOSTNAME", "off", "kafka_security.ssl_check_hostname", False, {}),
+    ("RELAY_KAFKA_ALLOW_PLAINTEXT_PASSWORD", "yes", "kafka_security.allow_plaintext_password", True, {}),
     ("RELAY_TOPIC_PREFIX", "acme", "topic_prefix", "acme", {}),
     ("RELAY_TOPIC_TEMPLATE", "{prefix}.{resource}.{event}", "topic_template", "{prefix}.{resource}.{event}", {}),
     ("RELAY_STATE_TOPIC", "relay.state", "state_topic", "relay.state", {}),
@@ -497,6 +499,33 @@ def test_relations_between_settings(env: dict[str, str], expected: list[str]) ->
     assert problems_with(**env) == expected
 
 
+PLAIN_OVER_PLAINTEXT = (
+    "RELAY_KAFKA_SASL_MECHANISM: PLAIN with RELAY_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT sends the password in "
+    "clear; use SASL_SSL or a SCRAM mechanism, or set RELAY_KAFKA_ALLOW_PLAINTEXT_PASSWORD=true (a local test broker "
+    "only)"
+)
+
+
+def test_sasl_plain_over_plaintext_is_refused_unless_allowed() -> None:
+    plain_over_plaintext = {
+        **SASL,
+        "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "RELAY_KAFKA_SASL_MECHANISM": "PLAIN",
+    }
+    assert problems_with(**plain_over_plaintext) == [PLAIN_OVER_PLAINTEXT]
+    allowed = load(**plain_over_plaintext, RELAY_KAFKA_ALLOW_PLAINTEXT_PASSWORD="true")
+    assert allowed.kafka_client_kwargs()["sasl_plain_password"] == SASL_PASSWORD
+
+
+@pytest.mark.parametrize(
+    ("protocol", "mechanism"),
+    [("SASL_SSL", "PLAIN"), ("SASL_PLAINTEXT", "SCRAM-SHA-256"), ("SASL_PLAINTEXT", "SCRAM-SHA-512")],
+)
+def test_sasl_that_does_not_send_the_password_in_clear_needs_no_allowing(protocol: str, mechanism: str) -> None:
+    config = load(**{**SASL, "RELAY_KAFKA_SECURITY_PROTOCOL": protocol, "RELAY_KAFKA_SASL_MECHANISM": mechanism})
+    assert config.kafka_security.allow_plaintext_password is False
+
+
 def test_a_derived_state_topic_is_checked_too() -> None:
     problems = problems_with(RELAY_TOPIC_PREFIX="p" * 240)
     assert any(problem.startswith("RELAY_STATE_TOPIC: 'ppp") for problem in problems)
@@ -578,6 +607,105 @@ def test_secrets_never_appear_in_problems(tmp_path: Path) -> None:
         assert "123456789123" not in text
 
 
+SECRET_SETTINGS = [each for each in SETTINGS if isinstance(each.kind, SecretValue)]
+
+
+@pytest.mark.parametrize("each", SECRET_SETTINGS, ids=[each.env for each in SECRET_SETTINGS])
+@pytest.mark.parametrize("padding", ["\n", "\r\n", " \t", "\u00a0"])
+def test_every_secret_is_stripped_of_surrounding_whitespace(each: Setting, padding: str) -> None:
+    # A key pasted with its newline made aiohttp refuse every request ("Forbidden control character").
+    needs = {**SASL, **SSL_WITH_CERT, "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+    config = load(**{**needs, each.env: f"{padding}{SASL_PASSWORD}{padding}"})
+    secret = field_value(config, each.field)
+    assert isinstance(secret, Secret)
+    assert secret.reveal() == SASL_PASSWORD
+
+
+@pytest.mark.parametrize("each", SECRET_SETTINGS, ids=[each.env for each in SECRET_SETTINGS])
+@pytest.mark.parametrize("control", ["\n", "\x00", "\x1b", "\x7f", "\x85"])
+def test_a_secret_holding_a_control_character_is_refused_without_showing_it(each: Setting, control: str) -> None:
+    needs = {**SASL, **SSL_WITH_CERT, "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+    value = f"{API_KEY}{control}{SASL_PASSWORD}"
+    problems = problems_with(**{**needs, each.env: value})
+    assert problems == [f"{each.env}: must not contain control characters (a line break, a tab, ...)"]
+    assert API_KEY not in repr(problems)
+    assert SASL_PASSWORD not in repr(problems)
+
+
+def test_a_secret_from_the_configuration_file_is_stripped_and_checked_too(tmp_path: Path) -> None:
+    stripped = write(tmp_path / "stripped.toml", f'api_key = "{API_KEY}\\n"\nintegrations = "a:1"\n')
+    assert load_config(stripped, environ={}).api_key.reveal() == API_KEY
+    controlled = write(tmp_path / "controlled.toml", f'api_key = "{API_KEY}\\ttail"\nintegrations = "a:1"\n')
+    assert problems_of({}, controlled) == [
+        f"api_key (in {controlled}): must not contain control characters (a line break, a tab, ...)"
+    ]
+
+
+def test_a_secret_file_holding_a_control_character_is_refused(tmp_path: Path) -> None:
+    key_file = write(tmp_path / "key", f"{API_KEY}\n{API_KEY}\n")
+    assert problems_of({"RELAY_API_KEY_FILE": str(key_file), "RELAY_INTEGRATIONS": "a:1"}) == [
+        "RELAY_API_KEY_FILE: must not contain control characters (a line break, a tab, ...)"
+    ]
+
+
+def warnings_of(environ: Mapping[str, str], path: Path | None = None) -> list[str]:
+    warnings: list[str] = []
+    load_config(path, environ=environ, warnings=warnings)
+    return warnings
+
+
+SHORT_SECRET_WARNING = (
+    "a secret of fewer than 4 characters is neither safe nor masked in the logs; use a long random one"
+)
+
+
+@pytest.mark.parametrize("each", SECRET_SETTINGS, ids=[each.env for each in SECRET_SETTINGS])
+def test_a_secret_too_short_to_mask_is_warned_about_naming_the_key_not_the_value(each: Setting) -> None:
+    needs = {**MINIMAL, **SASL, **SSL_WITH_CERT, "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+    warnings = warnings_of({**needs, each.env: " x7q\n"})
+    assert warnings == [f"{each.env}: {SHORT_SECRET_WARNING}"]
+    assert "x7q" not in repr(warnings)
+    assert warnings_of({**needs, each.env: "x7qz"}) == []
+
+
+def test_a_short_secret_from_a_file_or_the_configuration_file_is_warned_about(tmp_path: Path) -> None:
+    key_file = write(tmp_path / "key", "abc\n")
+    key_file.chmod(0o600)
+    assert warnings_of({"RELAY_API_KEY_FILE": str(key_file), "RELAY_INTEGRATIONS": "a:1"}) == [
+        f"RELAY_API_KEY_FILE: {SHORT_SECRET_WARNING}"
+    ]
+    toml = write(tmp_path / "relay.toml", 'api_key = "abc"\nintegrations = "a:1"\n')
+    assert warnings_of({}, toml) == [f"api_key (in {toml}): {SHORT_SECRET_WARNING}"]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o777])
+def test_a_secret_file_every_user_may_read_is_warned_about(tmp_path: Path, mode: int) -> None:
+    key_file = write(tmp_path / "key", API_KEY)
+    key_file.chmod(mode)
+    warnings = warnings_of({"RELAY_API_KEY_FILE": str(key_file), "RELAY_INTEGRATIONS": "a:1"})
+    assert warnings == [
+        f"RELAY_API_KEY_FILE: {key_file} is readable by every user (mode {mode:04o}); make it readable by the relay "
+        "only (chmod 0400, or defaultMode: 0400 on a Kubernetes Secret volume)"
+    ]
+    assert API_KEY not in repr(warnings)
+
+
+@pytest.mark.parametrize("mode", [0o400, 0o600, 0o640, 0o440])
+def test_a_secret_file_others_may_not_read_is_not_warned_about(tmp_path: Path, mode: int) -> None:
+    key_file = write(tmp_path / "key", API_KEY)
+    key_file.chmod(mode)
+    assert warnings_of({"RELAY_API_KEY_FILE": str(key_file), "RELAY_INTEGRATIONS": "a:1"}) == []
+
+
+def test_the_mode_warned_about_is_the_files_not_its_symlinks(tmp_path: Path) -> None:
+    # A Kubernetes Secret volume's files are symlinks (0777 themselves) into a ..data directory.
+    key_file = write(tmp_path / "key", API_KEY)
+    key_file.chmod(0o400)
+    link = tmp_path / "link"
+    link.symlink_to(key_file)
+    assert warnings_of({"RELAY_API_KEY_FILE": str(link), "RELAY_INTEGRATIONS": "a:1"}) == []
+
+
 # --- Derived values -------------------------------------------------------------------------------------------------
 
 
@@ -652,7 +780,7 @@ def test_kafka_client_kwargs_sasl_reveal_the_password() -> None:
     assert kwargs == {
         "bootstrap_servers": "localhost:9092",
         "security_protocol": "SASL_PLAINTEXT",
-        "sasl_mechanism": "PLAIN",
+        "sasl_mechanism": "SCRAM-SHA-256",
         "sasl_plain_username": "relay",
         "sasl_plain_password": SASL_PASSWORD,
     }
@@ -664,6 +792,11 @@ def test_kafka_client_kwargs_ssl_build_a_context() -> None:
     assert isinstance(context, ssl.SSLContext)
     assert context.check_hostname is False
     assert kwargs["security_protocol"] == "SSL"
+
+
+def test_the_kafka_tls_context_refuses_tls_older_than_1_2() -> None:
+    context = load(**SSL).kafka_security.ssl_context()
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
 
 
 # --- Documentation --------------------------------------------------------------------------------------------------
@@ -734,6 +867,22 @@ def test_check_config_reports_every_problem(
         "  RELAY_PAGE_SIZE: must be an integer from 1 to 250, got 0",
     ]
     assert API_KEY not in err
+
+
+def test_check_config_prints_the_warnings_of_an_accepted_configuration(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    key_file = write(tmp_path / "key", API_KEY)
+    key_file.chmod(0o644)
+    set_env(monkeypatch, {"RELAY_API_KEY_FILE": str(key_file), "RELAY_INTEGRATIONS": "a:1"})
+    set_env(monkeypatch, {"RELAY_KOMBO_WEBHOOK_SECRET": "abc"})
+    assert relay.cli.main(["check-config"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"relay: warning: RELAY_API_KEY_FILE: {key_file} is readable by every user (mode 0644); make it readable by "
+        "the relay only (chmod 0400, or defaultMode: 0400 on a Kubernetes Secret volume)",
+        f"relay: warning: RELAY_KOMBO_WEBHOOK_SECRET: {SHORT_SECRET_WARNING}",
+    ]
 
 
 def test_check_config_help_explains_the_configuration(capsys: pytest.CaptureFixture[str]) -> None:

@@ -549,6 +549,48 @@ def test_shape_table_from_garbage_is_a_state_error(data: bytes) -> None:
         ShapeTable.from_bytes(data)
 
 
+def test_the_shapes_of_a_pair_are_capped_and_records_beyond_lose_only_their_changed_fields() -> None:
+    # A source that gives each record a top-level key of its own would otherwise grow the shape table, kept in
+    # memory and in the state topic, by one shape per record.
+    cap = diff.MAX_SHAPES_PER_PAIR
+    memory = Memory()
+    extra = 50
+    page = [record(f"u{n}", **{f"field_{n}": n}) for n in range(cap + extra)]
+    created = memory.feed(*page)
+    assert [change.kind for change in created.changes] == ["created"] * (cap + extra)
+    assert len(memory.shapes) == cap + 1  # the cap, and the one shape that stands for any shape beyond it
+    for each in memory.state.values():
+        check_fingerprint(each, memory.shapes)  # what restoring the state checks
+
+    updated = memory.feed(*[record(f"u{n}", name="Grace", **{f"field_{n}": n}) for n in range(cap + extra)])
+    assert [change.kind for change in updated.changes] == ["updated"] * (cap + extra)
+    changed = {change.entity_id: change.changed_fields for change in updated.changes}
+    assert changed["u0"] == changed[f"u{cap - 1}"] == ("name",)
+    assert changed[f"u{cap}"] == changed[f"u{cap + extra - 1}"] == ()  # unknown: the record has no shape
+    assert updated.new_shapes == []
+
+    # Exactly once: what is remembered beyond the cap suppresses the same content, and announces a change.
+    again = memory.feed(*[record(f"u{n}", name="Grace", **{f"field_{n}": n}) for n in range(cap + extra)])
+    assert again.changes == []
+    assert again.suppressed == cap + extra
+    moved = only(memory.feed(record(f"u{cap}", name="Grace", **{f"field_{cap}": -1, "brand_new": 1})))
+    assert (moved.kind, moved.changed_fields) == ("updated", ())
+    assert len(memory.shapes) == cap + 1
+    assert len(ShapeTable.from_bytes(memory.shapes.to_bytes())) == cap + 1
+
+
+def test_below_the_cap_a_record_back_from_beyond_it_gets_its_changed_fields_again() -> None:
+    memory = Memory()
+    cap = diff.MAX_SHAPES_PER_PAIR
+    memory.feed(*[record(f"u{n}", **{f"field_{n}": n}) for n in range(cap + 1)])
+    # u{cap} is remembered without a shape; its next version has a shape known already (the plain record's is not,
+    # but u0 with field_0 is): the update cannot say which fields changed, the one after can.
+    first = only(memory.feed(record(f"u{cap}", name="Grace", field_0=0)))
+    assert (first.kind, first.changed_fields) == ("updated", ())
+    second = only(memory.feed(record(f"u{cap}", name="Lin", field_0=0)))
+    assert (second.kind, second.changed_fields) == ("updated", ("name",))
+
+
 @given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
 def test_narrowing_a_wide_fingerprint_keeps_the_low_16_bits_of_each_hash(first: int, second: int) -> None:
     header = diff.make_fingerprint(b"\1" * 8, changed_at_ms=5, version=2, shape_id=3, deleted=False)

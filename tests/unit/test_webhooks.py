@@ -633,6 +633,103 @@ async def test_a_chunked_body_over_the_limit_gets_413(endpoint: Endpoint) -> Non
         assert response.status == 413
 
 
+def request_head(body: bytes, path: str = "/webhooks/kombo") -> bytes:
+    """The head of a signed POST of ``body``, for a raw socket client that sends the body as it likes."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"{SIGNATURE_HEADER}: {sign(body, SECRET)}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+
+async def response_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    status_line = await reader.readline()
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers
+
+
+async def serve_limited(target: FakePoller, metrics: Metrics, **limits: Any) -> tuple[web.AppRunner, str, int]:
+    receiver = receiver_for(target)
+    webhook = (receiver.settings.path, make_handler(receiver, metrics, **limits))
+    runner, base = await serve(build_app(metrics, lambda: (True, {}), lambda: {}, Heartbeat(), webhook=webhook))
+    return runner, base, runner.addresses[0][1]
+
+
+async def test_a_body_dripped_past_the_deadline_gets_408(target: FakePoller) -> None:
+    metrics = Metrics([USERS])
+    runner, _, port = await serve_limited(target, metrics, body_timeout=0.3)
+    body = changed(ACME, "ats_users")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answered = asyncio.Event()
+
+    async def drip() -> None:
+        # A byte every 20 ms (each read is quick, only the whole is slow), and never the last one.
+        writer.write(request_head(body))
+        for byte in body[:-1]:
+            if answered.is_set():
+                return
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    dripping = asyncio.create_task(drip())
+    try:
+        started = time.monotonic()
+        status, headers = await asyncio.wait_for(response_head(reader), timeout=10)
+        answered.set()
+        assert status == 408
+        assert headers.get("connection") == "close"
+        assert time.monotonic() - started < 5  # generous: the deadline is 0.3 s, the whole drip would take 3 s
+        assert target.triggers == []
+        labels = {"type": "unknown", "outcome": "timeout"}
+        assert metrics.registry.get_sample_value("relay_webhooks_received_total", labels) == 1
+    finally:
+        answered.set()
+        await dripping
+        writer.close()
+        await runner.cleanup()
+
+
+async def test_webhooks_beyond_the_cap_get_503_at_once_with_retry_after(target: FakePoller) -> None:
+    metrics = Metrics([USERS])
+    runner, base, port = await serve_limited(target, metrics, max_in_flight=2)
+    body = changed(ACME, "ats_users")
+    holders = []
+    try:
+        for _ in range(2):  # two slow clients: the head and a part of the body, the rest later
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request_head(body) + body[:10])
+            await writer.drain()
+            holders.append((reader, writer))
+        async with aiohttp.ClientSession() as http:
+            endpoint = Endpoint(base, http, metrics)
+            deadline = time.monotonic() + 10
+            # Until both slow clients are being handled, a webhook goes through; then it is refused.
+            while (answer := await endpoint.post(changed(ACME, "ats_users", ident="more")))[0] != 503:
+                assert answer[0] == 200
+                assert time.monotonic() < deadline, "a third webhook in flight was never refused"
+                await asyncio.sleep(0.005)
+            async with http.post(base + "/webhooks/kombo", data=body, headers=signed_headers(body)) as response:
+                assert response.status == 503
+                assert response.headers["Retry-After"] == "1"
+            assert endpoint.count("unknown", "busy") >= 2
+            for reader, writer in holders:  # the slow clients finish: their webhooks are handled, the slots freed
+                writer.write(body[10:])
+                await writer.drain()
+                assert (await asyncio.wait_for(response_head(reader), timeout=10))[0] == 200
+            assert (await endpoint.post(changed(ACME, "ats_users", ident="after")))[0] == 200
+    finally:
+        for _, writer in holders:
+            writer.close()
+        await runner.cleanup()
+
+
+def signed_headers(body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, SECRET)}
+
+
 async def test_only_post_is_allowed(endpoint: Endpoint) -> None:
     async with endpoint.http.get(endpoint.base + "/webhooks/kombo") as response:
         assert response.status == 405
