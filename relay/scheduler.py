@@ -21,6 +21,7 @@ from typing import Protocol
 from relay.config import Config
 from relay.logs import redact
 from relay.metrics import Metrics
+from relay.slots import Slot, current_slot
 from relay.verdicts import INTERNAL_ERROR, Verdict, as_relay_error, verdict_on
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class Scheduler:
         self._rng = rng or random.Random()
         self._on_stop = on_stop
         self._secrets = config.secret_values()  # masked in what /status shows of an error
-        self._slots = asyncio.Semaphore(config.max_concurrent_polls)
+        self._places = asyncio.Semaphore(config.max_concurrent_polls)
         self._stopping = asyncio.Event()
         self._wake_grid = min(WAKE_GRID_SECONDS, config.poll_interval_seconds / 100)
         self.fatal: BaseException | None = None
@@ -247,7 +248,9 @@ class Scheduler:
                 status.triggered_at = None
                 delay = self._jittered_interval()
                 continue
-            async with self._slots:
+            slot = Slot(self._places)
+            current_slot.set(slot)  # the pair's own task: the source lends it back while it waits
+            async with slot.held():
                 if self._stopping.is_set():
                     return
                 delay = await self._poll_counted(status)

@@ -18,9 +18,12 @@ Errors are classified by the envelope's ``error.code``, as Kombo advises, and on
 
 Before the budget runs out the client slows down: when ``ratelimit-remaining`` falls to
 ``RELAY_SOURCE_RATELIMIT_MIN_REMAINING`` it spreads the remaining requests over the time until ``ratelimit-reset``.
+The budget is kept per integration, from that integration's latest response, so one integration's answer never makes
+another wait; and every wait (a budget running low, ``Retry-After``, a back-off) lends the poll's place under
+``RELAY_MAX_CONCURRENT_POLLS`` to other polls meanwhile (:mod:`relay.slots`).
 
-A wait taken from a header is never longer than ``RELAY_SOURCE_BACKOFF_MAX_SECONDS`` (the rate-limit budget is shared
-by every integration: one absurd header must not stall them all). ``Retry-After`` is seconds or an HTTP date (one in
+A wait taken from a header is never longer than ``RELAY_SOURCE_BACKOFF_MAX_SECONDS`` (one absurd header must not
+stall a poll for ever). ``Retry-After`` is seconds or an HTTP date (one in
 the past is 0); ``ratelimit-reset`` is seconds, or above 10**9 a time in seconds since the epoch. A value that is no
 wait (negative, ``nan``, ``inf``, not a number) is ignored: the next header, else the exponential backoff, decides.
 
@@ -76,6 +79,7 @@ from relay.errors import (
     SourceError,
 )
 from relay.metrics import Metrics
+from relay.slots import sleep_without_slot
 from relay.timestamps import parse_timestamp_ms
 
 RATE_LIMIT_CODES = frozenset(
@@ -156,7 +160,10 @@ class Page:
 
 @dataclass(slots=True)
 class RateLimitBudget:
-    """What the last response said about the API key's request budget (shared by every integration)."""
+    """What the last response for one integration said about the request budget.
+
+    Kept per integration: whether the source counts per API key or per integration, each integration's latest response
+    says what is left for it, and one integration's stale (or hostile) answer never makes the others wait."""
 
     remaining: int | None = None
     reset_at: float | None = None  # monotonic time at which the budget refills
@@ -194,7 +201,7 @@ class SourceClient:
         self._metrics = metrics or Metrics()
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._budget = RateLimitBudget()
+        self._budgets: dict[str, RateLimitBudget] = {}  # by integration: those the pipeline polls, no others
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}  # by resource: parsed once, not on every request
 
@@ -239,7 +246,7 @@ class SourceClient:
         params = self._query(updated_after, cursor)
         attempt = 0
         while True:
-            await self._respect_budget()
+            await self._respect_budget(integration)
             try:
                 return await self._request(integration, resource, params, page_number)
             except RetryableSourceError as error:
@@ -257,12 +264,15 @@ class SourceClient:
             params["cursor"] = cursor
         return params
 
-    async def _respect_budget(self) -> None:
-        pause = self._budget.pause_before_next(self._config.source_ratelimit_min_remaining, time.monotonic())
+    async def _respect_budget(self, integration: str) -> None:
+        budget = self._budgets.get(integration)
+        if budget is None:
+            return
+        pause = budget.pause_before_next(self._config.source_ratelimit_min_remaining, time.monotonic())
         if pause > 0:
             self._metrics.rate_limit_waits.labels("budget_low").inc()
             self._metrics.rate_limit_wait_seconds.inc(pause)
-            await self._sleep(pause)
+            await sleep_without_slot(self._sleep, pause)
 
     async def _backoff(self, attempt: int, error: RetryableSourceError) -> None:
         if error.retry_after is not None:
@@ -275,7 +285,7 @@ class SourceClient:
                 self._config.source_backoff_initial_seconds * 2 ** (attempt - 1),
             )
             delay = self._rng.uniform(0, ceiling)  # full jitter: many integrations must not retry in lockstep
-        await self._sleep(delay)
+        await sleep_without_slot(self._sleep, delay)
 
     def _url(self, resource: str) -> URL:
         url = self._urls.get(resource)
@@ -294,7 +304,10 @@ class SourceClient:
                 allow_redirects=False,  # the API key, the integration id and the query must not go elsewhere
             ) as response:
                 body = await _read_at_most(response, self._config.source_max_response_bytes)
-                self._budget.observe(response.headers, time.monotonic(), self._config.source_backoff_max_seconds)
+                budget = self._budgets.get(integration)
+                if budget is None:
+                    budget = self._budgets[integration] = RateLimitBudget()
+                budget.observe(response.headers, time.monotonic(), self._config.source_backoff_max_seconds)
                 status = response.status
                 headers = response.headers
         except TimeoutError as exc:

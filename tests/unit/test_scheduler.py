@@ -17,6 +17,7 @@ from relay.errors import AuthenticationError, KafkaUnavailable, StateError
 from relay.metrics import Metrics
 from relay.reload_gate import ReloadGate
 from relay.scheduler import Scheduler, Wakeup, next_on_grid
+from relay.slots import sleep_without_slot
 from tests.unit.support import quiescent, wait_until
 
 ACME = "personio:acme"
@@ -125,6 +126,7 @@ class ScriptedPoller(Scheduler):
         self.in_flight = 0
         self.failures: dict[tuple[str, str], BaseException] = {}  # raised by the pair's next poll
         self.holds: dict[tuple[str, str], asyncio.Event] = {}  # the pair's polls wait for this
+        self.source_waits: dict[tuple[str, str], asyncio.Event] = {}  # ... as for a rate limit the source set
         self.reloads: list[int] = []  # polls in flight at each state reload
 
     async def _scripted_poll(self, integration: str, resource: str, published: Callable[[int], None]) -> None:
@@ -134,6 +136,8 @@ class ScriptedPoller(Scheduler):
         try:
             if pair in self.holds:
                 await self.holds[pair].wait()
+            if pair in self.source_waits:
+                await sleep_without_slot(lambda _: self.source_waits[pair].wait(), 60)
             if pair in self.failures:
                 raise self.failures.pop(pair)
         finally:
@@ -249,6 +253,24 @@ async def test_an_unexpected_error_backs_its_pair_off_shows_on_status_and_leaves
         await wait_until(lambda: poller.polled(GLOBEX, USERS) == 2, "another pair's poll")
         assert poller.status[(GLOBEX, USERS)].healthy
         assert poller.fatal is None
+    finally:
+        poller.stop()
+        await runner
+
+
+async def test_a_pair_waiting_on_the_source_does_not_hold_the_only_poll_slot() -> None:
+    poller = ScriptedPoller(config(max_concurrent_polls="1"))
+    runner = await start(poller)
+    try:
+        waiting = poller.source_waits[(ACME, USERS)] = asyncio.Event()  # say, Retry-After: 60
+        poller.trigger(ACME, USERS)
+        await wait_until(lambda: poller.polled(ACME, USERS) == 2, "the rate-limited poll")
+        poller.trigger(GLOBEX, EMPLOYEES)
+        await wait_until(lambda: poller.polled(GLOBEX, EMPLOYEES) == 2, "another integration's poll, meanwhile")
+        await wait_until(lambda: not poller.status[(GLOBEX, EMPLOYEES)].polling, "it to finish")
+        assert poller.status[(ACME, USERS)].polling  # still waiting, without the slot
+        waiting.set()
+        await wait_until(lambda: not poller.status[(ACME, USERS)].polling, "the waiting poll to finish")
     finally:
         poller.stop()
         await runner

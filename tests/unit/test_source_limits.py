@@ -20,6 +20,7 @@ from relay.metrics import Metrics
 from relay.source import KOMBO_ERROR_CODES, MAX_CURSOR_CHARS, SourceClient
 from tests.unit.support import RecordingSleep
 
+GLOBEX = "greenhouse:globex"
 ACME = "personio:acme"
 USERS = "ats/users"
 API_KEY = "sk-hostile-0123456789"
@@ -184,6 +185,23 @@ async def test_a_spent_budget_never_stalls_longer_than_the_backoff_max(harness: 
     await fetch(client)
     await fetch(client)
     assert all(0 <= wait <= 7 for wait in harness.sleep.waits)
+
+
+async def test_one_integrations_spent_budget_never_makes_another_wait(harness: Harness) -> None:
+    async def by_integration(request: web.Request) -> web.StreamResponse:
+        spent = request.headers["X-Integration-Id"] == ACME
+        headers = {"ratelimit-remaining": "0" if spent else "900", "ratelimit-reset": "30"}
+        return web.Response(body=page_body(), content_type="application/json", headers=headers)
+
+    harness.source.handler = by_integration
+    client = harness.client(source_backoff_max_seconds="60")
+    await client.fetch_page(ACME, USERS, updated_after=None, cursor=None, page_number=0)
+    await client.fetch_page(GLOBEX, USERS, updated_after=None, cursor=None, page_number=0)
+    await client.fetch_page(GLOBEX, USERS, updated_after=None, cursor=None, page_number=0)
+    assert harness.sleep.waits == []  # globex has budget left, whatever acme was told
+    await client.fetch_page(ACME, USERS, updated_after=None, cursor=None, page_number=0)
+    assert len(harness.sleep.waits) == 1  # acme waits for its own reset
+    assert 29 <= harness.sleep.waits[0] <= 30
 
 
 @pytest.mark.parametrize("remaining", ["inf", "-inf", "nan", "1e400", "lots"])
