@@ -25,6 +25,7 @@ Modules, one concept each:
 * ``faults``, ``ratelimit``, ``churn``: injected failures, the request budget, the steady stream of changes;
 * ``api``, ``control``, ``server``: the ``/v1`` API, the ``/_sim/`` control API and the aiohttp server;
 * ``webhooks``: signed Kombo ``data-changed`` webhooks after mutations (``--webhook-url``), batched per second;
+* ``service``: the start/stop lifecycle (``async with``) of the server and the webhook sender;
 * ``cli``: ``relay simulate``.
 """
 
