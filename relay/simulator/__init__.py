@@ -18,8 +18,9 @@ events. Run it with ``relay simulate`` (see ``cli.py``), or in-process::
 
 Modules, one concept each:
 
-* ``model``: the in-memory store, the mutations and their log (pure: no I/O, no asyncio);
-* ``store``, ``errors``: how one resource's records are kept (entries, indexes, modification order); the exceptions;
+* ``model``: the ``Simulator``: integrations, seeding, queries, the Python API (pure: no I/O, no asyncio);
+* ``store``, ``mutations``, ``errors``: how one resource's records are kept; what each mutation does, and the log;
+  the exceptions;
 * ``records``: what the records of each resource look like (generators faithful to the schemas);
 * ``filters``, ``listing``, ``cursor``: the list endpoints' query parameters, pages and cursors;
 * ``clock``, ``dice``: injectable time and Kombo's timestamp formats; deterministic ids and draws from the seed;
@@ -33,7 +34,8 @@ Modules, one concept each:
 from relay.simulator.clock import Clock, ManualClock
 from relay.simulator.errors import InvalidMutation, NotFound, SimulatorError
 from relay.simulator.faults import Fault, FaultKind
-from relay.simulator.model import IntegrationState, Mutation, MutationKind, Simulator
+from relay.simulator.model import IntegrationState, Simulator
+from relay.simulator.mutations import Mutation, MutationKind
 from relay.simulator.records import RESOURCES
 from relay.simulator.server import SimulatorServer
 from relay.simulator.webhooks import WebhookSender

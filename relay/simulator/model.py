@@ -4,18 +4,15 @@
 ``sim.mutations`` to derive exactly which events a correct relay must publish; the HTTP server and the ``/_sim/``
 control API are thin layers over it.
 
-How the records are kept is ``store.py``'s business; what a mutation does to them (Kombo's semantics):
-
-``changed_at`` moves only when the record's own fields change (``update``, ``delete``,
-``restore``); ``change_nested`` leaves it alone but still makes the record match ``updated_after``; ``delete`` sets
-``remote_deleted_at``; ``restore`` clears it; ``hard_delete`` makes the record vanish outright.
+Around it: ``store.py`` keeps the records of each (integration, resource); ``mutations.py`` says what each mutation
+does to a record and keeps the log; ``errors.py`` has the exceptions. This module keeps the integrations, seeds
+their records, and answers the queries.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -23,67 +20,41 @@ from typing import Any
 import orjson
 
 from relay.simulator.churn import Churn
-from relay.simulator.clock import Clock, from_ms, to_ms, wall_clock
+from relay.simulator.clock import Clock, to_ms, wall_clock
 from relay.simulator.errors import InvalidMutation, NotFound, SimulatorError
 from relay.simulator.faults import FaultInjector
+from relay.simulator.mutations import CHURN_WEIGHTS, Mutation, MutationKind, MutationLog
 from relay.simulator.ratelimit import RateLimiter
-from relay.simulator.records import PROTECTED_FIELDS, RESOURCES, Change, Record, RecordSeed, record_id
-from relay.simulator.store import Collection, Entry
-from relay.timestamps import format_timestamp_ms
+from relay.simulator.records import RESOURCES, Record, RecordSeed, record_id
+from relay.simulator.store import PEEK_LIMIT, Collection, Entry, KeyIndex
+
+# What this module defined before store.py, mutations.py and errors.py were split out of it, still importable here.
+__all__ = [
+    "CHURN_WEIGHTS",
+    "DEFAULT_API_KEY",
+    "DEFAULT_HISTORY_DAYS",
+    "PEEK_LIMIT",
+    "Collection",
+    "Entry",
+    "IntegrationState",
+    "InvalidMutation",
+    "KeyIndex",
+    "Mutation",
+    "MutationKind",
+    "NotFound",
+    "Record",
+    "Simulator",
+    "SimulatorError",
+]
 
 DEFAULT_API_KEY = "sim-api-key"
 DEFAULT_HISTORY_DAYS = 30.0
-
-
-class MutationKind(StrEnum):
-    CREATED = "created"
-    UPDATED = "updated"
-    NESTED_UPDATED = "nested_updated"
-    DELETED = "deleted"
-    RESTORED = "restored"
-    HARD_DELETED = "hard_deleted"
-
-
-CHURN_WEIGHTS: tuple[tuple[MutationKind, int], ...] = (
-    (MutationKind.CREATED, 2),
-    (MutationKind.UPDATED, 4),
-    (MutationKind.NESTED_UPDATED, 3),
-    (MutationKind.DELETED, 1),
-    (MutationKind.RESTORED, 1),
-    (MutationKind.HARD_DELETED, 1),
-)
-"""The mix of a churn: relative weights of the mutation kinds."""
 
 
 class IntegrationState(StrEnum):
     ACTIVE = "active"
     SETUP_PENDING = "setup_pending"  # 409 INTEGRATION.SETUP_SYNC_PENDING
     INACTIVE = "inactive"  # 403 INTEGRATION.INACTIVE
-
-
-@dataclass(frozen=True, slots=True)
-class Mutation:
-    """One entry of the mutation log. ``record`` is the record after the mutation (None after a hard delete);
-    it is shared with the store: read it, never modify it."""
-
-    seq: int  # 1, 2, 3, ...: the position in the log
-    time: datetime
-    integration: str
-    resource: str
-    id: str
-    kind: MutationKind
-    record: Record | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "time": format_timestamp_ms(to_ms(self.time)),
-            "integration": self.integration,
-            "resource": self.resource,
-            "id": self.id,
-            "kind": self.kind.value,
-            "record": self.record,
-        }
 
 
 def _copy(record: Record) -> Record:
@@ -123,17 +94,14 @@ class Simulator:
         self.history_days = history_days
         self.faults = FaultInjector(seed)
         self.rate_limiter = RateLimiter(rate_limit, rate_window, self.now_ms, retry_after=retry_after)
-        self.mutations: list[Mutation] = []
         self.churn: Churn | None = None
-        self._rng = random.Random(f"mutations:{seed}")
+        self._log = MutationLog(self.now_ms, seed)
         self._states: dict[str, IntegrationState] = {}
         self._collections: dict[tuple[str, str], Collection] = {}
-        self._seq = 0
-        self._last_ms = 0
         default_sizes = {**{name: 0 for name in RESOURCES}, **dict(sizes or {}), "ats/users": users}
         self._seed_integrations(list(dict.fromkeys(integrations)), default_sizes)
 
-    # -- time and order --------------------------------------------------------------------------------------------
+    # -- time and the log ------------------------------------------------------------------------------------------
 
     def now(self) -> datetime:
         return self.clock()
@@ -141,15 +109,10 @@ class Simulator:
     def now_ms(self) -> int:
         return to_ms(self.clock())
 
-    def _next_ms(self) -> int:
-        """The time of the next modification: now, or 1 ms after the last one if the clock has not got that far."""
-        return max(self.now_ms(), self._last_ms + 1)
-
-    def _stamp(self, ms: int) -> int:
-        """Take the next sequence number for a modification at ``ms`` (from :meth:`_next_ms`)."""
-        self._seq += 1
-        self._last_ms = ms
-        return self._seq
+    @property
+    def mutations(self) -> list[Mutation]:
+        """The mutation log, oldest first: ``mutations[i].seq == i + 1`` (shared: read it, never modify it)."""
+        return self._log.mutations
 
     # -- integrations ----------------------------------------------------------------------------------------------
 
@@ -243,63 +206,25 @@ class Simulator:
             collection.population,
         )
         index_keys, add = spec.seed_index_keys, collection.add_seeded
-        seq = self._seq
+        seq = self._log.reserve(count, ms + (count - 1) * spacing)
         for number in range(count):
             seq += 1
             entry = Entry(record_id(salt, integration, spec.name, number), number, seq, ms)
             add(entry, index_keys(RecordSeed(salt, integration, spec.name, number, ms, population)))
             ms += spacing
-        if count:
-            self._seq, self._last_ms = seq, max(self._last_ms, ms - spacing)
         collection.next_number = count
         return ms
 
-    # -- mutations -------------------------------------------------------------------------------------------------
-
-    def _log(self, collection: Collection, ident: str, kind: MutationKind, ms: int, record: Record | None) -> Mutation:
-        mutation = Mutation(
-            len(self.mutations) + 1, from_ms(ms), collection.integration, collection.spec.name, ident, kind, record
-        )
-        self.mutations.append(mutation)
-        return mutation
-
-    def _change(self, collection: Collection, ms: int) -> Change:
-        return Change(self._rng, ms, self.seed_value, collection.integration)
-
-    def _check_fields(
-        self, collection: Collection, current: Record, fields: Mapping[str, Any], *, nested_allowed: bool = False
-    ) -> None:
-        for name in fields:
-            if name not in current:
-                raise SimulatorError(f"{collection.spec.name} records have no field {name!r}")
-            if name in PROTECTED_FIELDS:
-                raise SimulatorError(f"{name!r} is managed by the simulator (use delete/restore for deletion)")
-            if name == collection.spec.nested_field and not nested_allowed:
-                raise SimulatorError(f"{name!r} is nested data: change it with change_nested")
+    # -- mutations (see ``mutations.py``) ------------------------------------------------------------------------------
 
     def create(self, integration: str, resource: str, fields: Mapping[str, Any] | None = None) -> Record:
         """A new record (generated, then ``fields`` applied); logged as ``created``. Returns a copy of it."""
-        return _copy(self._create(self.collection(integration, resource), fields).record or {})
-
-    def _create(self, collection: Collection, fields: Mapping[str, Any] | None) -> Mutation:
-        number = collection.next_number
-        ms = self._next_ms()
-        seed = RecordSeed(
-            self.seed_value, collection.integration, collection.spec.name, number, ms, collection.population
-        )
-        record = collection.spec.generate(seed)
-        if fields:
-            self._check_fields(collection, record, fields, nested_allowed=True)
-            record.update(fields)
-        collection.next_number = number + 1
-        entry = Entry(record["id"], number, self._stamp(ms), ms, record)
-        collection.add(entry, record)
-        return self._log(collection, entry.id, MutationKind.CREATED, ms, record)
+        return _copy(self._log.create(self.collection(integration, resource), fields).record or {})
 
     def seed(self, integration: str, resource: str, count: int) -> list[str]:
         """Create ``count`` records now (each logged as ``created``); returns their ids."""
         collection = self.collection(integration, resource)
-        return [self._create(collection, None).id for _ in range(count)]
+        return [self._log.create(collection, None).id for _ in range(count)]
 
     def update(self, integration: str, resource: str, ident: str, fields: Mapping[str, Any] | None = None) -> Record:
         """Change own fields (random ones when ``fields`` is None): ``changed_at`` moves; logged as ``updated``.
@@ -307,80 +232,31 @@ class Simulator:
         Setting fields to the values they have is no change: nothing moves and nothing is logged.
         """
         collection = self.collection(integration, resource)
-        mutation = self._update(collection, collection.get(ident), fields)
+        mutation = self._log.update(collection, collection.get(ident), fields)
         return _copy(mutation.record if mutation and mutation.record else collection.record(collection.get(ident)))
-
-    def _update(self, collection: Collection, entry: Entry, fields: Mapping[str, Any] | None) -> Mutation | None:
-        current = collection.record(entry)
-        ms = self._next_ms()
-        if fields is None:
-            fields = collection.spec.random_update(current, self._change(collection, ms))
-        self._check_fields(collection, current, fields)
-        if all(current[name] == value for name, value in fields.items()):
-            return None
-        record = {**current, **fields, "changed_at": format_timestamp_ms(ms)}
-        collection.replace(entry, record, self._stamp(ms), ms)
-        return self._log(collection, entry.id, MutationKind.UPDATED, ms, record)
 
     def change_nested(self, integration: str, resource: str, ident: str, value: list[Any] | None = None) -> Record:
         """Change only the record's nested list (``system_roles`` for users; a random change when ``value`` is None):
         ``changed_at`` stays, but the record now matches ``updated_after``; logged as ``nested_updated``."""
         collection = self.collection(integration, resource)
-        mutation = self._change_nested(collection, collection.get(ident), value)
+        mutation = self._log.change_nested(collection, collection.get(ident), value)
         return _copy(mutation.record or {})
-
-    def _change_nested(self, collection: Collection, entry: Entry, value: list[Any] | None) -> Mutation:
-        current = collection.record(entry)
-        ms = self._next_ms()
-        if value is None:
-            value = collection.spec.change_nested(current, self._change(collection, ms))
-        elif not isinstance(value, list):
-            raise SimulatorError(f"{collection.spec.nested_field} must be a list")
-        record = {**current, collection.spec.nested_field: value}
-        collection.replace(entry, record, self._stamp(ms), ms)
-        return self._log(collection, entry.id, MutationKind.NESTED_UPDATED, ms, record)
 
     def delete(self, integration: str, resource: str, ident: str) -> Record:
         """Soft delete: ``remote_deleted_at`` and ``changed_at`` are set to now; the record is hidden unless
         ``include_deleted=true``. Logged as ``deleted``."""
         collection = self.collection(integration, resource)
-        return _copy(self._delete(collection, collection.get(ident)).record or {})
-
-    def _delete(self, collection: Collection, entry: Entry) -> Mutation:
-        if entry.deleted:
-            raise InvalidMutation(f"{entry.id} is already deleted")
-        ms = self._next_ms()
-        record = {
-            **collection.record(entry),
-            "remote_deleted_at": format_timestamp_ms(ms),
-            "changed_at": format_timestamp_ms(ms),
-        }
-        collection.replace(entry, record, self._stamp(ms), ms)
-        return self._log(collection, entry.id, MutationKind.DELETED, ms, record)
+        return _copy(self._log.delete(collection, collection.get(ident)).record or {})
 
     def restore(self, integration: str, resource: str, ident: str) -> Record:
         """Undo a soft delete: ``remote_deleted_at`` is cleared, ``changed_at`` moves. Logged as ``restored``."""
         collection = self.collection(integration, resource)
-        return _copy(self._restore(collection, collection.get(ident)).record or {})
-
-    def _restore(self, collection: Collection, entry: Entry) -> Mutation:
-        if not entry.deleted:
-            raise InvalidMutation(f"{entry.id} is not deleted")
-        ms = self._next_ms()
-        record = {**collection.record(entry), "remote_deleted_at": None, "changed_at": format_timestamp_ms(ms)}
-        collection.replace(entry, record, self._stamp(ms), ms)
-        return self._log(collection, entry.id, MutationKind.RESTORED, ms, record)
+        return _copy(self._log.restore(collection, collection.get(ident)).record or {})
 
     def hard_delete(self, integration: str, resource: str, ident: str) -> None:
         """The record vanishes, even from ``include_deleted=true``. Logged as ``hard_deleted`` with no record."""
         collection = self.collection(integration, resource)
-        self._hard_delete(collection, collection.get(ident))
-
-    def _hard_delete(self, collection: Collection, entry: Entry) -> Mutation:
-        ms = self._next_ms()
-        self._stamp(ms)
-        collection.remove(entry)
-        return self._log(collection, entry.id, MutationKind.HARD_DELETED, ms, None)
+        self._log.hard_delete(collection, collection.get(ident))
 
     # -- reading ---------------------------------------------------------------------------------------------------
 
@@ -412,27 +288,7 @@ class Simulator:
     def random_mutation(self, rng: random.Random | None = None) -> Mutation | None:
         """One random mutation of a random record of a random non-empty collection, of a kind drawn by
         ``CHURN_WEIGHTS``; None if there is nothing to change. This is what the churn does, one step at a time."""
-        rng = rng or self._rng
-        collections = [c for c in self._collections.values() if c.by_id or c.population[c.spec.name]]
-        if not collections:
-            return None
-        collection = rng.choice(collections)
-        kind = rng.choices([k for k, _ in CHURN_WEIGHTS], [w for _, w in CHURN_WEIGHTS])[0]
-        if kind is MutationKind.RESTORED:
-            deleted = collection.random_entry(rng, deleted=True)
-            if deleted is not None:
-                return self._restore(collection, deleted)
-            kind = MutationKind.DELETED  # nothing to restore: keep the mix by making something to restore later
-        entry = collection.random_entry(rng, deleted=False) if kind is not MutationKind.CREATED else None
-        if entry is None:
-            return self._create(collection, None)
-        if kind is MutationKind.UPDATED:
-            return self._update(collection, entry, None) or self._change_nested(collection, entry, None)
-        if kind is MutationKind.NESTED_UPDATED:
-            return self._change_nested(collection, entry, None)
-        if kind is MutationKind.DELETED:
-            return self._delete(collection, entry)
-        return self._hard_delete(collection, entry)
+        return self._log.random_mutation(self._collections.values(), rng)
 
     def start_churn(self, rate: float) -> Churn:
         """Start (or re-rate) a steady churn of ``rate`` random mutations per second, as a task of the running
