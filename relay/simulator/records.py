@@ -426,6 +426,37 @@ def _screening_question(seed: RecordSeed, index: int) -> dict[str, Any]:
     }
 
 
+def _stage(seed: RecordSeed, index: int, name: str) -> dict[str, Any]:
+    return {
+        "id": kombo_id(seed.salt, seed.integration, "stage", seed.number, index),
+        "remote_id": str(index + 1),
+        "name": name,
+        "remote_data": None,
+        "index": index,
+    }
+
+
+def _job_posting(ident: str, number: int, title: str, department: str, post_url: str) -> dict[str, Any]:
+    return {
+        "id": kombo_id(ident, "posting"),
+        "remote_id": remote_id(number),
+        "title": title,
+        "description_html": f"<p>Join our {department} team as a {title}.</p>",
+        "status": "ACTIVE",
+        "visibility": "PUBLIC",
+        "url": post_url,
+        "remote_data": None,
+    }
+
+
+def _hiring_team(seed: RecordSeed, dice: Dice) -> list[dict[str, Any]]:
+    users = max(seed.population.get("ats/users", 0), 1)
+    return [
+        _hiring_team_member(seed, dice.below(users), role)
+        for role in dice.sample(HIRING_TEAM_ROLES[:2], dice.between(1, 2))
+    ]
+
+
 def generate_job(seed: RecordSeed) -> Record:
     dice = Dice(seed.salt, seed.integration, seed.resource, seed.number)
     ident = record_id(seed.salt, seed.integration, seed.resource, seed.number)
@@ -433,7 +464,6 @@ def generate_job(seed: RecordSeed) -> Record:
     created, updated = _times(dice, seed.changed_ms)
     status = dice.pick(JOB_STATUSES)
     salary_from = dice.between(40, 120) * 1000
-    users = max(seed.population.get("ats/users", 0), 1)
     post_url = f"https://jobs.example.com/{remote_id(seed.number)}" if status == "OPEN" else None
     return {
         "id": ident,
@@ -468,35 +498,10 @@ def generate_job(seed: RecordSeed) -> Record:
         "remote_data": {"/jobs": {"id": 10_000 + seed.number, "title": title}},
         "changed_at": format_timestamp_ms(seed.changed_ms),
         "remote_deleted_at": None,
-        "stages": [
-            {
-                "id": kombo_id(seed.salt, seed.integration, "stage", seed.number, index),
-                "remote_id": str(index + 1),
-                "name": name,
-                "remote_data": None,
-                "index": index,
-            }
-            for index, name in enumerate(STAGE_NAMES)
-        ],
+        "stages": [_stage(seed, index, name) for index, name in enumerate(STAGE_NAMES)],
         "screening_questions": [_screening_question(seed, i) for i in range(dice.between(0, 2))],
-        "job_postings": [
-            {
-                "id": kombo_id(ident, "posting"),
-                "remote_id": remote_id(seed.number),
-                "title": title,
-                "description_html": f"<p>Join our {department} team as a {title}.</p>",
-                "status": "ACTIVE",
-                "visibility": "PUBLIC",
-                "url": post_url,
-                "remote_data": None,
-            }
-        ]
-        if post_url
-        else [],
-        "hiring_team": [
-            _hiring_team_member(seed, dice.below(users), role)
-            for role in dice.sample(HIRING_TEAM_ROLES[:2], dice.between(1, 2))
-        ],
+        "job_postings": [_job_posting(ident, seed.number, title, department, post_url)] if post_url else [],
+        "hiring_team": _hiring_team(seed, dice),
     }
 
 
