@@ -612,6 +612,55 @@ def _manager(seed: RecordSeed) -> dict[str, Any] | None:
     }
 
 
+def _bank_account(dice: Dice, holder_name: str) -> dict[str, Any]:
+    return {
+        "iban": f"DE{dice.between(10, 99)}{dice.between(10**17, 10**18 - 1)}",
+        "bic": "DEUTDEFFXXX",
+        "account_number": None,
+        "holder_name": holder_name,
+        "bank_name": "Deutsche Bank",
+        "domestic_bank_routing": {"number": "10070000", "type": "DE_BANKLEITZAHL"},
+    }
+
+
+def _vacation_balance(seed: RecordSeed, employee_id: str, dice: Dice) -> dict[str, Any]:
+    return {
+        "id": kombo_id(employee_id, "time_off_balance", 0),
+        "remote_id": None,
+        "employee_id": employee_id,
+        "type_id": kombo_id(seed.salt, seed.integration, "absence_type", "vacation"),
+        "balance": float(dice.between(0, 30)),
+        "balance_unit": "DAYS",
+        "changed_at": format_timestamp_ms(seed.changed_ms),
+        "remote_deleted_at": None,
+        "used": float(dice.between(0, 10)),
+        "used_unit": "DAYS",
+        "remote_data": None,
+    }
+
+
+def _legal_entity(legal_entity_id: str, index: int, dice: Dice) -> dict[str, Any]:
+    return {
+        "id": legal_entity_id,
+        "remote_id": str(index + 1),
+        "name": LEGAL_ENTITIES[index],
+        "address": _address(dice),
+    }
+
+
+def _work_location(location_id: str, index: int, dice: Dice, created_ms: int) -> dict[str, Any]:
+    return {
+        "id": location_id,
+        "remote_id": str(index + 1),
+        "name": WORK_LOCATIONS[index],
+        "address": _address(dice),
+        "type": "OFFICE" if index != 1 else "REMOTE",
+        "changed_at": format_timestamp_ms(created_ms),
+        "remote_deleted_at": None,
+        "remote_data": None,
+    }
+
+
 def generate_employee(seed: RecordSeed) -> Record:
     dice = Dice(seed.salt, seed.integration, seed.resource, seed.number)
     ident = record_id(seed.salt, seed.integration, seed.resource, seed.number)
@@ -648,16 +697,7 @@ def generate_employee(seed: RecordSeed) -> Record:
         "legal_entity_id": legal_entity_id,
         "manager_id": manager["id"] if manager else None,
         "home_address": _address(dice),
-        "bank_accounts": [
-            {
-                "iban": f"DE{dice.between(10, 99)}{dice.between(10**17, 10**18 - 1)}",
-                "bic": "DEUTDEFFXXX",
-                "account_number": None,
-                "holder_name": f"{first} {last}",
-                "bank_name": "Deutsche Bank",
-                "domestic_bank_routing": {"number": "10070000", "type": "DE_BANKLEITZAHL"},
-            }
-        ],
+        "bank_accounts": [_bank_account(dice, f"{first} {last}")],
         "date_of_birth": format_timestamp_ms(created - dice.between(20 * 365, 60 * 365) * DAY_MS),
         "start_date": format_timestamp_ms(start_ms),
         "termination_date": format_timestamp_ms(seed.changed_ms) if status == "INACTIVE" else None,
@@ -668,40 +708,12 @@ def generate_employee(seed: RecordSeed) -> Record:
         "integration_fields": _integration_fields(dice, ident),
         "remote_data": {"/employees": {"id": 10_000 + seed.number, "firstName": first, "lastName": last}},
         "employments": [_employment(ident, seed.salt, dice, seed.changed_ms)],
-        "time_off_balances": [
-            {
-                "id": kombo_id(ident, "time_off_balance", 0),
-                "remote_id": None,
-                "employee_id": ident,
-                "type_id": kombo_id(seed.salt, seed.integration, "absence_type", "vacation"),
-                "balance": float(dice.between(0, 30)),
-                "balance_unit": "DAYS",
-                "changed_at": format_timestamp_ms(seed.changed_ms),
-                "remote_deleted_at": None,
-                "used": float(dice.between(0, 10)),
-                "used_unit": "DAYS",
-                "remote_data": None,
-            }
-        ],
+        "time_off_balances": [_vacation_balance(seed, ident, dice)],
         "manager": manager,
         "groups": [_group(seed.salt, seed.integration, i) for i in dice.sample(range(len(GROUPS)), 2)],
-        "legal_entity": {
-            "id": legal_entity_id,
-            "remote_id": str(entity_index + 1),
-            "name": LEGAL_ENTITIES[entity_index],
-            "address": _address(dice),
-        },
+        "legal_entity": _legal_entity(legal_entity_id, entity_index, dice),
         "teams": [_group(seed.salt, seed.integration, 2)],
-        "work_location": {
-            "id": location_id,
-            "remote_id": str(location_index + 1),
-            "name": WORK_LOCATIONS[location_index],
-            "address": _address(dice),
-            "type": "OFFICE" if location_index != 1 else "REMOTE",
-            "changed_at": format_timestamp_ms(created),
-            "remote_deleted_at": None,
-            "remote_data": None,
-        },
+        "work_location": _work_location(location_id, location_index, dice, created),
     }
 
 
