@@ -18,27 +18,24 @@ events. Run it with ``relay simulate`` (see ``cli.py``), or in-process::
 
 Modules, one concept each:
 
-* ``model``: the in-memory store, the mutations and their log (pure: no I/O, no asyncio);
+* ``model``: the ``Simulator``: integrations, seeding, queries, the Python API (pure: no I/O, no asyncio);
+* ``store``, ``mutations``, ``errors``: how one resource's records are kept; what each mutation does, and the log;
+  the exceptions;
 * ``records``: what the records of each resource look like (generators faithful to the schemas);
 * ``filters``, ``listing``, ``cursor``: the list endpoints' query parameters, pages and cursors;
 * ``clock``, ``dice``: injectable time and Kombo's timestamp formats; deterministic ids and draws from the seed;
 * ``faults``, ``ratelimit``, ``churn``: injected failures, the request budget, the steady stream of changes;
 * ``api``, ``control``, ``server``: the ``/v1`` API, the ``/_sim/`` control API and the aiohttp server;
 * ``webhooks``: signed Kombo ``data-changed`` webhooks after mutations (``--webhook-url``), batched per second;
+* ``service``: the start/stop lifecycle (``async with``) of the server and the webhook sender;
 * ``cli``: ``relay simulate``.
 """
 
 from relay.simulator.clock import Clock, ManualClock
+from relay.simulator.errors import InvalidMutation, NotFound, SimulatorError
 from relay.simulator.faults import Fault, FaultKind
-from relay.simulator.model import (
-    IntegrationState,
-    InvalidMutation,
-    Mutation,
-    MutationKind,
-    NotFound,
-    Simulator,
-    SimulatorError,
-)
+from relay.simulator.model import IntegrationState, Simulator
+from relay.simulator.mutations import Mutation, MutationKind
 from relay.simulator.records import RESOURCES
 from relay.simulator.server import SimulatorServer
 from relay.simulator.webhooks import WebhookSender

@@ -77,24 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_INTEGRATIONS,
         help="comma-separated integration ids, sent by clients as X-Integration-Id (default: %(default)s)",
     )
-    parser.add_argument(
-        "--users", type=_non_negative_int, default=1000, help="ats/users seeded per integration (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--candidates",
-        type=_non_negative_int,
-        default=200,
-        help="ats/candidates seeded per integration (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--jobs", type=_non_negative_int, default=50, help="ats/jobs seeded per integration (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--employees",
-        type=_non_negative_int,
-        default=200,
-        help="hris/employees seeded per integration (default: %(default)s)",
-    )
+    for flag, resource, default in (
+        ("--users", "ats/users", 1000),
+        ("--candidates", "ats/candidates", 200),
+        ("--jobs", "ats/jobs", 50),
+        ("--employees", "hris/employees", 200),
+    ):
+        help_text = f"{resource} seeded per integration (default: %(default)s)"
+        parser.add_argument(flag, type=_non_negative_int, default=default, help=help_text)
     parser.add_argument(
         "--churn",
         type=_non_negative_float,

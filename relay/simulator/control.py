@@ -45,7 +45,8 @@ import orjson
 from aiohttp import web
 
 from relay.simulator.api import Interactions
-from relay.simulator.model import InvalidMutation, NotFound, Simulator, SimulatorError
+from relay.simulator.errors import InvalidMutation, NotFound, SimulatorError
+from relay.simulator.model import Simulator
 from relay.simulator.records import RESOURCES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -33,7 +33,7 @@ from typing import Any
 from relay.simulator.clock import parse_timestamp_ms
 from relay.simulator.cursor import CursorCodec, InvalidCursor
 from relay.simulator.filters import Filter
-from relay.simulator.model import Collection
+from relay.simulator.store import Collection
 
 Record = dict[str, Any]
 

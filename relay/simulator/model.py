@@ -4,32 +4,15 @@
 ``sim.mutations`` to derive exactly which events a correct relay must publish; the HTTP server and the ``/_sim/``
 control API are thin layers over it.
 
-How the records are kept (fast at 1M records per integration):
-
-* Each (integration, resource) is a :class:`Collection`: ``entries`` maps id -> :class:`Entry` (the current state),
-  and an append-only *modification order* (parallel arrays of modification sequence number, modification time and
-  id) lists every record by its last modification, nested changes included. A modification appends the record
-  again; its older position becomes stale and is skipped when read (its sequence number no longer matches the
-  entry's) until a periodic compaction drops it. A page is a bisect into that order plus a short walk, never a scan.
-* A seeded record is not stored as a dict: its content is generated from its number whenever it is served
-  (see ``records.py``). Only a record that changed after seeding holds a dict, which is then shared, read-only,
-  with the mutation log.
-* Every modification gets the next global sequence number and a time in milliseconds strictly after the previous
-  one (the clock's time, or 1 ms after the last modification if the clock has not moved that far), so within a
-  collection, sequence order and time order agree and ``updated_after`` is a bisect on time.
-
-Semantics (Kombo's): ``changed_at`` moves only when the record's own fields change (``update``, ``delete``,
-``restore``); ``change_nested`` leaves it alone but still makes the record match ``updated_after``; ``delete`` sets
-``remote_deleted_at``; ``restore`` clears it; ``hard_delete`` makes the record vanish outright.
+Around it: ``store.py`` keeps the records of each (integration, resource); ``mutations.py`` says what each mutation
+does to a record and keeps the log; ``errors.py`` has the exceptions. This module keeps the integrations, seeds
+their records, and answers the queries.
 """
 
 from __future__ import annotations
 
 import random
-from array import array
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -37,314 +20,41 @@ from typing import Any
 import orjson
 
 from relay.simulator.churn import Churn
-from relay.simulator.clock import Clock, from_ms, to_ms, wall_clock
+from relay.simulator.clock import Clock, to_ms, wall_clock
+from relay.simulator.errors import InvalidMutation, NotFound, SimulatorError
 from relay.simulator.faults import FaultInjector
-from relay.simulator.filters import Filter
+from relay.simulator.mutations import CHURN_WEIGHTS, Mutation, MutationKind, MutationLog
 from relay.simulator.ratelimit import RateLimiter
-from relay.simulator.records import PROTECTED_FIELDS, RESOURCES, Change, RecordSeed, ResourceSpec, record_id
-from relay.timestamps import format_timestamp_ms
+from relay.simulator.records import RESOURCES, Record, RecordSeed, record_id
+from relay.simulator.store import PEEK_LIMIT, Collection, Entry, KeyIndex
 
-Record = dict[str, Any]
+# What this module defined before store.py, mutations.py and errors.py were split out of it, still importable here.
+__all__ = [
+    "CHURN_WEIGHTS",
+    "DEFAULT_API_KEY",
+    "DEFAULT_HISTORY_DAYS",
+    "PEEK_LIMIT",
+    "Collection",
+    "Entry",
+    "IntegrationState",
+    "InvalidMutation",
+    "KeyIndex",
+    "Mutation",
+    "MutationKind",
+    "NotFound",
+    "Record",
+    "Simulator",
+    "SimulatorError",
+]
 
 DEFAULT_API_KEY = "sim-api-key"
 DEFAULT_HISTORY_DAYS = 30.0
-PEEK_LIMIT = 5_000  # entries examined past a full page to learn whether another page exists; past it, assume one does
-
-
-class MutationKind(StrEnum):
-    CREATED = "created"
-    UPDATED = "updated"
-    NESTED_UPDATED = "nested_updated"
-    DELETED = "deleted"
-    RESTORED = "restored"
-    HARD_DELETED = "hard_deleted"
-
-
-CHURN_WEIGHTS: tuple[tuple[MutationKind, int], ...] = (
-    (MutationKind.CREATED, 2),
-    (MutationKind.UPDATED, 4),
-    (MutationKind.NESTED_UPDATED, 3),
-    (MutationKind.DELETED, 1),
-    (MutationKind.RESTORED, 1),
-    (MutationKind.HARD_DELETED, 1),
-)
-"""The mix of a churn: relative weights of the mutation kinds."""
 
 
 class IntegrationState(StrEnum):
     ACTIVE = "active"
     SETUP_PENDING = "setup_pending"  # 409 INTEGRATION.SETUP_SYNC_PENDING
     INACTIVE = "inactive"  # 403 INTEGRATION.INACTIVE
-
-
-@dataclass(frozen=True, slots=True)
-class Mutation:
-    """One entry of the mutation log. ``record`` is the record after the mutation (None after a hard delete);
-    it is shared with the store: read it, never modify it."""
-
-    seq: int  # 1, 2, 3, ...: the position in the log
-    time: datetime
-    integration: str
-    resource: str
-    id: str
-    kind: MutationKind
-    record: Record | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "time": format_timestamp_ms(to_ms(self.time)),
-            "integration": self.integration,
-            "resource": self.resource,
-            "id": self.id,
-            "kind": self.kind.value,
-            "record": self.record,
-        }
-
-
-class SimulatorError(Exception):
-    """A request to the simulator that it cannot carry out; the control API answers 400."""
-
-
-class NotFound(SimulatorError, LookupError):
-    """No such integration, resource or record; the control API answers 404."""
-
-
-class InvalidMutation(SimulatorError):
-    """The mutation does not apply to the record as it is (restoring a live record, ...); the control API: 409."""
-
-
-@dataclass(slots=True)
-class Entry:
-    """The current state of one record. ``record`` is None while the record is still exactly as seeded."""
-
-    id: str
-    number: int
-    seq: int
-    modified_ms: int
-    record: Record | None = None
-    deleted: bool = False
-
-
-class KeyIndex:
-    """key -> ids for an indexed filter; stores a bare id while a key has one (nearly always), to stay small."""
-
-    def __init__(self) -> None:
-        self._ids: dict[str, str | set[str]] = {}
-
-    def add(self, key: str, ident: str) -> None:
-        current = self._ids.setdefault(key, ident)
-        if current is ident:
-            return
-        if isinstance(current, str):
-            if current != ident:
-                self._ids[key] = {current, ident}
-        else:
-            current.add(ident)
-
-    def discard(self, key: str, ident: str) -> None:
-        current = self._ids.get(key)
-        if current == ident:
-            del self._ids[key]
-        elif isinstance(current, set):
-            current.discard(ident)
-            if len(current) == 1:
-                self._ids[key] = next(iter(current))
-
-    def get(self, key: str) -> set[str]:
-        current = self._ids.get(key)
-        if current is None:
-            return set()
-        return {current} if isinstance(current, str) else set(current)
-
-
-class Collection:
-    """The records of one resource of one integration, in modification order (see the module docstring)."""
-
-    def __init__(self, spec: ResourceSpec, integration: str, salt: int, population: Mapping[str, int]) -> None:
-        self.spec = spec
-        self.integration = integration
-        self.salt = salt
-        self.population = population
-        self.by_id: dict[str, Entry] = {}  # every record that exists, soft-deleted ones included
-        self.next_number = 0
-        self._seqs = array("q")
-        self._times = array("q")
-        self._ids: list[str] = []
-        self._stale = 0
-        self._indexes = {name: KeyIndex() for name, f in spec.filters.items() if f.indexed}
-        self._deleted: list[str] = []  # restore candidates for the churn; entries restored since are skipped
-        self.deleted_count = 0
-
-    # -- reading ---------------------------------------------------------------------------------------------------
-
-    def record(self, entry: Entry) -> Record:
-        if entry.record is not None:
-            return entry.record
-        seed = RecordSeed(self.salt, self.integration, self.spec.name, entry.number, entry.modified_ms, self.population)
-        return self.spec.generate(seed)
-
-    def get(self, ident: str) -> Entry:
-        entry = self.by_id.get(ident)
-        if entry is None:
-            raise NotFound(f"no record {ident} in {self.spec.name} of {self.integration}")
-        return entry
-
-    def lookup(self, param: str, keys: Iterable[str]) -> set[str]:
-        """Ids whose indexed filter ``param`` has any of ``keys``."""
-        index = self._indexes[param]
-        found: set[str] = set()
-        for key in keys:
-            found |= index.get(key)
-        return found
-
-    def entries(self) -> Iterator[Entry]:
-        """Every record's entry (``.id``, ``.deleted``, ...), soft-deleted included, in modification order."""
-        return self.walk(0, None)
-
-    def walk(self, after_seq: int, since_ms: int | None) -> Iterator[Entry]:
-        """Live entries modified after sequence number ``after_seq`` and at or after ``since_ms``, in order."""
-        start = bisect_right(self._seqs, after_seq)
-        if since_ms is not None:
-            start = max(start, bisect_left(self._times, since_ms))
-        # Serving a page never awaits, so the order cannot change during that walk. A caller iterating over
-        # entries() while mutating sees the order as it was when the walk began, minus what changed since.
-        seqs, ids, end = self._seqs, self._ids, len(self._ids)
-        for i in range(start, end):
-            entry = self.by_id.get(ids[i])
-            if entry is not None and entry.seq == seqs[i]:
-                yield entry
-
-    def select(
-        self,
-        *,
-        after_seq: int,
-        since_ms: int | None,
-        include_deleted: bool,
-        ids: set[str] | None,
-        predicates: list[tuple[Filter, Any]],
-        page_size: int,
-    ) -> tuple[list[Record], int | None]:
-        """One page: the records and, if more may follow, the sequence number to continue after."""
-        candidates: Iterable[Entry]
-        if ids is None:
-            candidates = self.walk(after_seq, since_ms)
-        else:
-            chosen = (self.by_id.get(i) for i in ids)
-            candidates = sorted(
-                (
-                    e
-                    for e in chosen
-                    if e is not None and e.seq > after_seq and (since_ms is None or e.modified_ms >= since_ms)
-                ),
-                key=lambda e: e.seq,
-            )
-        results: list[Record] = []
-        last_seq = after_seq
-        examined_past_full_page = 0
-        for entry in candidates:
-            if len(results) == page_size:
-                examined_past_full_page += 1
-                if examined_past_full_page > PEEK_LIMIT:
-                    return results, last_seq
-            if entry.deleted and not include_deleted:
-                continue
-            record = self.record(entry)
-            if not all(f.matches(record, value) for f, value in predicates):
-                continue
-            if len(results) == page_size:
-                return results, last_seq  # one more record matches: there is a next page
-            results.append(record)
-            last_seq = entry.seq
-        return results, None
-
-    # -- writing ---------------------------------------------------------------------------------------------------
-
-    def _append(self, entry: Entry) -> None:
-        self._seqs.append(entry.seq)
-        self._times.append(entry.modified_ms)
-        self._ids.append(entry.id)
-
-    def _index(self, record: Record, ident: str, *, add: bool) -> None:
-        for name, index in self._indexes.items():
-            for key in self.spec.filters[name].keys(record):
-                if add:
-                    index.add(key, ident)
-                else:
-                    index.discard(key, ident)
-
-    def add(self, entry: Entry, record: Record) -> None:
-        """Add a new record with its content."""
-        self.by_id[entry.id] = entry
-        self._append(entry)
-        self._index(record, entry.id, add=True)
-
-    def add_seeded(self, entry: Entry, index_keys: Mapping[str, Iterable[str]]) -> None:
-        """Add a seeded record without generating it: the resource computed its index keys cheaply."""
-        self.by_id[entry.id] = entry
-        self._seqs.append(entry.seq)
-        self._times.append(entry.modified_ms)
-        self._ids.append(entry.id)
-        for name, keys in index_keys.items():
-            index = self._indexes[name]
-            for key in keys:
-                index.add(key, entry.id)
-
-    def replace(self, entry: Entry, record: Record, seq: int, modified_ms: int) -> None:
-        """Store the record's new content and move it to the end of the modification order."""
-        self._index(self.record(entry), entry.id, add=False)
-        self._index(record, entry.id, add=True)
-        entry.record = record
-        entry.seq = seq
-        entry.modified_ms = modified_ms
-        deleted = record["remote_deleted_at"] is not None
-        if deleted != entry.deleted:
-            self.deleted_count += 1 if deleted else -1
-            if deleted:
-                self._deleted.append(entry.id)
-        entry.deleted = deleted
-        self._append(entry)
-        self._stale += 1
-        self._maybe_compact()
-
-    def remove(self, entry: Entry) -> None:
-        self._index(self.record(entry), entry.id, add=False)
-        del self.by_id[entry.id]
-        self.deleted_count -= entry.deleted
-        self._stale += 1
-        self._maybe_compact()
-
-    def _maybe_compact(self) -> None:
-        # Amortised O(1): compact only once the stale positions outnumber the live ones (and are not few).
-        if self._stale < max(1024, len(self.by_id)):
-            return
-        keep = [i for i, ident in enumerate(self._ids) if (e := self.by_id.get(ident)) and e.seq == self._seqs[i]]
-        self._seqs = array("q", (self._seqs[i] for i in keep))
-        self._times = array("q", (self._times[i] for i in keep))
-        self._ids = [self._ids[i] for i in keep]
-        self._stale = 0
-
-    def random_entry(self, rng: random.Random, *, deleted: bool) -> Entry | None:
-        """A random live (or, with ``deleted``, soft-deleted) entry, or None if none was found quickly."""
-        if deleted:
-            while self._deleted:
-                ident = self._deleted.pop(rng.randrange(len(self._deleted)))
-                entry = self.by_id.get(ident)
-                if entry is not None and entry.deleted:
-                    return entry
-            return None
-        if not self.by_id or self.next_number == 0:
-            return None
-        for _ in range(32):  # numbers of hard-deleted records miss; a few tries find a live one
-            number = rng.randrange(self.next_number)
-            entry = self.by_id.get(record_id(self.salt, self.integration, self.spec.name, number))
-            if entry is not None and not entry.deleted:
-                return entry
-        return None
-
-    def positions(self) -> int:
-        """Length of the modification order, stale positions included (for tests of compaction)."""
-        return len(self._ids)
 
 
 def _copy(record: Record) -> Record:
@@ -384,17 +94,14 @@ class Simulator:
         self.history_days = history_days
         self.faults = FaultInjector(seed)
         self.rate_limiter = RateLimiter(rate_limit, rate_window, self.now_ms, retry_after=retry_after)
-        self.mutations: list[Mutation] = []
         self.churn: Churn | None = None
-        self._rng = random.Random(f"mutations:{seed}")
+        self._log = MutationLog(self.now_ms, seed)
         self._states: dict[str, IntegrationState] = {}
         self._collections: dict[tuple[str, str], Collection] = {}
-        self._seq = 0
-        self._last_ms = 0
         default_sizes = {**{name: 0 for name in RESOURCES}, **dict(sizes or {}), "ats/users": users}
         self._seed_integrations(list(dict.fromkeys(integrations)), default_sizes)
 
-    # -- time and order --------------------------------------------------------------------------------------------
+    # -- time and the log ------------------------------------------------------------------------------------------
 
     def now(self) -> datetime:
         return self.clock()
@@ -402,15 +109,10 @@ class Simulator:
     def now_ms(self) -> int:
         return to_ms(self.clock())
 
-    def _next_ms(self) -> int:
-        """The time of the next modification: now, or 1 ms after the last one if the clock has not got that far."""
-        return max(self.now_ms(), self._last_ms + 1)
-
-    def _stamp(self, ms: int) -> int:
-        """Take the next sequence number for a modification at ``ms`` (from :meth:`_next_ms`)."""
-        self._seq += 1
-        self._last_ms = ms
-        return self._seq
+    @property
+    def mutations(self) -> list[Mutation]:
+        """The mutation log, oldest first: ``mutations[i].seq == i + 1`` (shared: read it, never modify it)."""
+        return self._log.mutations
 
     # -- integrations ----------------------------------------------------------------------------------------------
 
@@ -504,63 +206,25 @@ class Simulator:
             collection.population,
         )
         index_keys, add = spec.seed_index_keys, collection.add_seeded
-        seq = self._seq
+        seq = self._log.reserve(count, ms + (count - 1) * spacing)
         for number in range(count):
             seq += 1
             entry = Entry(record_id(salt, integration, spec.name, number), number, seq, ms)
             add(entry, index_keys(RecordSeed(salt, integration, spec.name, number, ms, population)))
             ms += spacing
-        if count:
-            self._seq, self._last_ms = seq, max(self._last_ms, ms - spacing)
         collection.next_number = count
         return ms
 
-    # -- mutations -------------------------------------------------------------------------------------------------
-
-    def _log(self, collection: Collection, ident: str, kind: MutationKind, ms: int, record: Record | None) -> Mutation:
-        mutation = Mutation(
-            len(self.mutations) + 1, from_ms(ms), collection.integration, collection.spec.name, ident, kind, record
-        )
-        self.mutations.append(mutation)
-        return mutation
-
-    def _change(self, collection: Collection, ms: int) -> Change:
-        return Change(self._rng, ms, self.seed_value, collection.integration)
-
-    def _check_fields(
-        self, collection: Collection, current: Record, fields: Mapping[str, Any], *, nested_allowed: bool = False
-    ) -> None:
-        for name in fields:
-            if name not in current:
-                raise SimulatorError(f"{collection.spec.name} records have no field {name!r}")
-            if name in PROTECTED_FIELDS:
-                raise SimulatorError(f"{name!r} is managed by the simulator (use delete/restore for deletion)")
-            if name == collection.spec.nested_field and not nested_allowed:
-                raise SimulatorError(f"{name!r} is nested data: change it with change_nested")
+    # -- mutations (see ``mutations.py``) ------------------------------------------------------------------------------
 
     def create(self, integration: str, resource: str, fields: Mapping[str, Any] | None = None) -> Record:
         """A new record (generated, then ``fields`` applied); logged as ``created``. Returns a copy of it."""
-        return _copy(self._create(self.collection(integration, resource), fields).record or {})
-
-    def _create(self, collection: Collection, fields: Mapping[str, Any] | None) -> Mutation:
-        number = collection.next_number
-        ms = self._next_ms()
-        seed = RecordSeed(
-            self.seed_value, collection.integration, collection.spec.name, number, ms, collection.population
-        )
-        record = collection.spec.generate(seed)
-        if fields:
-            self._check_fields(collection, record, fields, nested_allowed=True)
-            record.update(fields)
-        collection.next_number = number + 1
-        entry = Entry(record["id"], number, self._stamp(ms), ms, record)
-        collection.add(entry, record)
-        return self._log(collection, entry.id, MutationKind.CREATED, ms, record)
+        return _copy(self._log.create(self.collection(integration, resource), fields).record or {})
 
     def seed(self, integration: str, resource: str, count: int) -> list[str]:
         """Create ``count`` records now (each logged as ``created``); returns their ids."""
         collection = self.collection(integration, resource)
-        return [self._create(collection, None).id for _ in range(count)]
+        return [self._log.create(collection, None).id for _ in range(count)]
 
     def update(self, integration: str, resource: str, ident: str, fields: Mapping[str, Any] | None = None) -> Record:
         """Change own fields (random ones when ``fields`` is None): ``changed_at`` moves; logged as ``updated``.
@@ -568,80 +232,31 @@ class Simulator:
         Setting fields to the values they have is no change: nothing moves and nothing is logged.
         """
         collection = self.collection(integration, resource)
-        mutation = self._update(collection, collection.get(ident), fields)
+        mutation = self._log.update(collection, collection.get(ident), fields)
         return _copy(mutation.record if mutation and mutation.record else collection.record(collection.get(ident)))
-
-    def _update(self, collection: Collection, entry: Entry, fields: Mapping[str, Any] | None) -> Mutation | None:
-        current = collection.record(entry)
-        ms = self._next_ms()
-        if fields is None:
-            fields = collection.spec.random_update(current, self._change(collection, ms))
-        self._check_fields(collection, current, fields)
-        if all(current[name] == value for name, value in fields.items()):
-            return None
-        record = {**current, **fields, "changed_at": format_timestamp_ms(ms)}
-        collection.replace(entry, record, self._stamp(ms), ms)
-        return self._log(collection, entry.id, MutationKind.UPDATED, ms, record)
 
     def change_nested(self, integration: str, resource: str, ident: str, value: list[Any] | None = None) -> Record:
         """Change only the record's nested list (``system_roles`` for users; a random change when ``value`` is None):
         ``changed_at`` stays, but the record now matches ``updated_after``; logged as ``nested_updated``."""
         collection = self.collection(integration, resource)
-        mutation = self._change_nested(collection, collection.get(ident), value)
+        mutation = self._log.change_nested(collection, collection.get(ident), value)
         return _copy(mutation.record or {})
-
-    def _change_nested(self, collection: Collection, entry: Entry, value: list[Any] | None) -> Mutation:
-        current = collection.record(entry)
-        ms = self._next_ms()
-        if value is None:
-            value = collection.spec.change_nested(current, self._change(collection, ms))
-        elif not isinstance(value, list):
-            raise SimulatorError(f"{collection.spec.nested_field} must be a list")
-        record = {**current, collection.spec.nested_field: value}
-        collection.replace(entry, record, self._stamp(ms), ms)
-        return self._log(collection, entry.id, MutationKind.NESTED_UPDATED, ms, record)
 
     def delete(self, integration: str, resource: str, ident: str) -> Record:
         """Soft delete: ``remote_deleted_at`` and ``changed_at`` are set to now; the record is hidden unless
         ``include_deleted=true``. Logged as ``deleted``."""
         collection = self.collection(integration, resource)
-        return _copy(self._delete(collection, collection.get(ident)).record or {})
-
-    def _delete(self, collection: Collection, entry: Entry) -> Mutation:
-        if entry.deleted:
-            raise InvalidMutation(f"{entry.id} is already deleted")
-        ms = self._next_ms()
-        record = {
-            **collection.record(entry),
-            "remote_deleted_at": format_timestamp_ms(ms),
-            "changed_at": format_timestamp_ms(ms),
-        }
-        collection.replace(entry, record, self._stamp(ms), ms)
-        return self._log(collection, entry.id, MutationKind.DELETED, ms, record)
+        return _copy(self._log.delete(collection, collection.get(ident)).record or {})
 
     def restore(self, integration: str, resource: str, ident: str) -> Record:
         """Undo a soft delete: ``remote_deleted_at`` is cleared, ``changed_at`` moves. Logged as ``restored``."""
         collection = self.collection(integration, resource)
-        return _copy(self._restore(collection, collection.get(ident)).record or {})
-
-    def _restore(self, collection: Collection, entry: Entry) -> Mutation:
-        if not entry.deleted:
-            raise InvalidMutation(f"{entry.id} is not deleted")
-        ms = self._next_ms()
-        record = {**collection.record(entry), "remote_deleted_at": None, "changed_at": format_timestamp_ms(ms)}
-        collection.replace(entry, record, self._stamp(ms), ms)
-        return self._log(collection, entry.id, MutationKind.RESTORED, ms, record)
+        return _copy(self._log.restore(collection, collection.get(ident)).record or {})
 
     def hard_delete(self, integration: str, resource: str, ident: str) -> None:
         """The record vanishes, even from ``include_deleted=true``. Logged as ``hard_deleted`` with no record."""
         collection = self.collection(integration, resource)
-        self._hard_delete(collection, collection.get(ident))
-
-    def _hard_delete(self, collection: Collection, entry: Entry) -> Mutation:
-        ms = self._next_ms()
-        self._stamp(ms)
-        collection.remove(entry)
-        return self._log(collection, entry.id, MutationKind.HARD_DELETED, ms, None)
+        self._log.hard_delete(collection, collection.get(ident))
 
     # -- reading ---------------------------------------------------------------------------------------------------
 
@@ -673,27 +288,7 @@ class Simulator:
     def random_mutation(self, rng: random.Random | None = None) -> Mutation | None:
         """One random mutation of a random record of a random non-empty collection, of a kind drawn by
         ``CHURN_WEIGHTS``; None if there is nothing to change. This is what the churn does, one step at a time."""
-        rng = rng or self._rng
-        collections = [c for c in self._collections.values() if c.by_id or c.population[c.spec.name]]
-        if not collections:
-            return None
-        collection = rng.choice(collections)
-        kind = rng.choices([k for k, _ in CHURN_WEIGHTS], [w for _, w in CHURN_WEIGHTS])[0]
-        if kind is MutationKind.RESTORED:
-            deleted = collection.random_entry(rng, deleted=True)
-            if deleted is not None:
-                return self._restore(collection, deleted)
-            kind = MutationKind.DELETED  # nothing to restore: keep the mix by making something to restore later
-        entry = collection.random_entry(rng, deleted=False) if kind is not MutationKind.CREATED else None
-        if entry is None:
-            return self._create(collection, None)
-        if kind is MutationKind.UPDATED:
-            return self._update(collection, entry, None) or self._change_nested(collection, entry, None)
-        if kind is MutationKind.NESTED_UPDATED:
-            return self._change_nested(collection, entry, None)
-        if kind is MutationKind.DELETED:
-            return self._delete(collection, entry)
-        return self._hard_delete(collection, entry)
+        return self._log.random_mutation(self._collections.values(), rng)
 
     def start_churn(self, rate: float) -> Churn:
         """Start (or re-rate) a steady churn of ``rate`` random mutations per second, as a task of the running

@@ -426,6 +426,37 @@ def _screening_question(seed: RecordSeed, index: int) -> dict[str, Any]:
     }
 
 
+def _stage(seed: RecordSeed, index: int, name: str) -> dict[str, Any]:
+    return {
+        "id": kombo_id(seed.salt, seed.integration, "stage", seed.number, index),
+        "remote_id": str(index + 1),
+        "name": name,
+        "remote_data": None,
+        "index": index,
+    }
+
+
+def _job_posting(ident: str, number: int, title: str, department: str, post_url: str) -> dict[str, Any]:
+    return {
+        "id": kombo_id(ident, "posting"),
+        "remote_id": remote_id(number),
+        "title": title,
+        "description_html": f"<p>Join our {department} team as a {title}.</p>",
+        "status": "ACTIVE",
+        "visibility": "PUBLIC",
+        "url": post_url,
+        "remote_data": None,
+    }
+
+
+def _hiring_team(seed: RecordSeed, dice: Dice) -> list[dict[str, Any]]:
+    users = max(seed.population.get("ats/users", 0), 1)
+    return [
+        _hiring_team_member(seed, dice.below(users), role)
+        for role in dice.sample(HIRING_TEAM_ROLES[:2], dice.between(1, 2))
+    ]
+
+
 def generate_job(seed: RecordSeed) -> Record:
     dice = Dice(seed.salt, seed.integration, seed.resource, seed.number)
     ident = record_id(seed.salt, seed.integration, seed.resource, seed.number)
@@ -433,7 +464,6 @@ def generate_job(seed: RecordSeed) -> Record:
     created, updated = _times(dice, seed.changed_ms)
     status = dice.pick(JOB_STATUSES)
     salary_from = dice.between(40, 120) * 1000
-    users = max(seed.population.get("ats/users", 0), 1)
     post_url = f"https://jobs.example.com/{remote_id(seed.number)}" if status == "OPEN" else None
     return {
         "id": ident,
@@ -468,35 +498,10 @@ def generate_job(seed: RecordSeed) -> Record:
         "remote_data": {"/jobs": {"id": 10_000 + seed.number, "title": title}},
         "changed_at": format_timestamp_ms(seed.changed_ms),
         "remote_deleted_at": None,
-        "stages": [
-            {
-                "id": kombo_id(seed.salt, seed.integration, "stage", seed.number, index),
-                "remote_id": str(index + 1),
-                "name": name,
-                "remote_data": None,
-                "index": index,
-            }
-            for index, name in enumerate(STAGE_NAMES)
-        ],
+        "stages": [_stage(seed, index, name) for index, name in enumerate(STAGE_NAMES)],
         "screening_questions": [_screening_question(seed, i) for i in range(dice.between(0, 2))],
-        "job_postings": [
-            {
-                "id": kombo_id(ident, "posting"),
-                "remote_id": remote_id(seed.number),
-                "title": title,
-                "description_html": f"<p>Join our {department} team as a {title}.</p>",
-                "status": "ACTIVE",
-                "visibility": "PUBLIC",
-                "url": post_url,
-                "remote_data": None,
-            }
-        ]
-        if post_url
-        else [],
-        "hiring_team": [
-            _hiring_team_member(seed, dice.below(users), role)
-            for role in dice.sample(HIRING_TEAM_ROLES[:2], dice.between(1, 2))
-        ],
+        "job_postings": [_job_posting(ident, seed.number, title, department, post_url)] if post_url else [],
+        "hiring_team": _hiring_team(seed, dice),
     }
 
 
@@ -607,6 +612,55 @@ def _manager(seed: RecordSeed) -> dict[str, Any] | None:
     }
 
 
+def _bank_account(dice: Dice, holder_name: str) -> dict[str, Any]:
+    return {
+        "iban": f"DE{dice.between(10, 99)}{dice.between(10**17, 10**18 - 1)}",
+        "bic": "DEUTDEFFXXX",
+        "account_number": None,
+        "holder_name": holder_name,
+        "bank_name": "Deutsche Bank",
+        "domestic_bank_routing": {"number": "10070000", "type": "DE_BANKLEITZAHL"},
+    }
+
+
+def _vacation_balance(seed: RecordSeed, employee_id: str, dice: Dice) -> dict[str, Any]:
+    return {
+        "id": kombo_id(employee_id, "time_off_balance", 0),
+        "remote_id": None,
+        "employee_id": employee_id,
+        "type_id": kombo_id(seed.salt, seed.integration, "absence_type", "vacation"),
+        "balance": float(dice.between(0, 30)),
+        "balance_unit": "DAYS",
+        "changed_at": format_timestamp_ms(seed.changed_ms),
+        "remote_deleted_at": None,
+        "used": float(dice.between(0, 10)),
+        "used_unit": "DAYS",
+        "remote_data": None,
+    }
+
+
+def _legal_entity(legal_entity_id: str, index: int, dice: Dice) -> dict[str, Any]:
+    return {
+        "id": legal_entity_id,
+        "remote_id": str(index + 1),
+        "name": LEGAL_ENTITIES[index],
+        "address": _address(dice),
+    }
+
+
+def _work_location(location_id: str, index: int, dice: Dice, created_ms: int) -> dict[str, Any]:
+    return {
+        "id": location_id,
+        "remote_id": str(index + 1),
+        "name": WORK_LOCATIONS[index],
+        "address": _address(dice),
+        "type": "OFFICE" if index != 1 else "REMOTE",
+        "changed_at": format_timestamp_ms(created_ms),
+        "remote_deleted_at": None,
+        "remote_data": None,
+    }
+
+
 def generate_employee(seed: RecordSeed) -> Record:
     dice = Dice(seed.salt, seed.integration, seed.resource, seed.number)
     ident = record_id(seed.salt, seed.integration, seed.resource, seed.number)
@@ -643,16 +697,7 @@ def generate_employee(seed: RecordSeed) -> Record:
         "legal_entity_id": legal_entity_id,
         "manager_id": manager["id"] if manager else None,
         "home_address": _address(dice),
-        "bank_accounts": [
-            {
-                "iban": f"DE{dice.between(10, 99)}{dice.between(10**17, 10**18 - 1)}",
-                "bic": "DEUTDEFFXXX",
-                "account_number": None,
-                "holder_name": f"{first} {last}",
-                "bank_name": "Deutsche Bank",
-                "domestic_bank_routing": {"number": "10070000", "type": "DE_BANKLEITZAHL"},
-            }
-        ],
+        "bank_accounts": [_bank_account(dice, f"{first} {last}")],
         "date_of_birth": format_timestamp_ms(created - dice.between(20 * 365, 60 * 365) * DAY_MS),
         "start_date": format_timestamp_ms(start_ms),
         "termination_date": format_timestamp_ms(seed.changed_ms) if status == "INACTIVE" else None,
@@ -663,40 +708,12 @@ def generate_employee(seed: RecordSeed) -> Record:
         "integration_fields": _integration_fields(dice, ident),
         "remote_data": {"/employees": {"id": 10_000 + seed.number, "firstName": first, "lastName": last}},
         "employments": [_employment(ident, seed.salt, dice, seed.changed_ms)],
-        "time_off_balances": [
-            {
-                "id": kombo_id(ident, "time_off_balance", 0),
-                "remote_id": None,
-                "employee_id": ident,
-                "type_id": kombo_id(seed.salt, seed.integration, "absence_type", "vacation"),
-                "balance": float(dice.between(0, 30)),
-                "balance_unit": "DAYS",
-                "changed_at": format_timestamp_ms(seed.changed_ms),
-                "remote_deleted_at": None,
-                "used": float(dice.between(0, 10)),
-                "used_unit": "DAYS",
-                "remote_data": None,
-            }
-        ],
+        "time_off_balances": [_vacation_balance(seed, ident, dice)],
         "manager": manager,
         "groups": [_group(seed.salt, seed.integration, i) for i in dice.sample(range(len(GROUPS)), 2)],
-        "legal_entity": {
-            "id": legal_entity_id,
-            "remote_id": str(entity_index + 1),
-            "name": LEGAL_ENTITIES[entity_index],
-            "address": _address(dice),
-        },
+        "legal_entity": _legal_entity(legal_entity_id, entity_index, dice),
         "teams": [_group(seed.salt, seed.integration, 2)],
-        "work_location": {
-            "id": location_id,
-            "remote_id": str(location_index + 1),
-            "name": WORK_LOCATIONS[location_index],
-            "address": _address(dice),
-            "type": "OFFICE" if location_index != 1 else "REMOTE",
-            "changed_at": format_timestamp_ms(created),
-            "remote_deleted_at": None,
-            "remote_data": None,
-        },
+        "work_location": _work_location(location_id, location_index, dice, created),
     }
 
 

@@ -16,7 +16,6 @@ With ``webhook_url`` and ``webhook_secret`` the server also runs a :class:`~rela
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +25,7 @@ from relay.simulator.api import Api, Interactions, error_response
 from relay.simulator.clock import http_date
 from relay.simulator.control import Control
 from relay.simulator.model import Simulator
+from relay.simulator.service import Service
 from relay.simulator.webhooks import WebhookSender
 
 SHUTDOWN_TIMEOUT_SECONDS = 2.0
@@ -55,7 +55,7 @@ def make_app(sim: Simulator, closing: asyncio.Event | None = None) -> web.Applic
     return app
 
 
-class SimulatorServer:
+class SimulatorServer(Service):
     def __init__(
         self,
         sim: Simulator,
@@ -117,12 +117,3 @@ class SimulatorServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> SimulatorServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -33,13 +33,13 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
 
 from relay.simulator.model import Simulator
+from relay.simulator.service import Service
 from relay.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class Delivery:
         return self.status is not None and 200 <= self.status < 300
 
 
-class WebhookSender:
+class WebhookSender(Service):
     """Watches the simulator's mutation log and posts batched, signed ``data-changed`` webhooks to ``url``."""
 
     def __init__(
@@ -241,15 +241,6 @@ class WebhookSender:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-    async def __aenter__(self) -> WebhookSender:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # -- batching ----------------------------------------------------------------------------------------------------
 
