@@ -1,6 +1,6 @@
 """Small helpers for asyncio tasks and futures that a module starts and may abandon or cancel.
 
-What belongs here: asyncio plumbing shared by modules that run background work (the sink, the poller, the
+What belongs here: asyncio plumbing shared by modules that run background work (the sink, the pipeline, the
 simulator), with no knowledge of what the work is.
 """
 

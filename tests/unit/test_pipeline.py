@@ -102,8 +102,8 @@ async def release_each_transaction(sink: ScriptedTransactions, poll: asyncio.Tas
 
 
 async def test_pages_ready_during_a_transaction_share_the_next_and_are_remembered_in_order() -> None:
-    poller, _, sink, store = relay()
-    poll = asyncio.create_task(poller.poll_once(ACME, USERS))
+    pipeline, _, sink, store = relay()
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
     await asyncio.gather(poll, release_each_transaction(sink, poll))
     outcome = poll.result()
     assert (outcome.pages, outcome.records, outcome.events) == (PAGES, PAGES * PAGE_SIZE, PAGES * PAGE_SIZE)
@@ -119,8 +119,8 @@ async def test_pages_ready_during_a_transaction_share_the_next_and_are_remembere
 
 
 async def test_a_failed_transaction_leaves_memory_at_the_last_committed_page() -> None:
-    poller, _, sink, store = relay(fail=2)
-    poll = asyncio.create_task(poller.poll_once(ACME, USERS))
+    pipeline, _, sink, store = relay(fail=2)
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
     with pytest.raises(KafkaUnavailable):
         await asyncio.gather(poll, release_each_transaction(sink, poll))
     first = sink.pages[0]  # the one transaction that committed
@@ -133,13 +133,13 @@ async def test_a_failed_transaction_leaves_memory_at_the_last_committed_page() -
 
 
 async def test_a_stop_does_not_wait_for_a_page_being_fetched_but_keeps_what_committed() -> None:
-    poller, source, sink, store = relay()
+    pipeline, source, sink, store = relay()
     source.holds[3] = asyncio.Event()  # never set: a source that does not answer
-    poll = asyncio.create_task(poller.poll_once(ACME, USERS))
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
     releasing = asyncio.create_task(release_each_transaction(sink, poll))
     async with asyncio.timeout(10):
         await source.held.wait()
-    poller.stop()
+    pipeline.stop()
     async with asyncio.timeout(10):
         outcome = await poll
     await releasing
@@ -159,14 +159,14 @@ async def test_the_heap_is_trimmed_after_a_poll_that_fetched_enough_records_and_
         return 1
 
     heap = HeapTrimmer(trim, every=PAGES * PAGE_SIZE)
-    poller, _, sink, _ = relay(heap=heap)
-    poll = asyncio.create_task(poller.poll_once(ACME, USERS))
+    pipeline, _, sink, _ = relay(heap=heap)
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
     await asyncio.gather(poll, release_each_transaction(sink, poll))
     assert trims == [0]  # the snapshot fetched exactly ``every`` records
 
     failing = HeapTrimmer(trim, every=1)
-    poller, _, sink, _ = relay(fail=2, heap=failing)
-    poll = asyncio.create_task(poller.poll_once(ACME, USERS))
+    pipeline, _, sink, _ = relay(fail=2, heap=failing)
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
     with pytest.raises(KafkaUnavailable):
         await asyncio.gather(poll, release_each_transaction(sink, poll))
     assert trims == [0, 0]  # the records of the page that committed count
