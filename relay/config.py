@@ -90,21 +90,27 @@ def _derive_state_topic(values: Mapping[str, Any]) -> str:
     return f"{values['topic_prefix']}.relay-state"
 
 
-def _derive_transactional_id(values: Mapping[str, Any]) -> str:
+def _derive_control_topic(values: Mapping[str, Any]) -> str:
+    return f"{values['topic_prefix']}.relay-control"
+
+
+def _relay_identity(values: Mapping[str, Any]) -> str:
     # Kafka fences a producer when another one starts with the same transactional id, which is what stops a zombie
-    # (an old instance still running after its replacement started) from writing. So the id must be the same on every
-    # restart of one relay, with no operator remembering to set it, and different for two relays that publish
-    # different data (say, two sets of integrations), or they would fence each other. Sorted, so that listing the
-    # same integrations in another order is the same relay; JSON, so that no two different lists encode alike.
-    # Changing the integrations changes the id: set RELAY_TRANSACTIONAL_ID to keep one across such a change.
-    identity = [
-        values["source_url"],
-        values["topic_prefix"],
-        values["state_topic"],
-        sorted(values["integrations"]),
-        sorted(values["resources"]),
-    ]
+    # (an old instance still running after its replacement started) from writing; and replicas of one relay find
+    # each other by their consumer group. So both must be the same on every restart and on every replica, with no
+    # operator remembering to set them, and different for two relays that publish different data (another source,
+    # other topics). They do not depend on the integrations polled, which change at run time; JSON, so that no two
+    # different identities encode alike.
+    identity = [values["source_url"], values["topic_prefix"], values["state_topic"]]
     return "change-relay-" + hashlib.sha256(orjson.dumps(identity)).hexdigest()[:16]
+
+
+def _derive_transactional_id(values: Mapping[str, Any]) -> str:
+    return _relay_identity(values)
+
+
+def _derive_group_id(values: Mapping[str, Any]) -> str:
+    return _relay_identity(values)
 
 
 def _is_integration_id(text: str) -> bool:
@@ -290,6 +296,11 @@ class Config:
         Derived("{topic_prefix}.relay-state", _derive_state_topic),
         "Compacted topic where the relay keeps its own progress",
     )
+    control_topic: str = setting(
+        _TOPIC_NAME,
+        Derived("{topic_prefix}.relay-control", _derive_control_topic),
+        "Topic that carries webhook triggers to the replica owning the integration; partitioned like the state topic",
+    )
     topic_partitions: int = setting(Integer(1), 6, "Partitions of the event topics the relay creates")
     topic_replication_factor: int = setting(
         Integer(1, also=(-1,)), -1, "Replication factor of the topics the relay creates; -1 is the broker's default"
@@ -307,8 +318,18 @@ class Config:
     )
     transactional_id: str = setting(
         Text("a Kafka transactional id", str.isprintable),
-        Derived("change-relay-<hash of source, topics, integrations, resources>", _derive_transactional_id),
+        Derived("change-relay-<hash of source, topic prefix, state topic>", _derive_transactional_id),
         "Kafka transactional id: stable across restarts, different for relays publishing different data",
+    )
+    group_id: str = setting(
+        Text("a Kafka consumer group id", str.isprintable),
+        Derived("change-relay-<hash of source, topic prefix, state topic>", _derive_group_id),
+        "Consumer group the replicas of one relay join; Kafka assigns each the state-topic partitions it polls",
+    )
+    group_session_timeout_seconds: float = setting(
+        Number(6, 1800),
+        10.0,
+        "A replica not heard from for this long loses its partitions to the others",
     )
     kafka_commit_timeout_seconds: float = setting(
         Number(0, 600, exclusive=True),

@@ -117,10 +117,12 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "topic_prefix": "kombo",
     "topic_template": "{prefix}.{resource}",
     "state_topic": "kombo.relay-state",
+    "control_topic": "kombo.relay-control",
     "topic_partitions": 6,
     "topic_replication_factor": -1,
     "state_topic_partitions": 6,
     "emit_tombstones": False,
+    "group_session_timeout_seconds": 10.0,
     "kafka_commit_timeout_seconds": 60.0,
     "kafka_max_record_bytes": 1_000_000,
     "http_host": "0.0.0.0",
@@ -141,6 +143,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
 def test_every_default() -> None:
     masked = load().masked()
     assert re.fullmatch(r"change-relay-[0-9a-f]{16}", str(masked.pop("transactional_id")))
+    assert re.fullmatch(r"change-relay-[0-9a-f]{16}", str(masked.pop("group_id")))
     assert masked == {**EXPECTED_DEFAULTS, "api_key": MASK, "integrations": [INTEGRATION]}
 
 
@@ -217,11 +220,14 @@ OVERRIDES: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELAY_TOPIC_PREFIX", "acme", "topic_prefix", "acme", {}),
     ("RELAY_TOPIC_TEMPLATE", "{prefix}.{resource}.{event}", "topic_template", "{prefix}.{resource}.{event}", {}),
     ("RELAY_STATE_TOPIC", "relay.state", "state_topic", "relay.state", {}),
+    ("RELAY_CONTROL_TOPIC", "relay.control", "control_topic", "relay.control", {}),
     ("RELAY_TOPIC_PARTITIONS", "12", "topic_partitions", 12, {}),
     ("RELAY_TOPIC_REPLICATION_FACTOR", "3", "topic_replication_factor", 3, {}),
     ("RELAY_STATE_TOPIC_PARTITIONS", "1", "state_topic_partitions", 1, {}),
     ("RELAY_EMIT_TOMBSTONES", "yes", "emit_tombstones", True, {}),
     ("RELAY_TRANSACTIONAL_ID", "relay-eu-1", "transactional_id", "relay-eu-1", {}),
+    ("RELAY_GROUP_ID", "relay-eu", "group_id", "relay-eu", {}),
+    ("RELAY_GROUP_SESSION_TIMEOUT_SECONDS", "30", "group_session_timeout_seconds", 30.0, {}),
     ("RELAY_KAFKA_COMMIT_TIMEOUT_SECONDS", "5", "kafka_commit_timeout_seconds", 5.0, {}),
     ("RELAY_KAFKA_MAX_RECORD_BYTES", "2048", "kafka_max_record_bytes", 2048, {}),
     ("RELAY_HTTP_HOST", "127.0.0.1", "http_host", "127.0.0.1", {}),
@@ -709,33 +715,28 @@ def test_the_mode_warned_about_is_the_files_not_its_symlinks(tmp_path: Path) -> 
 # --- Derived values -------------------------------------------------------------------------------------------------
 
 
-def test_transactional_id_is_stable() -> None:
-    # Pinned, recipe and value: a release that changed the id would not fence the previous release's relays during a
-    # rolling update.
+def test_transactional_id_and_group_id_are_stable() -> None:
+    # Pinned, recipe and value: a release that changed them would neither fence the previous release's producers nor
+    # join its replicas' group during a rolling update. (Since the fleet, they no longer hash the integrations and
+    # resources, which change at run time: the one change of value, made on purpose and documented.)
     config = load(RELAY_INTEGRATIONS="personio:a,bamboohr:b", RELAY_RESOURCES="ats/users,hris/employees")
-    identity = [
-        "https://api.kombo.dev/v1",
-        "kombo",
-        "kombo.relay-state",
-        ["bamboohr:b", "personio:a"],
-        ["ats/users", "hris/employees"],
-    ]
+    identity = ["https://api.kombo.dev/v1", "kombo", "kombo.relay-state"]
     digest = hashlib.sha256(json.dumps(identity, separators=(",", ":")).encode()).hexdigest()
-    assert config.transactional_id == f"change-relay-{digest[:16]}" == "change-relay-b202df8362690bb5"
+    assert config.transactional_id == f"change-relay-{digest[:16]}" == "change-relay-243e2d9d495b65e0"
+    assert config.group_id == config.transactional_id
     assert load().transactional_id == load().transactional_id
 
 
-def test_transactional_id_does_not_depend_on_order() -> None:
+def test_transactional_id_does_not_depend_on_the_integrations_or_resources() -> None:
     one = load(RELAY_INTEGRATIONS="personio:a,bamboohr:b", RELAY_RESOURCES="ats/users,hris/employees")
-    other = load(RELAY_INTEGRATIONS="bamboohr:b,personio:a", RELAY_RESOURCES="hris/employees,ats/users")
+    other = load(RELAY_INTEGRATIONS="personio:other", RELAY_RESOURCES="hris/employees")
     assert one.transactional_id == other.transactional_id
+    assert one.group_id == other.group_id
 
 
 @pytest.mark.parametrize(
     "change",
     [
-        {"RELAY_INTEGRATIONS": "personio:other"},
-        {"RELAY_RESOURCES": "hris/employees"},
         {"RELAY_SOURCE_URL": "https://eu.example.com"},
         {"RELAY_TOPIC_PREFIX": "acme"},
         {"RELAY_STATE_TOPIC": "kombo.state"},
@@ -743,6 +744,11 @@ def test_transactional_id_does_not_depend_on_order() -> None:
 )
 def test_transactional_id_differs_for_relays_publishing_different_data(change: dict[str, str]) -> None:
     assert load(**change).transactional_id != load().transactional_id
+    assert load(**change).group_id != load().group_id
+
+
+def test_control_topic_default_follows_the_prefix() -> None:
+    assert load(RELAY_TOPIC_PREFIX="acme").control_topic == "acme.relay-control"
 
 
 def test_state_topic_default_follows_the_prefix() -> None:
