@@ -21,7 +21,12 @@ settings.register_profile(
     # RELAY_FUZZ_SHRINK=0 reports the first failing input as found, unshrunk.
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
     + ([Phase.shrink] if os.environ.get("RELAY_FUZZ_SHRINK", "1") != "0" else []),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
 )
 FUZZ = settings.get_profile("relay-fuzz")
 
@@ -39,8 +44,17 @@ class Tally:
         self.ends[end] += 1
 
     def line(self) -> str:
-        ends = ", ".join(f"{end} {n}" for end, n in sorted(self.ends.items(), key=lambda item: (-item[1], item[0])))
-        return f"{self.name} {self.inputs} inputs ({ends})"
+        """``source 150 inputs (committed 31, classified 119 by outcome {invalid_page: 40, ...})``."""
+        ends = dict(self.ends)
+        committed = ends.pop("committed", None)
+        by_outcome = ", ".join(f"{end}: {n}" for end, n in sorted(ends.items(), key=lambda item: (-item[1], item[0])))
+        if committed is None:
+            return f"{self.name} {self.inputs} inputs (by outcome {{{by_outcome}}})"
+        classified = self.inputs - committed
+        return (
+            f"{self.name} {self.inputs} inputs "
+            f"(committed {committed}, classified {classified} by outcome {{{by_outcome}}})"
+        )
 
 
 TALLIES: dict[str, Tally] = {}
