@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA := $(PYTHON) deploy/local-kafka/local_kafka.py
 
-.PHONY: help venv prereqs kafka-fetch kafka simulator run test lint typecheck unit bench soak clean
+.PHONY: help venv prereqs kafka-fetch kafka simulator run test lint typecheck unit fuzz bench soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ lint: venv ## ruff and mypy --strict
 
 test: prereqs venv kafka-fetch lint ## the whole suite against a real broker it starts and stops itself
 	$(BIN)/pytest
+
+fuzz: venv ## the fuzz suite at length (RELAY_FUZZ_EXAMPLES, default 5000 inputs per test); `make test` runs 150
+	RELAY_FUZZ_EXAMPLES=$${RELAY_FUZZ_EXAMPLES:-5000} $(BIN)/pytest tests/fuzz -p no:cacheprovider -o addopts="" -q --timeout=0
 
 bench: venv kafka-fetch ## benchmarks (long): figures into tests/benchmarks/results/
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
