@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 # transaction while the source keeps sending, few enough to bound what a poll holds in memory (their messages).
 MAX_PAGES_IN_FLIGHT = 4
 
+# The source's Date header and this relay's clock may differ by this much before the Date is taken for untrue.
+MAX_SOURCE_CLOCK_SKEW_MS = 15 * 60 * 1000
+
 Clock = Callable[[], float]
 Published = Callable[[int], None]
 
@@ -321,10 +324,24 @@ class PairPoll:
         """Count the page, and take the poll's start time from its first page and the ids a reconciliation saw."""
         self._page_number += 1
         if self._started_at_ms is None:
-            source_time = page.source_time_ms
-            self._started_at_ms = source_time if source_time is not None else int(self._pipeline.clock() * 1000)
+            self._started_at_ms = self._poll_start_ms(page.source_time_ms)
         if self._seen is not None:
             self._seen.update(record["id"] for record in page.records)
+
+    def _poll_start_ms(self, source_time_ms: int | None) -> int:
+        """The source's clock at the first page (its Date header), which the next poll's updated_after counts from;
+        the relay's own clock when the source gave none, or one that cannot be true (a Date far in the future would
+        move the watermark past changes not yet made, which later polls would then never ask for)."""
+        now_ms = int(self._pipeline.clock() * 1000)
+        if source_time_ms is None:
+            return now_ms
+        if abs(source_time_ms - now_ms) > MAX_SOURCE_CLOCK_SKEW_MS:
+            log.warning(
+                "the source's Date header is far from this relay's clock; the relay's clock is used",
+                extra={"integration": self.integration, "resource": self.resource, "skew_ms": source_time_ms - now_ms},
+            )
+            return now_ms
+        return source_time_ms
 
     async def _commit_last(self, page: Page) -> None:
         """The last page completes the poll from the checkpoint every earlier page leaves behind; nothing is left to

@@ -48,6 +48,7 @@ class ScriptedSource(SourceClient):
         self.failures: dict[int, BaseException] = {}  # raised when that page is asked for
         self.cursors: list[str | None] = []  # the cursor of every request, in order
         self.next_cursor: Callable[[int], str | None] = lambda n: None if n == PAGES - 1 else f"c{n + 1}"
+        self.source_time_ms = 1_700_000_000_000  # the Date header of every page
 
     async def fetch_page(
         self, integration: str, resource: str, *, updated_after: str | None, cursor: str | None, page_number: int
@@ -58,7 +59,7 @@ class ScriptedSource(SourceClient):
             await self.holds[page_number].wait()
         if page_number in self.failures:
             raise self.failures[page_number]
-        return Page(page_records(page_number), self.next_cursor(page_number), 1_700_000_000_000)
+        return Page(page_records(page_number), self.next_cursor(page_number), self.source_time_ms)
 
 
 class ScriptedTransactions(KafkaSink):
@@ -240,3 +241,25 @@ async def test_an_unexpected_error_fails_the_poll_counted_as_internal_error_afte
     assert len(pair.entities) == 2 * PAGE_SIZE  # the two pages before it committed, and are remembered
     assert pair.checkpoint.in_progress is not None
     assert pair.checkpoint.in_progress.cursor == "c2"
+
+
+@pytest.mark.parametrize(
+    ("source_ms", "watermark_ms"),
+    [
+        (1_700_000_000_000 + 60_000, 1_700_000_000_000 + 60_000),  # a minute ahead: the source's clock is believed
+        (253_402_300_799_000, 1_700_000_000_000),  # year 9999: a Date that cannot be true; the relay's own clock
+        (0, 1_700_000_000_000),  # 1970, likewise
+    ],
+)
+async def test_the_watermark_never_comes_from_a_date_header_that_cannot_be_true(
+    source_ms: int, watermark_ms: int
+) -> None:
+    cfg = config_without_kafka(RELAY_INTEGRATIONS=ACME, RELAY_RESOURCES=USERS)
+    metrics = Metrics(cfg.resources, registry=CollectorRegistry())
+    source, sink, store = ScriptedSource(cfg, metrics), ScriptedTransactions(cfg, metrics), StateStore(1)
+    source.next_cursor = lambda n: None
+    source.source_time_ms = source_ms
+    pipeline = Pipeline(cfg, source, sink, store, metrics, clock=lambda: 1_700_000_000.0)
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
+    await asyncio.gather(poll, release_each_transaction(sink, poll))
+    assert store.pair(ACME, USERS).checkpoint.watermark_ms == watermark_ms
