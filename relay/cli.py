@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tail": ("relay.tail", "print the change events arriving on the Kafka topics"),
     "schema": ("relay.contract_schema", "print the JSON Schema of the events (or write every schema file)"),
     "asyncapi": ("relay.contract_asyncapi", "print the AsyncAPI document of the topics the configuration produces"),
+    "materialize": ("relay.materialize", "keep a SQLite table per resource up to date from the events"),
 }
 
 
