@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA := $(PYTHON) deploy/local-kafka/local_kafka.py
 
-.PHONY: help venv prereqs kafka-fetch kafka simulator run test lint typecheck unit fuzz bench soak clean
+.PHONY: help venv prereqs kafka-fetch kafka simulator run test lint typecheck unit fuzz bench soak clean schemas
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ kafka-fetch: prereqs ## resolve the Kafka broker's jars with Maven into .cache/ 
 
 kafka: kafka-fetch ## run a local Kafka broker in the foreground (KAFKA_PORT, default 9092; KAFKA_DATA_DIR)
 	$(KAFKA) run
+
+# The committed contract: the default configuration with every resource the simulator serves (a test compares).
+SCHEMA_RESOURCES := ats/users,ats/candidates,ats/jobs,hris/employees
+schemas: venv ## regenerate deploy/schemas/ (event JSON Schemas, AsyncAPI) from the code
+	$(BIN)/relay schema --out deploy/schemas
+	env -i PATH="$$PATH" RELAY_RESOURCES=$(SCHEMA_RESOURCES) $(BIN)/relay asyncapi > deploy/schemas/asyncapi.yaml
 
 simulator: venv ## run the Kombo simulator in the foreground with its defaults
 	$(BIN)/relay simulate

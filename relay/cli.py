@@ -1,4 +1,5 @@
-"""The ``relay`` command line: ``run``, ``simulate``, ``check-config``, ``tail``.
+"""The ``relay`` command line: ``run``, ``simulate``, ``check-config``, ``tail``, ``schema``, ``asyncapi``,
+``materialize``.
 
 Each subcommand lives in the module of its concept and exposes ``add_arguments(parser)`` and ``main(args) -> int``;
 this module only wires them together, so ``relay --help`` stays the single index of what the program can do.
@@ -19,6 +20,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("relay.check_config", "validate the configuration and print it, secrets masked"),
     "simulate": ("relay.simulator.cli", "serve a local Kombo-style API with churning data (for trying and testing)"),
     "tail": ("relay.tail", "print the change events arriving on the Kafka topics"),
+    "schema": ("relay.contract_schema", "print the JSON Schema of the events (or write every schema file)"),
+    "asyncapi": ("relay.contract_asyncapi", "print the AsyncAPI document of the topics the configuration produces"),
+    "materialize": ("relay.materialize", "keep a SQLite table per resource up to date from the events"),
 }
 
 

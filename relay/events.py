@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, get_args
 from urllib.parse import quote
 
 import orjson
@@ -49,6 +49,27 @@ from relay.timestamps import format_timestamp_ms
 SPEC_VERSION: Final = "1.0"
 CONTENT_TYPE: Final = b"application/cloudevents+json"
 DATA_CONTENT_TYPE: Final = "application/json"
+
+# The names of the contract, in the order the event's JSON has them. :func:`_event_json` writes exactly these (the
+# unit tests check it) and :mod:`relay.contract` builds the published JSON Schema and AsyncAPI document from them.
+ENVELOPE_ATTRIBUTES: Final = ("specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data")
+DATA_FIELDS: Final = (
+    "integration_id",
+    "resource",
+    "id",
+    "remote_id",
+    "record",
+    "changed_fields",
+    "snapshot",
+    "restored",
+    "reason",
+)
+Reason = Literal["vanished"]
+REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
+HEADER_CONTENT_TYPE: Final = "content-type"
+HEADER_TYPE: Final = "ce_type"
+HEADER_ID: Final = "ce_id"
+KEY_SEPARATOR: Final = ":"
 _EVENT_START: Final = b'{"specversion":%s,"id":' % encode_json(SPEC_VERSION)
 
 
@@ -61,7 +82,7 @@ class Change(NamedTuple):  # immutable, and several times faster to build than a
     changed_fields: tuple[str, ...] | None  # sorted; only for updates
     snapshot: bool
     restored: bool
-    reason: Literal["vanished"] | None
+    reason: Reason | None
     version: int
     content_hash: int
     time_ms: int | None
@@ -121,7 +142,7 @@ def event_source(integration: str, resource: str) -> str:
 
 
 def kafka_key(integration: str, entity_id: str) -> bytes:
-    return f"{integration}:{entity_id}".encode()
+    return f"{integration}{KEY_SEPARATOR}{entity_id}".encode()
 
 
 def to_kafka_message(change: Change, *, integration: str, resource: str, detected_at_ms: int) -> KafkaMessage:
@@ -139,9 +160,9 @@ def to_kafka_message(change: Change, *, integration: str, resource: str, detecte
             problem, code="RELAY.UNENCODABLE_RECORD", integration=integration, resource=resource
         ) from None
     headers = [
-        ("content-type", CONTENT_TYPE),
-        ("ce_type", kind_type_bytes),
-        ("ce_id", change.event_id.encode()),
+        (HEADER_CONTENT_TYPE, CONTENT_TYPE),
+        (HEADER_TYPE, kind_type_bytes),
+        (HEADER_ID, change.event_id.encode()),
     ]
     return KafkaMessage(key=key, value=value, headers=headers, type=kind_type)
 

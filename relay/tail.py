@@ -16,12 +16,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from relay.config import ConfigError, add_config_argument, load_config, print_problems
+from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
 
@@ -71,13 +72,18 @@ def _resolve(args: argparse.Namespace) -> tuple[str, list[str]]:
     topics = args.topics
     if bootstrap and topics:
         return bootstrap, topics
-    environ = dict(os.environ)
-    # Watching needs no API key; give the loader a placeholder so the rest of the configuration still validates.
+    config = load_reader_config(args.config)
+    return bootstrap or config.kafka_bootstrap_servers, topics or list(config.event_topics())
+
+
+def load_reader_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """The configuration ``relay run`` would use (``--config`` and ``RELAY_*``), for commands that only read the
+    topics or describe them: those need no API key and no integrations, so placeholders stand in for them."""
+    environ = dict(os.environ if environ is None else environ)
     if not environ.get("RELAY_API_KEY") and not environ.get("RELAY_API_KEY_FILE"):
         environ["RELAY_API_KEY"] = "unused-by-tail"
     environ.setdefault("RELAY_INTEGRATIONS", "unused-by-tail")
-    config = load_config(args.config, environ)
-    return bootstrap or config.kafka_bootstrap_servers, topics or list(config.event_topics())
+    return load_config(path, environ)
 
 
 async def tail(

@@ -8,14 +8,41 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from jsonschema import Draft202012Validator
 
 from relay.app import Relay
 from relay.config import Config, load_config
+from relay.contract import EVENT_SCHEMA_FILE, schema_file
 from relay.simulator import Simulator, SimulatorServer
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "deploy" / "schemas"
+_validators: dict[str, Draft202012Validator | None] = {}
+
+
+def _validator(name: str) -> Draft202012Validator | None:
+    if name not in _validators:
+        path = SCHEMAS / name
+        _validators[name] = Draft202012Validator(orjson.loads(path.read_bytes())) if path.is_file() else None
+    return _validators[name]
+
+
+def check_contract(body: dict[str, Any], *, by_resource: bool = True) -> None:
+    """``body`` is valid for the committed ``event.schema.json`` and, if there is one (and ``by_resource``), its
+    resource's schema, whose ``data.record`` is Kombo's schema of the resource's records."""
+    names = [EVENT_SCHEMA_FILE]
+    resource = body.get("data", {}).get("resource") if isinstance(body.get("data"), dict) else None
+    if by_resource and isinstance(resource, str):
+        names.append(schema_file(resource))
+    for name in names:
+        validator = _validator(name)
+        if validator is not None:
+            errors = [f"{list(error.absolute_path)}: {error.message}" for error in validator.iter_errors(body)]
+            assert not errors, f"event {body.get('id')} does not validate against {name}: {errors[:3]}"
 
 
 @dataclass
@@ -60,7 +87,9 @@ class Collector:
                     self.tombstones.append(key)
                     continue
                 headers = {name: value for name, value in record.headers}
-                self.events.append(Event(record.topic, key, headers, orjson.loads(record.value)))
+                body = orjson.loads(record.value)
+                check_contract(body)  # every event an end-to-end test sees keeps the published contract
+                self.events.append(Event(record.topic, key, headers, body))
 
     async def wait_for(self, count: int, timeout: float = 30.0) -> list[Event]:
         """Wait until at least ``count`` events arrived; fail with what did arrive otherwise."""
