@@ -21,9 +21,12 @@ from typing import Any, TextIO
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from relay.config import ConfigError, add_config_argument, load_config, print_problems
+from relay.config import ConfigError, KafkaSecurity, add_config_argument, load_config, print_problems
+from relay.errors import KafkaAuthenticationFailed
+from relay.kafka_access import check_kafka_access
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
+EXIT_KAFKA_AUTHENTICATION = 7  # as `relay run` (relay.app), which this module does not import: it needs no poller
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,18 +69,18 @@ def format_event(value: bytes, *, full_json: bool = False) -> str:
     )
 
 
-def _resolve(args: argparse.Namespace) -> tuple[str, list[str]]:
+def _resolve(args: argparse.Namespace) -> tuple[str, list[str], KafkaSecurity]:
+    """The brokers, the topics and how to connect (``RELAY_KAFKA_SECURITY_PROTOCOL`` and the rest, always from the
+    configuration: ``--bootstrap-servers`` overrides only where to connect, not how)."""
     bootstrap = args.bootstrap_servers
     topics = args.topics
-    if bootstrap and topics:
-        return bootstrap, topics
     environ = dict(os.environ)
     # Watching needs no API key; give the loader a placeholder so the rest of the configuration still validates.
     if not environ.get("RELAY_API_KEY") and not environ.get("RELAY_API_KEY_FILE"):
         environ["RELAY_API_KEY"] = "unused-by-tail"
     environ.setdefault("RELAY_INTEGRATIONS", "unused-by-tail")
     config = load_config(args.config, environ)
-    return bootstrap or config.kafka_bootstrap_servers, topics or list(config.event_topics())
+    return bootstrap or config.kafka_bootstrap_servers, topics or list(config.event_topics()), config.kafka_security
 
 
 async def tail(
@@ -87,11 +90,21 @@ async def tail(
     from_beginning: bool,
     full_json: bool,
     max_events: int,
+    security: KafkaSecurity | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
+    security_kwargs: dict[str, object] = {}
+    if security is not None:
+        security_kwargs = security.aiokafka_kwargs()
+        try:
+            await check_kafka_access(bootstrap, security)
+        except KafkaAuthenticationFailed as error:
+            print(f"relay tail: {error}", file=sys.stderr, flush=True)
+            return EXIT_KAFKA_AUTHENTICATION
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
+        **security_kwargs,
         isolation_level="read_committed",
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
@@ -117,14 +130,21 @@ def main(args: argparse.Namespace) -> int:
     # aiokafka reports every metadata retry (topics not created yet, leaders moving) at ERROR; tail has no use for it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        bootstrap, topics = _resolve(args)
+        bootstrap, topics, security = _resolve(args)
     except ConfigError as error:
         print_problems(error)
         return 2
 
     async def run() -> int:
         task = asyncio.ensure_future(
-            tail(bootstrap, topics, from_beginning=args.from_beginning, full_json=args.json, max_events=args.max_events)
+            tail(
+                bootstrap,
+                topics,
+                from_beginning=args.from_beginning,
+                full_json=args.json,
+                max_events=args.max_events,
+                security=security,
+            )
         )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
