@@ -29,7 +29,7 @@ venv: $(STAMP) ## create .venv and install the project with its test extras
 kafka-fetch: prereqs ## resolve the Kafka broker's jars with Maven into .cache/ (once)
 	@$(KAFKA) fetch >/dev/null
 
-kafka: kafka-fetch ## run a local Kafka broker in the foreground (KAFKA_PORT, default 9092; KAFKA_DATA_DIR)
+kafka: kafka-fetch ## run a local Kafka broker in the foreground (KAFKA_PORT, default 9092; KAFKA_DATA_DIR; KAFKA_SECURITY=ssl|mtls|scram|plain|all)
 	$(KAFKA) run
 
 # The committed contract: the default configuration with every resource the simulator serves (a test compares).

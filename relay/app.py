@@ -6,8 +6,10 @@ reachable the relay keeps trying, with backoff, and stays not ready.
 
 Exit codes: 0 after SIGTERM/SIGINT, 2 invalid configuration, 3 the source refused the API key, 4 fenced by another
 instance with the same transactional id, 5 the state topic holds records this version cannot read (or state placed
-by another RELAY_STATE_TOPIC_PARTITIONS), 6 Kafka's ACLs refuse the relay's principal. After 3 to 6 the relay waits
-RELAY_FATAL_EXIT_DELAY_SECONDS (or a signal), not ready, still serving its metrics, before it exits.
+by another RELAY_STATE_TOPIC_PARTITIONS), 6 Kafka's ACLs refuse the relay's principal, 7 Kafka refused the relay's
+credentials or client certificate, or the relay refused the broker's certificate (untrusted CA, another host name).
+After 3 to 7 the relay waits RELAY_FATAL_EXIT_DELAY_SECONDS (or a signal), not ready, still serving its metrics and
+``/status`` (whose ``fatal_error`` says why), before it exits.
 """
 
 from __future__ import annotations
@@ -26,15 +28,23 @@ from aiokafka.errors import KafkaError
 from relay import __version__
 from relay.check_config import add_arguments as add_arguments  # `relay run` takes what check-config takes
 from relay.config import Config, ConfigError, environment_warnings, load_config, print_problems
-from relay.errors import AuthenticationError, Fenced, KafkaAuthorizationFailed, KafkaUnavailable, StateError
+from relay.errors import (
+    AuthenticationError,
+    Fenced,
+    KafkaAuthenticationFailed,
+    KafkaAuthorizationFailed,
+    KafkaUnavailable,
+    StateError,
+)
 from relay.heap import HeapTrimmer, malloc_trim
+from relay.kafka_access import check_kafka_access
 from relay.logs import configure_logging
 from relay.metrics import Metrics
 from relay.netaddr import bound_port
 from relay.pipeline import Pipeline
 from relay.reload_gate import ReloadGate
 from relay.scheduler import Scheduler
-from relay.sink import KafkaSink
+from relay.sink import KafkaSink, authorization_failed
 from relay.source import SourceClient
 from relay.state import StateStore
 from relay.state_topic import restore
@@ -49,6 +59,7 @@ EXIT_AUTHENTICATION = 3
 EXIT_FENCED = 4
 EXIT_STATE = 5
 EXIT_KAFKA_AUTHORIZATION = 6
+EXIT_KAFKA_AUTHENTICATION = 7
 
 
 class Relay:
@@ -148,6 +159,7 @@ class Relay:
         delay = 1.0
         while not self._stop_requested.is_set():
             try:
+                await check_kafka_access(self.config.kafka_bootstrap_servers, self.config.kafka_security)
                 await self.sink.ensure_topics()
                 await self.sink.start()
                 await self._read_state()
@@ -173,7 +185,13 @@ class Relay:
 
     async def _read_state(self) -> None:
         """Read the state topic into memory (once the producer started) and say so to the sink and to readiness."""
-        self.heap.processed(await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs()))
+        try:
+            records = await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs())
+        except KafkaError as error:
+            if refused := authorization_failed(error, self.config, doing="read"):
+                raise refused from error
+            raise
+        self.heap.processed(records)
         self.sink.state_read()
         self.restored = True
         self._update_entity_gauges()
@@ -227,6 +245,11 @@ class Relay:
         except KafkaAuthorizationFailed as error:
             log.critical("Kafka refused this relay's principal; stopping", extra={"error": str(error)})
             return error
+        except KafkaAuthenticationFailed as error:
+            log.critical(
+                "Kafka and this relay do not accept each other's credentials; stopping", extra={"error": str(error)}
+            )
+            return error
 
     @staticmethod
     def _exit_code(fatal: BaseException | None) -> int:
@@ -238,6 +261,8 @@ class Relay:
             return EXIT_STATE
         if isinstance(fatal, KafkaAuthorizationFailed):
             return EXIT_KAFKA_AUTHORIZATION
+        if isinstance(fatal, KafkaAuthenticationFailed):
+            return EXIT_KAFKA_AUTHENTICATION
         return 0
 
     async def _wait_before_exit(self, fatal: BaseException | None) -> None:

@@ -15,7 +15,8 @@
     │   ├── KafkaUnavailable        retry with backoff from the last committed state
     │   ├── Fenced                  another instance took over our transactional id: stop, never write again
     │   ├── RecordTooLarge          a record is larger than Kafka accepts: that pair backs off, Kafka is not down
-    │   └── KafkaAuthorizationFailed  Kafka's ACLs refuse our principal a topic or the transactional id: stop
+    │   ├── KafkaAuthorizationFailed  Kafka's ACLs refuse our principal a topic or the transactional id: stop
+    │   └── KafkaAuthenticationFailed  Kafka refused our credentials or certificate, or we refused its: stop
     └── StateError                  the state topic holds something this version cannot read, or state placed
                                     by another RELAY_STATE_TOPIC_PARTITIONS
 
@@ -114,6 +115,12 @@ class RecordTooLarge(SinkError):
 class KafkaAuthorizationFailed(SinkError):
     """Kafka refused this relay's principal (an ACL on the transactional id, a topic or the cluster). Nothing will be
     written until an operator grants it, so the relay stops, loudly, instead of retrying forever."""
+
+
+class KafkaAuthenticationFailed(SinkError):
+    """The TLS handshake or the SASL login failed for a reason only an operator can fix: the broker's certificate is
+    not trusted or not for its name, the broker refused the client certificate, or it refused the SASL credentials.
+    The message names the setting to fix and never a secret."""
 
 
 class StateError(RelayError):

@@ -50,7 +50,44 @@ AUTHORIZATION_ERRORS: tuple[str, ...] = (
     "TransactionalIdAuthorizationFailed",
     "TopicAuthorizationFailedError",
     "ClusterAuthorizationFailedError",
+    "GroupAuthorizationFailedError",
 )
+TOPIC_AUTHORIZATION_FAILED = 29
+
+
+def principal_of(config: Config) -> str:
+    """The principal Kafka most likely knows this relay as, for messages that ask an operator to grant it an ACL."""
+    security = config.kafka_security
+    if security.uses_sasl:
+        return f"User:{security.sasl_username}"
+    if security.ssl_certfile is not None:
+        return f"the principal of the certificate RELAY_KAFKA_SSL_CERTFILE ({security.ssl_certfile})"
+    return "this relay's principal"
+
+
+def authorization_failed(exc: BaseException, config: Config, *, doing: str) -> KafkaAuthorizationFailed | None:
+    """Kafka's refusal ``exc`` as an error naming the principal, the resource and the operation to grant (``doing``:
+    ``write`` while committing, ``read`` while reading the state topic); None if ``exc`` is not an ACL refusal."""
+    name = type(exc).__name__
+    if name not in AUTHORIZATION_ERRORS:
+        return None
+    who = principal_of(config)
+    refused = exc.args[0] if exc.args else None
+    if name == "TransactionalIdAuthorizationFailed":
+        what = f"Write on the transactional id {config.transactional_id!r}"
+        grant = "Write and Describe on that transactional id (or a prefix of it)"
+    elif name == "TopicAuthorizationFailedError":
+        topics = sorted(refused) if isinstance(refused, set | frozenset | list | tuple) else [str(refused)]
+        operation = "Read" if doing == "read" else "Write"
+        what = f"{operation} on the topic(s) {', '.join(map(repr, topics))}"
+        grant = f"{operation} and Describe on those topics (or on the prefix {config.topic_prefix!r})"
+    elif name == "GroupAuthorizationFailedError":
+        what = f"Read on the consumer group {refused!r}"
+        grant = "Read on that group"
+    else:
+        what = "a cluster operation"
+        grant = "the cluster ACL its Kafka version needs (IdempotentWrite on older brokers)"
+    return KafkaAuthorizationFailed(f"Kafka refused {who} {what} ({name}): grant it {grant}")
 
 
 class OutMessage(NamedTuple):  # immutable, and several times faster to build than a frozen dataclass
@@ -110,6 +147,12 @@ class KafkaSink:
             if wanted:
                 response = await admin.create_topics(wanted)
                 for topic, code, *message in response.topic_errors:
+                    if code == TOPIC_AUTHORIZATION_FAILED:
+                        raise KafkaAuthorizationFailed(
+                            f"Kafka refused {principal_of(self._config)} Create on the topic {topic!r} "
+                            f"(TOPIC_AUTHORIZATION_FAILED): grant it Create on the topics prefixed "
+                            f"{self._config.topic_prefix!r}, or create the topics beforehand"
+                        )
                     if code not in (0, TOPIC_ALREADY_EXISTS):
                         raise KafkaUnavailable(f"cannot create topic {topic!r}: error {code} {message}")
                 log.info("topics created", extra={"topics": [t.name for t in wanted]})
@@ -306,12 +349,8 @@ class KafkaSink:
             self.fenced = True
             self._metrics.fenced.set(1)
             return Fenced(f"fenced by another instance with transactional id {self._config.transactional_id!r}")
-        if type(exc).__name__ in AUTHORIZATION_ERRORS:
-            return KafkaAuthorizationFailed(
-                f"Kafka refused this relay's principal ({type(exc).__name__}): grant it Write and Describe on the "
-                f"transactional id {self._config.transactional_id!r}, Write and Describe on the event topics and on "
-                f"the state topic {self._config.state_topic!r}, and Read on the state topic"
-            )
+        if refused := authorization_failed(exc, self._config, doing="write"):
+            return refused
         if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
             # Kafka answered: it is not down. Its topic limit is below RELAY_KAFKA_MAX_RECORD_BYTES. The producer is
             # replaced all the same (an idempotent producer's sequence is broken by the refused batch), so the next

@@ -22,9 +22,12 @@ from typing import Any, TextIO
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
+from relay.config import Config, ConfigError, KafkaSecurity, add_config_argument, load_config, print_problems
+from relay.errors import KafkaAuthenticationFailed
+from relay.kafka_access import check_kafka_access
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
+EXIT_KAFKA_AUTHENTICATION = 7  # as `relay run` (relay.app), which this module does not import: it needs no poller
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,13 +70,13 @@ def format_event(value: bytes, *, full_json: bool = False) -> str:
     )
 
 
-def _resolve(args: argparse.Namespace) -> tuple[str, list[str]]:
+def _resolve(args: argparse.Namespace) -> tuple[str, list[str], KafkaSecurity]:
+    """The brokers, the topics and how to connect (``RELAY_KAFKA_SECURITY_PROTOCOL`` and the rest, always from the
+    configuration: ``--bootstrap-servers`` overrides only where to connect, not how)."""
     bootstrap = args.bootstrap_servers
     topics = args.topics
-    if bootstrap and topics:
-        return bootstrap, topics
     config = load_reader_config(args.config)
-    return bootstrap or config.kafka_bootstrap_servers, topics or list(config.event_topics())
+    return bootstrap or config.kafka_bootstrap_servers, topics or list(config.event_topics()), config.kafka_security
 
 
 def load_reader_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -93,11 +96,21 @@ async def tail(
     from_beginning: bool,
     full_json: bool,
     max_events: int,
+    security: KafkaSecurity | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
+    security_kwargs: dict[str, object] = {}
+    if security is not None:
+        security_kwargs = security.aiokafka_kwargs()
+        try:
+            await check_kafka_access(bootstrap, security)
+        except KafkaAuthenticationFailed as error:
+            print(f"relay tail: {error}", file=sys.stderr, flush=True)
+            return EXIT_KAFKA_AUTHENTICATION
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
+        **security_kwargs,
         isolation_level="read_committed",
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
@@ -123,14 +136,21 @@ def main(args: argparse.Namespace) -> int:
     # aiokafka reports every metadata retry (topics not created yet, leaders moving) at ERROR; tail has no use for it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        bootstrap, topics = _resolve(args)
+        bootstrap, topics, security = _resolve(args)
     except ConfigError as error:
         print_problems(error)
         return 2
 
     async def run() -> int:
         task = asyncio.ensure_future(
-            tail(bootstrap, topics, from_beginning=args.from_beginning, full_json=args.json, max_events=args.max_events)
+            tail(
+                bootstrap,
+                topics,
+                from_beginning=args.from_beginning,
+                full_json=args.json,
+                max_events=args.max_events,
+                security=security,
+            )
         )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO / "deploy" / "local-kafka"))
 
-from local_kafka import LocalKafka  # noqa: E402
+from local_kafka import LocalKafka, SecuredKafka  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +35,18 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
         return
     log_file = tmp_path_factory.mktemp("kafka") / "broker.log"
     broker = LocalKafka(log_file=log_file)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.cleanup()
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
+    """One broker with every secured listener (TLS, mutual TLS, SASL_SSL with SCRAM-SHA-512 and PLAIN) and ACLs,
+    shared by the tests of secured Kafka and started by the first of them (``deploy/local-kafka``, SecuredKafka)."""
+    broker = SecuredKafka(log_file=tmp_path_factory.mktemp("secured-kafka") / "broker.log")
     broker.start()
     try:
         yield broker

@@ -116,10 +116,12 @@ class Collector:
 
 
 @asynccontextmanager
-async def collect(bootstrap_servers: str, topics: list[str]) -> AsyncIterator[Collector]:
+async def collect(bootstrap_servers: str, topics: list[str], **security: Any) -> AsyncIterator[Collector]:
+    """``security``: aiokafka's keyword arguments for a secured listener (``KafkaSecurity.aiokafka_kwargs()``)."""
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap_servers,
+        **security,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -169,8 +171,13 @@ class World:
     bootstrap_servers: str
     topic_prefix: str
     integrations: list[str]
+    kafka_settings: dict[str, str] = field(default_factory=dict)  # RELAY_KAFKA_* of a secured listener
 
     def config(self, **overrides: Any) -> Config:
+        overrides = {
+            **{name.removeprefix("RELAY_").lower(): value for name, value in self.kafka_settings.items()},
+            **overrides,
+        }
         settings: dict[str, Any] = {
             "source_url": self.server.url,
             "api_key": self.sim.api_key,
