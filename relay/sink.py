@@ -24,7 +24,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -61,6 +61,12 @@ class OutMessage(NamedTuple):  # immutable, and several times faster to build th
     partition: int | None = None
 
 
+class Committer(Protocol):
+    """What commits a unit of work: one :class:`KafkaSink`, or the producers of a fleet's partitions."""
+
+    async def commit(self, messages: Sequence[OutMessage]) -> None: ...
+
+
 class _Unit(NamedTuple):
     """Messages that must commit together, and the future that tells their caller how it went."""
 
@@ -71,8 +77,20 @@ class _Unit(NamedTuple):
 class KafkaSink:
     """A transactional producer plus the admin work of creating topics."""
 
-    def __init__(self, config: Config, metrics: Metrics, *, commit_timeout_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        *,
+        commit_timeout_seconds: float | None = None,
+        transactional_id: str | None = None,
+        fencing_is_fatal: bool = True,
+    ) -> None:
         self._config = config
+        self.transactional_id = config.transactional_id if transactional_id is None else transactional_id
+        # Alone, being fenced means a twin with our transactional id: the relay stops (exit 4). In a fleet, it means
+        # that another replica owns our partition now, which is no fault: relay_fenced stays 0.
+        self._fencing_is_fatal = fencing_is_fatal
         self._metrics = metrics
         self._commit_timeout = (
             config.kafka_commit_timeout_seconds if commit_timeout_seconds is None else commit_timeout_seconds
@@ -140,7 +158,7 @@ class KafkaSink:
     async def _new_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             **self._config.kafka_client_kwargs(),
-            transactional_id=self._config.transactional_id,
+            transactional_id=self.transactional_id,
             acks="all",
             enable_idempotence=True,
             compression_type="zstd",
@@ -304,12 +322,13 @@ class KafkaSink:
     def _classify(self, exc: BaseException) -> Fenced | KafkaAuthorizationFailed | KafkaUnavailable | RecordTooLarge:
         if isinstance(exc, ProducerFenced) or type(exc).__name__ in FENCING_ERRORS:
             self.fenced = True
-            self._metrics.fenced.set(1)
-            return Fenced(f"fenced by another instance with transactional id {self._config.transactional_id!r}")
+            if self._fencing_is_fatal:
+                self._metrics.fenced.set(1)
+            return Fenced(f"fenced by another instance with transactional id {self.transactional_id!r}")
         if type(exc).__name__ in AUTHORIZATION_ERRORS:
             return KafkaAuthorizationFailed(
                 f"Kafka refused this relay's principal ({type(exc).__name__}): grant it Write and Describe on the "
-                f"transactional id {self._config.transactional_id!r}, Write and Describe on the event topics and on "
+                f"transactional id {self.transactional_id!r}, Write and Describe on the event topics and on "
                 f"the state topic {self._config.state_topic!r}, and Read on the state topic"
             )
         if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
