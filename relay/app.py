@@ -36,15 +36,17 @@ from relay.errors import (
     KafkaUnavailable,
     StateError,
 )
+from relay.fleet import Membership, Ownership, fence_single_instance_writer, legacy_transactional_id
 from relay.heap import HeapTrimmer, malloc_trim
 from relay.kafka_access import check_kafka_access
 from relay.logs import configure_logging
 from relay.metrics import Metrics
 from relay.netaddr import bound_port
+from relay.partition_sinks import PartitionSinks
 from relay.pipeline import Pipeline
 from relay.reload_gate import ReloadGate
 from relay.scheduler import Scheduler
-from relay.sink import KafkaSink, authorization_failed
+from relay.sink import authorization_failed
 from relay.source import SourceClient
 from relay.state import StateStore
 from relay.state_topic import restore
@@ -70,7 +72,7 @@ class Relay:
         self.metrics = Metrics(config.resources)
         self.store = StateStore(config.state_topic_partitions)
         self.source = SourceClient(config, self.metrics)
-        self.sink = KafkaSink(config, self.metrics)
+        self.sink = PartitionSinks(config, self.metrics)
         self.heap = HeapTrimmer(malloc_trim())
         self.pipeline = Pipeline(config, self.source, self.sink, self.store, self.metrics, heap=self.heap)
         self.scheduler = Scheduler(
@@ -78,7 +80,13 @@ class Relay:
             ReloadGate(self.pipeline.poll_once, self.reload_state),
             self.metrics,
             on_stop=self.pipeline.stop,
+            pairs=(),  # none until this relay owns their state partitions
         )
+        self.ownership = Ownership(
+            config, self.store, self.sink, self.pipeline, self.scheduler, self.metrics, self._read_partitions
+        )
+        self.membership: Membership | None = None  # in a fleet: this replica's seat in the consumer group
+        self.metrics.state_partitions.set(config.state_topic_partitions)
         self.heartbeat = Heartbeat()
         webhook_settings = WebhookSettings.from_config(config)  # None: no secret, no endpoint
         self.webhooks = None if webhook_settings is None else WebhookReceiver(webhook_settings, self.scheduler)
@@ -91,7 +99,8 @@ class Relay:
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         checks = {
-            "state_restored": self.restored,
+            # In a fleet: the partitions the group assigned are restored (owning none is ready too).
+            "state_restored": self.restored and (self.membership is None or self.ownership.settled),
             "kafka_reachable": self.sink.reachable,
             "not_fenced": not self.sink.fenced,
             "no_fatal_error": self.fatal_error is None,
@@ -138,7 +147,18 @@ class Relay:
             "ready": ready,
             "checks": checks,
             "fatal_error": self.fatal_error,
+            "fleet": self._fleet_status(),
             "pairs": pairs,
+        }
+
+    def _fleet_status(self) -> dict[str, Any]:
+        owned = sorted(self.ownership.owned)
+        return {
+            "member_id": None if self.membership is None else self.membership.member_id,
+            "generation": None if self.membership is None else self.membership.generation,
+            "state_partitions": self.config.state_topic_partitions,
+            "owned_partitions": owned,
+            "integrations": {str(p): sorted({i for i, _ in self.ownership.pairs_of([p])}) for p in owned},
         }
 
     async def start_http(self) -> None:
@@ -155,14 +175,17 @@ class Relay:
         log.info("http server listening", extra={"host": self.config.http_host, "port": self.http_port})
 
     async def connect_kafka(self) -> bool:
-        """Create topics, start the producer and restore state, retrying until Kafka answers or a stop."""
+        """Create topics, then own every state partition (fence their writers, read their state), retrying until
+        Kafka answers or a stop. A relay alone owns them all; one of a fleet joins the group instead
+        (:meth:`join_fleet`)."""
         delay = 1.0
         while not self._stop_requested.is_set():
             try:
                 await check_kafka_access(self.config.kafka_bootstrap_servers, self.config.kafka_security)
                 await self.sink.ensure_topics()
-                await self.sink.start()
-                await self._read_state()
+                await fence_single_instance_writer(self.config, legacy_transactional_id(self.config))
+                await self.ownership.claim(range(self.config.state_topic_partitions))
+                self.restored = True
                 return True
             except KafkaUnavailable as error:
                 log.warning("Kafka not reachable yet; retrying", extra={"error": str(error), "retry_in": delay})
@@ -173,27 +196,43 @@ class Relay:
             delay = min(delay * 2, 30.0)
         return False
 
+    async def join_fleet(self) -> None:
+        """Be one replica of a fleet until :meth:`request_stop`: join the consumer group, own what it assigns (its
+        partitions' pairs polled by the scheduler, which the caller runs), hand it over when it moves."""
+        await self.sink.ensure_topics()
+        await fence_single_instance_writer(self.config, legacy_transactional_id(self.config))
+        self.sink.in_fleet(on_lost=self.ownership.lost)
+        self.membership = Membership(self.config, self.ownership, self.metrics)
+        self.restored = True  # nothing owned yet; readiness waits for the group's first assignment
+        if self._stop_requested.is_set():
+            return
+        await self.membership.run()
+
     async def reload_state(self) -> None:
-        """Forget what is in memory and read the state topic again (after a commit whose outcome is unknown)."""
+        """Forget what is in memory and read the owned partitions of the state topic again (after a commit whose
+        outcome is unknown)."""
         self.restored = False
-        self.store.clear()
-        # The producer first: its InitProducerId completes or aborts the transaction in doubt and fences any other
+        owned = set(self.sink.owned)
+        self.store.drop(owned)
+        # The producers first: their InitProducerId completes or aborts the transaction in doubt and fences any other
         # instance, so the state read next is final. Read before it, a commit still in flight could land afterwards.
         await self.sink.start()
-        await self._read_state()
+        await self._read_partitions(owned)
+        self.sink.state_read(owned)
+        self.restored = True
         log.info("state re-read from the state topic after a Kafka error")
 
-    async def _read_state(self) -> None:
-        """Read the state topic into memory (once the producer started) and say so to the sink and to readiness."""
+    async def _read_partitions(self, partitions: set[int]) -> None:
+        """Read the state of ``partitions`` into memory (once their producers started)."""
         try:
-            records = await restore(self.store, self.config.state_topic, self.config.kafka_client_kwargs())
+            records = await restore(
+                self.store, self.config.state_topic, self.config.kafka_client_kwargs(), partitions=sorted(partitions)
+            )
         except KafkaError as error:
             if refused := authorization_failed(error, self.config, doing="read"):
                 raise refused from error
             raise
         self.heap.processed(records)
-        self.sink.state_read()
-        self.restored = True
         self._update_entity_gauges()
 
     async def _probe_kafka(self, interval: float = 5.0) -> None:
@@ -209,6 +248,8 @@ class Relay:
 
     def request_stop(self) -> None:
         self._stop_requested.set()
+        if self.membership is not None:
+            self.membership.stop()
         self.scheduler.stop()
 
     async def run(self) -> int:

@@ -94,6 +94,12 @@ def _derive_control_topic(values: Mapping[str, Any]) -> str:
     return f"{values['topic_prefix']}.relay-control"
 
 
+def relay_identity(source_url: str, topic_prefix: str, state_topic: str) -> str:
+    """The default transactional id and group id of the relay publishing from ``source_url`` to these topics."""
+    identity = [source_url, topic_prefix, state_topic]
+    return "change-relay-" + hashlib.sha256(orjson.dumps(identity)).hexdigest()[:16]
+
+
 def _relay_identity(values: Mapping[str, Any]) -> str:
     # Kafka fences a producer when another one starts with the same transactional id, which is what stops a zombie
     # (an old instance still running after its replacement started) from writing; and replicas of one relay find
@@ -101,8 +107,7 @@ def _relay_identity(values: Mapping[str, Any]) -> str:
     # operator remembering to set them, and different for two relays that publish different data (another source,
     # other topics). They do not depend on the integrations polled, which change at run time; JSON, so that no two
     # different identities encode alike.
-    identity = [values["source_url"], values["topic_prefix"], values["state_topic"]]
-    return "change-relay-" + hashlib.sha256(orjson.dumps(identity)).hexdigest()[:16]
+    return relay_identity(values["source_url"], values["topic_prefix"], values["state_topic"])
 
 
 def _derive_transactional_id(values: Mapping[str, Any]) -> str:

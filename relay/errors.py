@@ -15,6 +15,7 @@
     │   ├── KafkaUnavailable        retry with backoff from the last committed state
     │   ├── Fenced                  another instance took over our transactional id: stop, never write again
     │   ├── RecordTooLarge          a record is larger than Kafka accepts: that pair backs off, Kafka is not down
+    │   ├── PartitionLost           another replica owns the pair's state partition now: hand its pairs over
     │   ├── KafkaAuthorizationFailed  Kafka's ACLs refuse our principal a topic or the transactional id: stop
     │   └── KafkaAuthenticationFailed  Kafka refused our credentials or certificate, or we refused its: stop
     └── StateError                  the state topic holds something this version cannot read, or state placed
@@ -110,6 +111,11 @@ class Fenced(SinkError):
 class RecordTooLarge(SinkError):
     """A record is larger than Kafka accepts (``RELAY_KAFKA_MAX_RECORD_BYTES``, or the topic's own limit). Nothing of
     its page is written; its pair backs off like after an invalid page, and every other pair goes on."""
+
+
+class PartitionLost(SinkError):
+    """The state partition of a pair is owned by another replica now (its producer was fenced by the new owner's, or
+    it was handed over): nothing of the page was written, and this replica stops polling the partition's pairs."""
 
 
 class KafkaAuthorizationFailed(SinkError):

@@ -30,6 +30,8 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 # Webhook to event: a second or two when all is well; the tail shows polls queued behind the concurrency limit.
 WEBHOOK_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 POLL_TRIGGERS = ("webhook", "schedule")
+# A handover reads a partition's state: well under a second for a small one, tens of seconds for millions of entities.
+HANDOVER_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
@@ -140,6 +142,27 @@ class Metrics:
         self.fenced = Gauge(
             "relay_fenced",
             "1 when another instance with our transactional id took over; this one has stopped.",
+            registry=r,
+        )
+        self.owned_partitions = Gauge(
+            "relay_owned_partitions",
+            "State-topic partitions this replica owns (polls the integrations of).",
+            registry=r,
+        )
+        self.state_partitions = Gauge(
+            "relay_state_partitions",
+            "Partitions the state is placed over (RELAY_STATE_TOPIC_PARTITIONS): what the fleet's replicas share.",
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "relay_rebalances_total",
+            "Rebalances of the fleet's consumer group this replica took part in.",
+            registry=r,
+        )
+        self.partition_handover = Histogram(
+            "relay_partition_handover_seconds",
+            "From being assigned state partitions to polling their pairs: fencing, reading their state.",
+            buckets=HANDOVER_BUCKETS,
             registry=r,
         )
         self.ready = Gauge("relay_ready", "1 when the relay is ready (state restored, Kafka reachable).", registry=r)

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,7 +38,7 @@ from relay.heap import HeapTrimmer
 from relay.metrics import Metrics
 from relay.pages import DeferredCheckpoints, PageMaker
 from relay.pending import Prepared, Unapplied
-from relay.sink import KafkaSink
+from relay.sink import Committer
 from relay.source import Page, SourceClient
 from relay.state import Checkpoint, InProgress, PollKind, StateStore
 from relay.tasks import retrieve
@@ -78,7 +78,7 @@ class Pipeline:
         self,
         config: Config,
         source: SourceClient,
-        sink: KafkaSink,
+        sink: Committer,
         store: StateStore,
         metrics: Metrics,
         *,
@@ -93,14 +93,30 @@ class Pipeline:
         self.clock = clock
         self._heap = heap
         self.stopping = asyncio.Event()
-        self._stopped: asyncio.Future[None] | None = None  # the same, as a future to wait on with others
+        self._halted: set[str] = set()  # integrations being handed over to another replica
+        self._interrupted: asyncio.Future[None] | None = None  # resolved at each stop or halt, for waits to look up
         self.deferred = DeferredCheckpoints()  # they outlive a poll
 
     def stop(self) -> None:
         """Let the polls in progress end at their next page: what committed says where the next run resumes."""
         self.stopping.set()
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
+        self._interrupt()
+
+    def halt(self, integrations: Iterable[str]) -> None:
+        """Let the polls of ``integrations`` end at their next page, as at a stop (their partition is handed over)."""
+        self._halted.update(integrations)
+        self._interrupt()
+
+    def unhalt(self, integrations: Iterable[str]) -> None:
+        self._halted.difference_update(integrations)
+
+    def is_stopping(self, integration: str) -> bool:
+        return self.stopping.is_set() or integration in self._halted
+
+    def _interrupt(self) -> None:
+        interrupted, self._interrupted = self._interrupted, None
+        if interrupted is not None and not interrupted.done():
+            interrupted.set_result(None)
 
     def next_kind(self, checkpoint: Checkpoint) -> PollKind:
         if not checkpoint.snapshot_done:
@@ -175,15 +191,13 @@ class Pipeline:
                 },
             )
 
-    async def done_unless_stopping(self, fetching: asyncio.Task[Page]) -> bool:
-        """Wait for a page being fetched; False if the relay began to stop first (a slow source must not hold up a
-        shutdown: the committed checkpoint says where the next run resumes)."""
-        if not fetching.done():
-            if self._stopped is None:
-                self._stopped = asyncio.get_running_loop().create_future()
-                if self.stopping.is_set():
-                    self._stopped.set_result(None)
-            await asyncio.wait((fetching, self._stopped), return_when=asyncio.FIRST_COMPLETED)
+    async def done_unless_stopping(self, fetching: asyncio.Task[Page], integration: str) -> bool:
+        """Wait for a page being fetched; False if the relay, or the poll of ``integration``, began to stop first (a
+        slow source must not hold up a shutdown or a handover: the committed checkpoint says where to resume)."""
+        while not fetching.done() and not self.is_stopping(integration):
+            if self._interrupted is None:
+                self._interrupted = asyncio.get_running_loop().create_future()
+            await asyncio.wait((fetching, self._interrupted), return_when=asyncio.FIRST_COMPLETED)
         return fetching.done()
 
     def updated_after(self, kind: PollKind, checkpoint: Checkpoint) -> str | None:
@@ -248,7 +262,7 @@ class PairPoll:
     async def run(self) -> None:
         try:
             while True:
-                if self._pipeline.stopping.is_set():
+                if self._pipeline.is_stopping(self.integration):
                     await self._apply_committed(wait_all=True)
                     self.outcome.interrupted = True  # the committed checkpoint says where the next run resumes
                     return
@@ -283,7 +297,7 @@ class PairPoll:
         """The next page: fetched now (the first), or the one prefetched; None if the relay began to stop first."""
         if self._prefetched is None:
             return await self._fetch(self._cursor, self._page_number)
-        if not await self._pipeline.done_unless_stopping(self._prefetched):
+        if not await self._pipeline.done_unless_stopping(self._prefetched, self.integration):
             return None
         page = self._prefetched.result()
         self._prefetched = None

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -122,9 +122,20 @@ class PairStatus:
     trigger: Wakeup = field(default_factory=Wakeup)
     # time.monotonic() of the first trigger (webhook) not yet served by a poll, for relay_webhook_to_event_seconds
     triggered_at: float | None = None
+    retired: bool = False  # handed over to another replica: the pair's loop ends
 
     def published(self, events: int) -> None:
         self.events_published += events
+
+
+async def _end_within(tasks: list[asyncio.Task[None]], grace_seconds: float) -> None:
+    """Let ``tasks`` end within ``grace_seconds``, then cancel those still running, and wait for them all."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # ----------------------------------------------------------------------------------------------- the scheduler
@@ -142,7 +153,9 @@ class Scheduler:
         clock: Clock = time.time,
         rng: random.Random | None = None,
         on_stop: Callable[[], None] | None = None,
+        pairs: Iterable[tuple[str, str]] | None = None,
     ) -> None:
+        """``pairs`` are polled from the start: by default every configured one; in a fleet, none until owned."""
         self._config = config
         self._poll = poll
         self._metrics = metrics
@@ -154,11 +167,11 @@ class Scheduler:
         self._stopping = asyncio.Event()
         self._wake_grid = min(WAKE_GRID_SECONDS, config.poll_interval_seconds / 100)
         self.fatal: BaseException | None = None
-        self.status: dict[tuple[str, str], PairStatus] = {
-            (integration, resource): PairStatus(integration, resource)
-            for integration in config.integrations
-            for resource in config.resources
-        }
+        if pairs is None:
+            pairs = [(integration, resource) for integration in config.integrations for resource in config.resources]
+        self.status: dict[tuple[str, str], PairStatus] = {pair: PairStatus(*pair) for pair in pairs}
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._running = False
 
     async def run(self, grace_seconds: float | None = None) -> None:
         """Poll until :meth:`stop`; return early (with :attr:`fatal` set) when an operator must act.
@@ -168,15 +181,42 @@ class Scheduler:
         """
         grace = self._config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         self._update_health_gauge()
-        tasks = [asyncio.create_task(self._run_pair(status), name=f"poll {key}") for key, status in self.status.items()]
+        self._running = True
+        for status in self.status.values():
+            self._start_pair(status)
         try:
             await self._stopping.wait()
         finally:
             self.stop()
-            _, pending = await asyncio.wait(tasks, timeout=grace) if tasks else (set(), set())
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _end_within(list(self._tasks.values()), grace)
+
+    def own(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Poll ``pairs`` from now on (their partition is this replica's now), each starting within its jitter."""
+        for pair in pairs:
+            if pair not in self.status:
+                status = self.status[pair] = PairStatus(*pair)
+                if self._running and not self._stopping.is_set():
+                    self._start_pair(status)
+        self._update_health_gauge()
+
+    async def disown(self, pairs: Iterable[tuple[str, str]], grace_seconds: float) -> None:
+        """Stop polling ``pairs``: no new poll starts, a poll in progress gets ``grace_seconds`` to end (the pipeline
+        was told to stop it at its next page), then it is cancelled, which aborts its transaction."""
+        statuses = [status for pair in pairs if (status := self.status.get(pair)) is not None]
+        for status in statuses:
+            status.retired = True
+            status.trigger.wake()
+        await _end_within(
+            [task for s in statuses if (task := self._tasks.get((s.integration, s.resource)))], grace_seconds
+        )
+        for status in statuses:
+            self.status.pop((status.integration, status.resource), None)
+            self._tasks.pop((status.integration, status.resource), None)
+        self._update_health_gauge()
+
+    def _start_pair(self, status: PairStatus) -> None:
+        pair = (status.integration, status.resource)
+        self._tasks[pair] = asyncio.create_task(self._run_pair(status), name=f"poll {pair}")
 
     def stop(self) -> None:
         self._stopping.set()
@@ -239,9 +279,9 @@ class Scheduler:
     async def _run_pair(self, status: PairStatus) -> None:
         # Spread the first polls over the first interval's jitter so a fleet of integrations does not start in step.
         delay = self._rng.uniform(0, self._config.poll_interval_seconds * self._config.poll_jitter_fraction)
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not status.retired:
             await self._sleep_or_trigger(status, delay)
-            if self._stopping.is_set():
+            if self._stopping.is_set() or status.retired:
                 return
             if status.paused:  # by a webhook; resume() triggers the pair
                 status.trigger.clear()
@@ -251,7 +291,7 @@ class Scheduler:
             slot = Slot(self._places)
             current_slot.set(slot)  # the pair's own task: the source lends it back while it waits
             async with slot.held():
-                if self._stopping.is_set():
+                if self._stopping.is_set() or status.retired:
                     return
                 delay = await self._poll_counted(status)
 
@@ -364,6 +404,7 @@ class Scheduler:
         return self._config.poll_interval_seconds + self._rng.uniform(-spread, spread)
 
     def _update_health_gauge(self) -> None:
+        polled = {s.integration for s in self.status.values()}
         unhealthy_integrations = {s.integration for s in self.status.values() if not s.healthy}
         self._metrics.integrations.labels("unhealthy").set(len(unhealthy_integrations))
-        self._metrics.integrations.labels("healthy").set(len(self._config.integrations) - len(unhealthy_integrations))
+        self._metrics.integrations.labels("healthy").set(len(polled) - len(unhealthy_integrations))

@@ -24,7 +24,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -65,16 +65,19 @@ def principal_of(config: Config) -> str:
     return "this relay's principal"
 
 
-def authorization_failed(exc: BaseException, config: Config, *, doing: str) -> KafkaAuthorizationFailed | None:
+def authorization_failed(
+    exc: BaseException, config: Config, *, doing: str, transactional_id: str | None = None
+) -> KafkaAuthorizationFailed | None:
     """Kafka's refusal ``exc`` as an error naming the principal, the resource and the operation to grant (``doing``:
-    ``write`` while committing, ``read`` while reading the state topic); None if ``exc`` is not an ACL refusal."""
+    ``write`` while committing, ``read`` while reading the state topic; ``transactional_id``: the producer's, by
+    default the configured one); None if ``exc`` is not an ACL refusal."""
     name = type(exc).__name__
     if name not in AUTHORIZATION_ERRORS:
         return None
     who = principal_of(config)
     refused = exc.args[0] if exc.args else None
     if name == "TransactionalIdAuthorizationFailed":
-        what = f"Write on the transactional id {config.transactional_id!r}"
+        what = f"Write on the transactional id {transactional_id or config.transactional_id!r}"
         grant = "Write and Describe on that transactional id (or a prefix of it)"
     elif name == "TopicAuthorizationFailedError":
         topics = sorted(refused) if isinstance(refused, set | frozenset | list | tuple) else [str(refused)]
@@ -98,6 +101,12 @@ class OutMessage(NamedTuple):  # immutable, and several times faster to build th
     partition: int | None = None
 
 
+class Committer(Protocol):
+    """What commits a unit of work: one :class:`KafkaSink`, or the producers of a fleet's partitions."""
+
+    async def commit(self, messages: Sequence[OutMessage]) -> None: ...
+
+
 class _Unit(NamedTuple):
     """Messages that must commit together, and the future that tells their caller how it went."""
 
@@ -108,8 +117,20 @@ class _Unit(NamedTuple):
 class KafkaSink:
     """A transactional producer plus the admin work of creating topics."""
 
-    def __init__(self, config: Config, metrics: Metrics, *, commit_timeout_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        *,
+        commit_timeout_seconds: float | None = None,
+        transactional_id: str | None = None,
+        fencing_is_fatal: bool = True,
+    ) -> None:
         self._config = config
+        self.transactional_id = config.transactional_id if transactional_id is None else transactional_id
+        # Alone, being fenced means a twin with our transactional id: the relay stops (exit 4). In a fleet, it means
+        # that another replica owns our partition now, which is no fault: relay_fenced stays 0.
+        self._fencing_is_fatal = fencing_is_fatal
         self._metrics = metrics
         self._commit_timeout = (
             config.kafka_commit_timeout_seconds if commit_timeout_seconds is None else commit_timeout_seconds
@@ -183,7 +204,7 @@ class KafkaSink:
     async def _new_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             **self._config.kafka_client_kwargs(),
-            transactional_id=self._config.transactional_id,
+            transactional_id=self.transactional_id,
             acks="all",
             enable_idempotence=True,
             compression_type="zstd",
@@ -347,9 +368,10 @@ class KafkaSink:
     def _classify(self, exc: BaseException) -> Fenced | KafkaAuthorizationFailed | KafkaUnavailable | RecordTooLarge:
         if isinstance(exc, ProducerFenced) or type(exc).__name__ in FENCING_ERRORS:
             self.fenced = True
-            self._metrics.fenced.set(1)
-            return Fenced(f"fenced by another instance with transactional id {self._config.transactional_id!r}")
-        if refused := authorization_failed(exc, self._config, doing="write"):
+            if self._fencing_is_fatal:
+                self._metrics.fenced.set(1)
+            return Fenced(f"fenced by another instance with transactional id {self.transactional_id!r}")
+        if refused := authorization_failed(exc, self._config, doing="write", transactional_id=self.transactional_id):
             return refused
         if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
             # Kafka answered: it is not down. Its topic limit is below RELAY_KAFKA_MAX_RECORD_BYTES. The producer is

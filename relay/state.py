@@ -95,6 +95,12 @@ class StateStore:
     def clear(self) -> None:
         self._pairs.clear()
 
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget the pairs of the integrations placed in ``partitions`` (handed over to another replica)."""
+        gone = set(partitions)
+        for pair in [pair for pair in self._pairs if self.partition_of(pair[0]) in gone]:
+            del self._pairs[pair]
+
     def pair(self, integration: str, resource: str) -> PairState:
         key = (integration, resource)
         state = self._pairs.get(key)

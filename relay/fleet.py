@@ -1,0 +1,235 @@
+"""The replicas of one relay as a fleet: who owns which state partition, and the handover of one.
+
+Rule: ownership lives here and moves only through Kafka's consumer-group protocol. Replicas join one group
+(``RELAY_GROUP_ID``) over the state topic; the group assigns its partitions; a replica polls exactly the integrations
+placed in the partitions it owns (``murmur2(integration) % RELAY_STATE_TOPIC_PARTITIONS``). Nothing else coordinates:
+no leader of our own, no database.
+
+* Claiming a partition opens its producer (``{RELAY_TRANSACTIONAL_ID}-{partition}``), which fences the previous
+  owner's for that partition; then reads the partition's state to its end; then polls its pairs.
+* Handing one over stops taking pages for its pairs, lets pages in flight commit within
+  ``RELAY_SHUTDOWN_GRACE_SECONDS`` (else aborts them), closes the producer and forgets the state.
+* aiokafka speaks the group protocol's eager form only (every member gives up all its partitions at each rebalance;
+  cooperative rebalancing is not implemented there), so the sticky assignor keeps partitions where they were and a
+  partition that comes back to the replica that held it is claimed again: its state is read anew, since another
+  replica may have owned it in between.
+* A partition whose producer was fenced (a replica that was paused past its session timeout and woke up: a zombie)
+  is lost at once: its pairs stop, nothing of theirs is committed, and the group's next assignment says what to own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+
+from relay.config import Config, relay_identity
+from relay.errors import KafkaUnavailable
+from relay.metrics import Metrics
+from relay.partition_sinks import PartitionSinks
+from relay.pipeline import Pipeline
+from relay.scheduler import Scheduler
+from relay.sink import authorization_failed
+from relay.state import StateStore
+
+log = logging.getLogger(__name__)
+
+ReadState = Callable[[set[int]], Awaitable[None]]
+
+
+class Ownership:
+    """The partitions this replica owns, and what claiming and handing over one does to the rest of the relay."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        sinks: PartitionSinks,
+        pipeline: Pipeline,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        read_state: ReadState,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._sinks = sinks
+        self._pipeline = pipeline
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self._read_state = read_state
+        self.owned: frozenset[int] = frozenset()
+        self.settled = False  # the group assigned this replica its partitions (maybe none) and they are restored
+        self._changing = asyncio.Lock()  # one change of ownership at a time: a claim, a handover, a loss
+
+    def pairs_of(self, partitions: Iterable[int]) -> list[tuple[str, str]]:
+        wanted = set(partitions)
+        return [
+            (integration, resource)
+            for integration in self._config.integrations
+            if self._store.partition_of(integration) in wanted
+            for resource in self._config.resources
+        ]
+
+    async def claim(self, partitions: Iterable[int]) -> None:
+        """Own ``partitions``: fence their previous owners, read their state, poll their pairs."""
+        async with self._changing:
+            fresh = set(partitions) - self.owned
+            if not fresh:
+                self.settled = True
+                return
+            started = time.monotonic()
+            await self._sinks.open(fresh)
+            await self._read_state(fresh)
+            self._sinks.state_read(fresh)
+            pairs = self.pairs_of(fresh)
+            self._pipeline.unhalt(integration for integration, _ in pairs)
+            self.owned = self.owned | fresh
+            self._scheduler.own(pairs)
+            self.settled = True
+            self._metrics.owned_partitions.set(len(self.owned))
+            self._metrics.partition_handover.observe(time.monotonic() - started)
+            log.info("state partitions claimed", extra={"partitions": sorted(fresh), "pairs": len(pairs)})
+
+    async def hand_over(self, partitions: Iterable[int], grace_seconds: float | None = None) -> None:
+        """Give ``partitions`` up: stop their polls (pages in flight get the grace to commit), close their producers,
+        forget their state."""
+        async with self._changing:
+            gone = set(partitions) & self.owned
+            if not gone:
+                return
+            grace = self._config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+            pairs = self.pairs_of(gone)
+            self._pipeline.halt(integration for integration, _ in pairs)
+            await self._scheduler.disown(pairs, grace)
+            await self._sinks.close(gone)
+            self._store.drop(gone)
+            self.owned = self.owned - gone
+            self._metrics.owned_partitions.set(len(self.owned))
+            log.info("state partitions handed over", extra={"partitions": sorted(gone), "pairs": len(pairs)})
+
+    def lost(self, partition: int) -> None:
+        """A partition's producer was fenced: another replica owns it. Stop its pairs now, commit nothing more."""
+        if partition in self.owned:
+            asyncio.get_running_loop().create_task(self.hand_over([partition], 0.0), name=f"lose {partition}")
+
+    def unsettle(self) -> None:
+        self.settled = False
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
+    """The group's decisions, handed to :class:`Ownership` in the order the protocol promises: every member gives up
+    its partitions before any member is given new ones."""
+
+    def __init__(self, ownership: Ownership, consumer: AIOKafkaConsumer, metrics: Metrics) -> None:
+        self._ownership = ownership
+        self._consumer = consumer
+        self._metrics = metrics
+        self.generation: int | None = None
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._ownership.unsettle()
+        self._metrics.rebalances.inc()
+        await self._ownership.hand_over(tp.partition for tp in revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        # The state topic is this group's subscription only to be assigned: nothing is read through it.
+        self._consumer.pause(*assigned)
+        self.generation = getattr(getattr(self._consumer, "_coordinator", None), "generation", None)
+        await self._ownership.claim(tp.partition for tp in assigned)
+
+
+class Membership:
+    """This replica's seat in the group: joins it, keeps it alive, and leaves it cleanly at a stop."""
+
+    def __init__(self, config: Config, ownership: Ownership, metrics: Metrics) -> None:
+        self._config = config
+        self._ownership = ownership
+        session_ms = int(config.group_session_timeout_seconds * 1000)
+        self._consumer = AIOKafkaConsumer(
+            **config.kafka_client_kwargs(),
+            group_id=config.group_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(1000, session_ms // 3),
+            # A claim reads its partitions' state inside the group's callback: give it the time a large restore takes.
+            max_poll_interval_ms=30 * 60 * 1000,
+            rebalance_timeout_ms=int((config.shutdown_grace_seconds + 60) * 1000),
+            partition_assignment_strategy=(StickyPartitionAssignor,),
+        )
+        self._listener = _Listener(ownership, self._consumer, metrics)
+        self._stopping = asyncio.Event()
+
+    @property
+    def member_id(self) -> str | None:
+        return getattr(getattr(self._consumer, "_coordinator", None), "member_id", None)
+
+    @property
+    def generation(self) -> int | None:
+        return self._listener.generation
+
+    async def run(self) -> None:
+        """Join the group and keep the seat until :meth:`stop`."""
+        self._consumer.subscribe(topics=[self._config.state_topic], listener=self._listener)
+        await self._consumer.start()
+        try:
+            while not self._stopping.is_set():
+                # Every partition is paused: this returns nothing, and tells the group this member is alive.
+                await self._consumer.getmany(timeout_ms=1000)
+        except Exception:
+            log.exception("the fleet's consumer group failed; leaving it")
+            raise
+        finally:
+            await self._leave()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _leave(self) -> None:
+        # aiokafka does not call on_partitions_revoked when it stops: hand over first, then leave the group, so that
+        # the next owner's producer finds nothing of ours in flight.
+        await self._ownership.hand_over(self._ownership.owned)
+        await self._consumer.stop()
+
+
+async def fence_single_instance_writer(config: Config, legacy_transactional_id: str) -> None:
+    """Fence the one producer a relay of the releases before the fleet wrote with, so that it cannot commit while
+    this fleet's producers (``{id}-{partition}``, other ids) do: during a rolling upgrade both run for a while."""
+    producer = AIOKafkaProducer(
+        **config.kafka_client_kwargs(), transactional_id=legacy_transactional_id, enable_idempotence=True
+    )
+    try:
+        await producer.start()  # InitProducerId: bumps the epoch, aborts what the old instance left open
+    except KafkaError as error:
+        if refused := authorization_failed(error, config, doing="write", transactional_id=legacy_transactional_id):
+            raise refused from error
+        raise KafkaUnavailable(
+            f"cannot fence the single-instance writer {legacy_transactional_id!r}: {error}"
+        ) from error
+    finally:
+        await producer.stop()
+
+
+def legacy_transactional_id(config: Config) -> str:
+    """The transactional id the single instance of the releases before the fleet used: the one set by hand, or the
+    default derived then (it hashed the integrations and resources too)."""
+    if config.transactional_id != relay_identity(config.source_url, config.topic_prefix, config.state_topic):
+        return config.transactional_id  # set by hand: the fleet's producers are named after it
+    identity: list[Any] = [
+        config.source_url,
+        config.topic_prefix,
+        config.state_topic,
+        sorted(config.integrations),
+        sorted(config.resources),
+    ]
+    return "change-relay-" + hashlib.sha256(orjson.dumps(identity)).hexdigest()[:16]

@@ -1,0 +1,128 @@
+"""Replicas of one relay on the real broker: the consumer group splits the state partitions between them, each polls
+only its partitions' integrations, a partition moves when a replica joins or leaves, and nothing is lost or doubled.
+
+The replicas here are in-process (real Relays, real group protocol); the fault suite runs them as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from relay.app import Relay
+from relay.partitioning import partition_for_key
+from relay.simulator import Simulator, SimulatorServer
+from tests.integration.harness import Collector, World, collect, wait_until
+
+pytestmark = pytest.mark.kafka
+
+USERS = "ats/users"
+PARTITIONS = 2
+
+
+def integrations_over_both_partitions(count: int) -> list[str]:
+    """Integration ids, half of them placed in each state partition."""
+    found: dict[int, list[str]] = {0: [], 1: []}
+    n = 0
+    while min(len(v) for v in found.values()) < count // 2:
+        candidate = f"personio:fleet{n}"
+        found[partition_for_key(candidate.encode(), PARTITIONS)].append(candidate)
+        n += 1
+    return found[0][: count // 2] + found[1][: count // 2]
+
+
+INTEGRATIONS = integrations_over_both_partitions(4)
+
+
+@pytest.fixture
+async def world(bootstrap_servers: str, topic_prefix: str) -> AsyncIterator[World]:
+    sim = Simulator(api_key="test-key", integrations=INTEGRATIONS, users=5, seed=3)
+    async with SimulatorServer(sim, host="127.0.0.1", port=0) as server:
+        yield World(sim, server, bootstrap_servers, topic_prefix, INTEGRATIONS)
+
+
+@asynccontextmanager
+async def replica(world: World) -> AsyncIterator[Relay]:
+    """A relay joined to the fleet's group, polling what it owns, until the block ends (then it leaves cleanly)."""
+    relay = Relay(
+        world.config(
+            state_topic_partitions=str(PARTITIONS),
+            poll_interval_seconds="1",
+            poll_jitter_fraction="0",
+            group_session_timeout_seconds="6",
+            shutdown_grace_seconds="5",
+        )
+    )
+    await relay.start_http()
+    joined = asyncio.create_task(relay.join_fleet(), name="fleet seat")
+    polling = asyncio.create_task(relay.scheduler.run(), name="scheduler")
+    try:
+        yield relay
+    finally:
+        relay.request_stop()
+        await asyncio.wait_for(asyncio.gather(joined, polling), 60)
+        await relay.close()
+
+
+def owned(*relays: Relay) -> list[frozenset[int]]:
+    return [relay.ownership.owned for relay in relays]
+
+
+def doubled(collector: Collector) -> dict[str, int]:
+    """Event ids seen more than once: an event id is the same for the same change, whoever publishes it."""
+    counts = Counter(str(event.body["id"]) for event in collector.events)
+    return {event_id: count for event_id, count in counts.items() if count > 1}
+
+
+async def change_everyone(world: World, collector: Collector, name: str) -> list[str]:
+    """Update one user of every integration; wait until each change is published; return the changed keys."""
+    changed = []
+    for integration in INTEGRATIONS:
+        record = next(iter(world.sim.records(integration, USERS, include_deleted=False)))
+        world.sim.update(integration, USERS, record["id"], {"first_name": name})
+        changed.append(f"{integration}:{record['id']}")
+
+    def published() -> bool:
+        return all(
+            any(e.key == key and e.body["data"]["record"]["first_name"] == name for e in collector.events)
+            for key in changed
+        )
+
+    deadline = time.monotonic() + 60
+    while not published():
+        assert time.monotonic() < deadline, f"the changes named {name} were not all published within 60 s"
+        await collector.drain()
+    return changed
+
+
+async def test_two_replicas_split_the_partitions_and_hand_them_over_without_loss_or_duplicates(world: World) -> None:
+    await Relay(world.config(state_topic_partitions=str(PARTITIONS))).sink.ensure_topics()
+    async with collect(world.bootstrap_servers, world.topics()) as events, replica(world) as first:
+        await wait_until(lambda: first.ownership.owned == {0, 1}, 60, "the first replica to own everything")
+        snapshot = sum(world.sim.count(i, USERS) for i in INTEGRATIONS)
+        await events.wait_for(snapshot, timeout=60)
+        await change_everyone(world, events, "Before")
+        async with replica(world) as second:
+            await wait_until(
+                lambda: sorted(map(sorted, owned(first, second))) == [[0], [1]],
+                60,
+                "the group to give each replica one partition",
+            )
+            status = second.status()["fleet"]
+            assert status["owned_partitions"] == sorted(second.ownership.owned)
+            assert status["member_id"]
+            # Each polls exactly its partitions' integrations.
+            for relay in (first, second):
+                polled = {integration for integration, _ in relay.scheduler.status}
+                assert polled == {i for i in INTEGRATIONS if relay.store.partition_of(i) in relay.ownership.owned}
+            await change_everyone(world, events, "Split")
+        # The second left cleanly: the first owns everything again, and goes on.
+        await wait_until(lambda: first.ownership.owned == {0, 1}, 60, "the first to take both partitions back")
+        await change_everyone(world, events, "After")
+        await events.settle()
+    assert doubled(events) == {}
+    assert first.metrics.registry.get_sample_value("relay_rebalances_total") >= 2
