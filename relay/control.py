@@ -20,6 +20,7 @@ retried to another replica, or delivered again after the owner restarted, is act
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -183,6 +184,7 @@ class ControlChannel:
         self._deliver_from: dict[int, int] = {}  # per owned partition: records before this offset only fill the window
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._stopping_clients: set[asyncio.Task[None]] = set()
 
     @property
     def owned(self) -> frozenset[int]:
@@ -240,9 +242,13 @@ class ControlChannel:
                 )
                 try:
                     await producer.start()
-                except Exception as exc:
-                    await _quietly(producer.stop())
-                    raise KafkaUnavailable(f"cannot start the control producer: {type(exc).__name__}: {exc}") from exc
+                except BaseException as exc:  # cancelled too (a send's timeout): never leave a client open
+                    self._stop_later(producer)
+                    if isinstance(exc, Exception):
+                        raise KafkaUnavailable(
+                            f"cannot start the control producer: {type(exc).__name__}: {exc}"
+                        ) from exc
+                    raise
                 self._producer = producer
             return self._producer
 
@@ -268,7 +274,14 @@ class ControlChannel:
         async with self._producer_lock:
             producer, self._producer = self._producer, None
         if producer is not None:
-            await _quietly(producer.stop(), timeout=2.0)
+            self._stop_later(producer)
+
+    def _stop_later(self, producer: AIOKafkaProducer) -> None:
+        """Stop ``producer`` in the background: its stop may wait for a broker that is gone, and the webhook waiting
+        for the failed send should get its 503 at once. :meth:`stop` waits for these."""
+        task = asyncio.create_task(_quietly(producer.stop(), timeout=5.0))
+        self._stopping_clients.add(task)
+        task.add_done_callback(self._stopping_clients.discard)
 
     async def own(self, partitions: Iterable[int]) -> None:
         """Deliver the actions of ``partitions`` too: those that arrive from now on, de-duplicated against the
@@ -332,10 +345,19 @@ class ControlChannel:
                 stopping.cancel()
                 continue
             async with self._consumer_lock:
-                batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
-                for tp, records in batches.items():
-                    for record in records:
-                        self._handle(tp.partition, record, on_action)
+                try:
+                    batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+                except KafkaError as exc:  # the client retries connections itself; anything else: log, go on
+                    log.warning("reading the control topic failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                    failed = True
+                else:
+                    failed = False
+                    for tp, records in batches.items():
+                        for record in records:
+                            self._handle(tp.partition, record, on_action)
+            if failed:  # not in a tight loop, and not holding the lock
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
 
     def _handle(self, partition: int, record: Any, on_action: Callable[[ControlAction], None]) -> None:
         window = self._windows.get(partition)
@@ -382,6 +404,8 @@ class ControlChannel:
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 await _quietly(consumer.stop(), timeout=5.0)
+        if self._stopping_clients:
+            await asyncio.wait(set(self._stopping_clients))
 
 
 async def _quietly(stopping: Any, timeout: float = 10.0) -> None:

@@ -5,6 +5,7 @@ as seen) when Kafka cannot be reached. Fakes are hand-written; nothing is patche
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -35,7 +36,7 @@ JOBS = "ats/jobs"
 SECRET = "whsec_control-unit-never-print"
 
 
-def action(**changes: object) -> ControlAction:
+def action(**changes: Any) -> ControlAction:
     return ControlAction("trigger", ACME, (USERS, JOBS), "wh-1", 1_700_000_000_123)._replace(**changes)
 
 
