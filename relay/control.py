@@ -255,8 +255,11 @@ class ControlChannel:
     async def send(self, action: ControlAction) -> None:
         """Produce ``action`` to its integration's partition and return once Kafka acknowledged it (``acks=all``);
         raise KafkaUnavailable when it was not acknowledged within the send timeout."""
+        if self._stopping.is_set():
+            raise KafkaUnavailable("the control channel is stopped")
         value = action.encode()
         partition = self._partition_of(action.integration)
+        producer: AIOKafkaProducer | None = None
         try:
             async with asyncio.timeout(self._send_timeout):
                 producer = await self._ensure_producer()
@@ -264,17 +267,21 @@ class ControlChannel:
         except (KafkaError, TimeoutError, KafkaUnavailable) as exc:
             # A producer whose batch failed may hold a broken sequence: the next send starts a fresh one. Should the
             # abandoned record still arrive, its webhook id makes it a duplicate of the retry.
-            await self._discard_producer()
+            if producer is not None:
+                await self._discard_producer(producer)
             if isinstance(exc, KafkaUnavailable):
                 raise
             raise KafkaUnavailable(f"cannot send a control action: {type(exc).__name__}: {exc}") from exc
         self._metrics.control_actions.labels(action.kind, "sent").inc()
 
-    async def _discard_producer(self) -> None:
+    async def _discard_producer(self, failed: AIOKafkaProducer | None = None) -> None:
+        """Stop the producer (only if it is still ``failed``, when given: another send may have replaced it)."""
         async with self._producer_lock:
-            producer, self._producer = self._producer, None
-        if producer is not None:
-            self._stop_later(producer)
+            producer = self._producer
+            if producer is None or (failed is not None and producer is not failed):
+                return
+            self._producer = None
+        self._stop_later(producer)
 
     def _stop_later(self, producer: AIOKafkaProducer) -> None:
         """Stop ``producer`` in the background: its stop may wait for a broker that is gone, and the webhook waiting
