@@ -32,6 +32,11 @@ WEBHOOK_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 POLL_TRIGGERS = ("webhook", "schedule")
 # A handover reads a partition's state: well under a second for a small one, tens of seconds for millions of entities.
 HANDOVER_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# relay_control_actions_total: the kinds of relay.control.ControlAction (unknown: an unreadable record), and what
+# became of them: sent by this replica, delivered to this owner, a duplicate of a webhook id within the window,
+# unreadable (skipped).
+CONTROL_KINDS = ("trigger", "pause", "resume", "unknown")
+CONTROL_OUTCOMES = ("sent", "delivered", "duplicate", "unreadable")
 
 
 class Metrics:
@@ -186,6 +191,13 @@ class Metrics:
             buckets=WEBHOOK_LATENCY_BUCKETS,
             registry=r,
         )
+        self.control_actions = Counter(
+            "relay_control_actions_total",
+            "Actions of the control topic (webhook triggers forwarded to the owning replica), by kind and outcome: "
+            "sent, delivered, duplicate (the same webhook id within the window), unreadable (skipped).",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self._by_resource: dict[str, ResourceSeries] = {}
         self._initialise(tuple(resources))
 
@@ -221,6 +233,9 @@ class Metrics:
         for webhook_type in WEBHOOK_TYPES:
             for outcome in WEBHOOK_OUTCOMES:
                 self.webhooks_received.labels(webhook_type, outcome)
+        for kind in CONTROL_KINDS:
+            for outcome in CONTROL_OUTCOMES:
+                self.control_actions.labels(kind, outcome)
         for health in ("healthy", "unhealthy"):
             self.integrations.labels(health)
         for reason in ("retry_after", "budget_low"):

@@ -39,6 +39,8 @@ from relay.tasks import retrieve
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
+# The control topic's retention (a day): at least RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS, which is read back on handover.
+CONTROL_TOPIC_RETENTION_MS = 24 * 3600 * 1000
 # A transaction takes waiting units until it holds this many messages (one unit always goes, however large). A few
 # snapshot pages (events and state records) amortize a transaction's round trips; more bought no throughput in the
 # snapshot benchmark, only a higher peak of memory (README, Performance).
@@ -149,7 +151,7 @@ class KafkaSink:
         self._state_generation: int | None = None
 
     async def ensure_topics(self) -> None:
-        """Create the event topics and the compacted state topic when they are missing."""
+        """Create the event topics, the compacted state topic and the control topic when they are missing."""
         admin = AIOKafkaAdminClient(**self._config.kafka_client_kwargs())
         try:
             await admin.start()
@@ -163,6 +165,16 @@ class KafkaSink:
                 wanted.append(
                     self._new_topic(
                         self._config.state_topic, self._config.state_topic_partitions, {"cleanup.policy": "compact"}
+                    )
+                )
+            if self._config.control_topic not in existing:
+                # Short-lived triggers for the owner of an integration (relay.control), partitioned like the state
+                # topic. Deleted after a day: far longer than any de-duplication window or owner handover.
+                wanted.append(
+                    self._new_topic(
+                        self._config.control_topic,
+                        self._config.state_topic_partitions,
+                        {"cleanup.policy": "delete", "retention.ms": str(CONTROL_TOPIC_RETENTION_MS)},
                     )
                 )
             if wanted:

@@ -27,6 +27,7 @@ WEBHOOK_TYPES: Final = (*HANDLED_TYPES, "other", "unknown")
 #   too_large            413: body over RELAY_KOMBO_WEBHOOK_MAX_BODY_BYTES
 #   timeout              408: the body was not read whole within relay.webhooks.BODY_READ_TIMEOUT_SECONDS
 #   busy                 503: relay.webhooks.MAX_WEBHOOKS_IN_FLIGHT webhooks were being handled already
+#   unavailable          503: the action could not be forwarded to the owning replica (Kafka did not acknowledge it)
 WEBHOOK_OUTCOMES: Final = (
     "accepted",
     "duplicate",
@@ -38,4 +39,5 @@ WEBHOOK_OUTCOMES: Final = (
     "too_large",
     "timeout",
     "busy",
+    "unavailable",
 )

@@ -18,7 +18,8 @@ The parts, pure (no I/O) unless said otherwise:
 
 Answers: 200 when handled (acted on, duplicate, or nothing to do), 202 for an integration this relay does not poll,
 400 for malformed JSON or an unknown shape, 401 (empty body) for a missing or wrong signature, 413 for a body over
-the limit, 408 for a body not read whole within 10 seconds, 503 (with Retry-After) beyond 64 webhooks being handled.
+the limit, 408 for a body not read whole within 10 seconds, 503 (with Retry-After) beyond 64 webhooks being handled
+or when the action could not be forwarded to the replica owning the integration (:mod:`relay.control`).
 The signature is checked before the body is parsed, so nothing unsigned is ever interpreted.
 """
 
@@ -39,6 +40,7 @@ import orjson
 from aiohttp import web
 
 from relay.config import Config, Secret
+from relay.errors import RelayError
 from relay.metrics import Metrics
 from relay.webhook_labels import HANDLED_TYPES, WEBHOOK_OUTCOMES, WEBHOOK_TYPES
 
@@ -325,6 +327,10 @@ class DedupWindow:
         self._seen[ident] = now
         return False
 
+    def forget(self, ident: str) -> None:
+        """Forget ``ident``, so that its redelivery is acted on: acting on it failed."""
+        self._seen.pop(ident, None)
+
 
 # --- Acting on webhooks -------------------------------------------------------------------------------------------
 
@@ -493,12 +499,16 @@ def make_handler(
     body_timeout: float = BODY_READ_TIMEOUT_SECONDS,
     max_in_flight: int = MAX_WEBHOOKS_IN_FLIGHT,
 ) -> Handler:
-    """The aiohttp handler of ``POST {RELAY_KOMBO_WEBHOOK_PATH}``. It answers without waiting for any poll.
+    """The aiohttp handler of ``POST {RELAY_KOMBO_WEBHOOK_PATH}``. It answers without waiting for any poll; when the
+    target has an ``async def flush(webhook_id)`` (it forwards the actions to another replica), after it returned.
 
     A body not read whole within ``body_timeout`` seconds gets 408; beyond ``max_in_flight`` webhooks being handled
     at once (a handler is only busy reading a body: acting never waits), a webhook gets 503 at once, with Retry-After.
     """
     in_flight = 0
+    # A target that acts elsewhere (relay.control.ForwardingTarget) collects what the receiver asks of it; the answer
+    # waits until flush() says it was done, and is 503 (Kombo retries) when it could not be.
+    flush: Callable[[str | None], Awaitable[None]] | None = getattr(receiver.target, "flush", None)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         nonlocal in_flight
@@ -517,7 +527,20 @@ def make_handler(
             reply = receiver.too_large()
         else:
             reply = receiver.receive(body, request.headers.get(SIGNATURE_HEADER), received_at=received_at)
+            if flush is not None:
+                reply = await _flushed(reply)
         return _answer(reply, request, received_at)
+
+    async def _flushed(reply: Reply) -> Reply:
+        # Right after receive(), with no await in between: what the target collected is this webhook's.
+        assert flush is not None
+        try:
+            await flush(reply.webhook_id)
+        except RelayError as error:
+            if reply.webhook_id is not None:
+                receiver.dedup.forget(reply.webhook_id)  # so that Kombo's retry is acted on
+            return Reply(503, "unavailable", reply.type, str(error), reply.webhook_id, reply.integration)
+        return reply
 
     def _answer(reply: Reply, request: web.Request, received_at: float) -> web.Response:
         metrics.webhooks_received.labels(reply.type, reply.outcome).inc()

@@ -1,0 +1,516 @@
+"""The control channel: webhook triggers (and pauses, resumes) carried through Kafka to the replica owning the
+integration, de-duplicated there by webhook id.
+
+What belongs here: the control record (:class:`ControlAction` and its encoding), :class:`ControlChannel` (an
+idempotent producer that sends actions to ``RELAY_CONTROL_TOPIC``, and a manually assigned consumer that delivers the
+actions of the partitions this replica owns), :class:`ForwardingTarget` (the webhook receiver's
+:class:`~relay.webhooks.PollTarget` on a replica that forwards instead of polling) and :func:`apply_action` (what the
+owner does with a delivered action). Not who owns which partition: the caller says so with :meth:`ControlChannel.own`
+and :meth:`ControlChannel.disown`.
+
+The control topic is partitioned like the state topic: an action about an integration goes to partition
+``murmur2(integration) % RELAY_STATE_TOPIC_PARTITIONS``, so the owner of that state partition reads it, in order.
+De-duplication: within one partition every replica sees the same records in the same order, so "the first record
+of a webhook id within ``RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS`` (by record timestamp) is delivered, the later ones are
+duplicates" gives the same answer whoever reads it and whenever: a new owner (or a restarted one) rebuilds the window
+from the records of the last window (``offsets_for_times``) before delivering anything newer. So a webhook Kombo
+retried to another replica, or delivered again after the owner restarted, is acted on once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Literal, NamedTuple, get_args
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from relay.config import Config
+from relay.errors import KafkaUnavailable, StateError
+from relay.metrics import Metrics
+from relay.webhooks import PollTarget
+
+log = logging.getLogger(__name__)
+
+ActionKind = Literal["trigger", "pause", "resume"]
+ACTION_KINDS: Final[tuple[str, ...]] = get_args(ActionKind)
+RECORD_VERSION: Final = 1
+# How long a send may take before the webhook is answered 503 (Kombo retries it): far above a healthy broker's few
+# milliseconds, below the patience of an HTTP client.
+SEND_TIMEOUT_SECONDS: Final = 5.0
+# One getmany waits at most this long, so own() and disown() (which wait for it) and stop() stay prompt.
+POLL_TIMEOUT_MS: Final = 100
+# A bound on the webhook ids remembered per partition, whatever the window: the oldest go first.
+MAX_DEDUP_ENTRIES: Final = 100_000
+MAX_RESOURCES: Final = 256
+
+
+class UnreadableAction(ValueError):
+    """A control record this version cannot read; the message says why, never the whole record."""
+
+
+class ControlAction(NamedTuple):
+    """What a replica asks of the owner of an integration."""
+
+    kind: ActionKind
+    integration: str
+    resources: tuple[str, ...]  # for a trigger: the resources to poll; empty otherwise
+    webhook_id: str | None  # the de-duplication key (Kombo's webhook id); None: never a duplicate
+    received_at_ms: int  # when the webhook arrived (Unix time, ms), for the webhook-to-event latency
+
+    def encode(self) -> bytes:
+        """The record value: compact JSON with a version field."""
+        return orjson.dumps(
+            {
+                "v": RECORD_VERSION,
+                "kind": self.kind,
+                "integration": self.integration,
+                "resources": list(self.resources),
+                "webhook_id": self.webhook_id,
+                "received_at_ms": self.received_at_ms,
+            }
+        )
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> ControlAction:
+        """The action in a record value; raises :class:`UnreadableAction` for anything else."""
+        if value is None:
+            raise UnreadableAction("the record has no value")
+        try:
+            document = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise UnreadableAction("the record is not JSON") from None
+        if not isinstance(document, dict):
+            raise UnreadableAction("the record is not a JSON object")
+        if document.get("v") != RECORD_VERSION:
+            raise UnreadableAction(f"unknown record version {str(document.get('v'))[:20]!r}")
+        kind = document.get("kind")
+        integration = document.get("integration")
+        resources = document.get("resources")
+        webhook_id = document.get("webhook_id")
+        received_at_ms = document.get("received_at_ms")
+        if kind not in ACTION_KINDS:
+            raise UnreadableAction(f"unknown kind {str(kind)[:40]!r}")
+        if not isinstance(integration, str) or not integration:
+            raise UnreadableAction("integration must be a non-empty string")
+        if (
+            not isinstance(resources, list)
+            or len(resources) > MAX_RESOURCES
+            or not all(isinstance(r, str) and r for r in resources)
+        ):
+            raise UnreadableAction("resources must be a list of non-empty strings")
+        if webhook_id is not None and (not isinstance(webhook_id, str) or not webhook_id):
+            raise UnreadableAction("webhook_id must be a non-empty string or null")
+        if not isinstance(received_at_ms, int) or isinstance(received_at_ms, bool) or received_at_ms < 0:
+            raise UnreadableAction("received_at_ms must be a non-negative integer")
+        return cls(kind, integration, tuple(resources), webhook_id, received_at_ms)
+
+
+def wall_ms_of(monotonic_at: float, *, now: float | None = None, wall_now: float | None = None) -> int:
+    """The Unix time (ms) of a ``time.monotonic()`` reading: how webhooks' arrival times cross processes."""
+    now = time.monotonic() if now is None else now
+    wall_now = time.time() if wall_now is None else wall_now
+    return max(0, round((wall_now - (now - monotonic_at)) * 1000))
+
+
+def monotonic_of(wall_ms: int, *, now: float | None = None, wall_now: float | None = None) -> float:
+    """The ``time.monotonic()`` reading of a Unix time (ms), never in the future (clocks of replicas differ a bit)."""
+    now = time.monotonic() if now is None else now
+    wall_now = time.time() if wall_now is None else wall_now
+    return now - max(0.0, wall_now - wall_ms / 1000)
+
+
+class PartitionWindow:
+    """The webhook ids of one control partition seen within the window, by record timestamp (ms), oldest first.
+
+    Fed every record of the partition in offset order, it answers the same for every reader: the first record of an
+    id is new, a later one within ``window_ms`` of it is a duplicate. ``window_ms`` 0 remembers nothing.
+    """
+
+    def __init__(self, window_ms: int, max_entries: int = MAX_DEDUP_ENTRIES) -> None:
+        self.window_ms = window_ms
+        self.max_entries = max_entries
+        self._seen: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def seen(self, webhook_id: str, timestamp_ms: int) -> bool:
+        """True if ``webhook_id`` was seen within the window before ``timestamp_ms``; otherwise remember it."""
+        if self.window_ms <= 0:
+            return False
+        horizon = timestamp_ms - self.window_ms
+        while self._seen:
+            oldest, at = next(iter(self._seen.items()))
+            if at > horizon and len(self._seen) < self.max_entries:
+                break
+            del self._seen[oldest]
+        if webhook_id in self._seen:
+            return True
+        self._seen[webhook_id] = timestamp_ms
+        return False
+
+
+class ControlChannel:
+    """Sends :class:`ControlAction`\\ s to the owner of their integration, and delivers those of the partitions this
+    replica owns. One producer (idempotent, ``acks=all``, no linger) and one consumer (manually assigned,
+    ``read_committed``), both started by :meth:`start`."""
+
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        *,
+        partition_of: Callable[[str], int],
+        send_timeout_seconds: float = SEND_TIMEOUT_SECONDS,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._partition_of = partition_of
+        self._send_timeout = send_timeout_seconds
+        self._topic = config.control_topic
+        self._window_ms = round(config.kombo_webhook_dedup_seconds * 1000)
+        self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer_lock = asyncio.Lock()  # getmany, assign and seek never interleave
+        self._windows: dict[int, PartitionWindow] = {}  # per owned partition
+        self._deliver_from: dict[int, int] = {}  # per owned partition: records before this offset only fill the window
+        self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stopping_clients: set[asyncio.Task[None]] = set()
+
+    @property
+    def owned(self) -> frozenset[int]:
+        """The partitions whose actions this channel delivers."""
+        return frozenset(self._windows)
+
+    async def start(self) -> None:
+        """Start the producer and the consumer; raises KafkaUnavailable when Kafka cannot be reached, StateError when
+        the control topic has fewer partitions than ``RELAY_STATE_TOPIC_PARTITIONS``."""
+        await self._ensure_producer()
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                **self._config.kafka_client_kwargs(),
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                auto_offset_reset="earliest",  # only when a position fell out of the log: the oldest still there
+                fetch_max_wait_ms=50,
+            )
+            try:
+                await consumer.start()
+                await self._check_partitions(consumer)
+            except KafkaError as exc:
+                await _quietly(consumer.stop())
+                raise KafkaUnavailable(f"cannot read the control topic {self._topic!r}: {exc}") from exc
+            except BaseException:
+                await _quietly(consumer.stop())
+                raise
+            self._consumer = consumer
+
+    async def _check_partitions(self, consumer: AIOKafkaConsumer) -> None:
+        partitions = consumer.partitions_for_topic(self._topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(self._topic)
+        if not partitions:
+            raise KafkaUnavailable(f"the control topic {self._topic!r} is not in Kafka's metadata")
+        wanted = self._config.state_topic_partitions
+        if len(partitions) < wanted:
+            raise StateError(
+                f"the control topic {self._topic!r} has {len(partitions)} partition(s), fewer than "
+                f"RELAY_STATE_TOPIC_PARTITIONS={wanted}: actions would go to partitions it does not have. Recreate it "
+                f"with {wanted} partitions (it holds only short-lived triggers)"
+            )
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        async with self._producer_lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    **self._config.kafka_client_kwargs(),
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=0,
+                    request_timeout_ms=max(1000, round(self._send_timeout * 1000)),
+                )
+                try:
+                    await producer.start()
+                except BaseException as exc:  # cancelled too (a send's timeout): never leave a client open
+                    self._stop_later(producer)
+                    if isinstance(exc, Exception):
+                        raise KafkaUnavailable(
+                            f"cannot start the control producer: {type(exc).__name__}: {exc}"
+                        ) from exc
+                    raise
+                self._producer = producer
+            return self._producer
+
+    async def send(self, action: ControlAction) -> None:
+        """Produce ``action`` to its integration's partition and return once Kafka acknowledged it (``acks=all``);
+        raise KafkaUnavailable when it was not acknowledged within the send timeout."""
+        if self._stopping.is_set():
+            raise KafkaUnavailable("the control channel is stopped")
+        value = action.encode()
+        partition = self._partition_of(action.integration)
+        producer: AIOKafkaProducer | None = None
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                producer = await self._ensure_producer()
+                await producer.send_and_wait(self._topic, value, key=action.integration.encode(), partition=partition)
+        except (KafkaError, TimeoutError, KafkaUnavailable) as exc:
+            # A producer whose batch failed may hold a broken sequence: the next send starts a fresh one. Should the
+            # abandoned record still arrive, its webhook id makes it a duplicate of the retry.
+            if producer is not None:
+                await self._discard_producer(producer)
+            if isinstance(exc, KafkaUnavailable):
+                raise
+            raise KafkaUnavailable(f"cannot send a control action: {type(exc).__name__}: {exc}") from exc
+        self._metrics.control_actions.labels(action.kind, "sent").inc()
+
+    async def _discard_producer(self, failed: AIOKafkaProducer | None = None) -> None:
+        """Stop the producer (only if it is still ``failed``, when given: another send may have replaced it)."""
+        async with self._producer_lock:
+            producer = self._producer
+            if producer is None or (failed is not None and producer is not failed):
+                return
+            self._producer = None
+        self._stop_later(producer)
+
+    def _stop_later(self, producer: AIOKafkaProducer) -> None:
+        """Stop ``producer`` in the background: its stop may wait for a broker that is gone, and the webhook waiting
+        for the failed send should get its 503 at once. :meth:`stop` waits for these."""
+        task = asyncio.create_task(_quietly(producer.stop(), timeout=5.0))
+        self._stopping_clients.add(task)
+        task.add_done_callback(self._stopping_clients.discard)
+
+    async def own(self, partitions: Iterable[int]) -> None:
+        """Deliver the actions of ``partitions`` too: those that arrive from now on, de-duplicated against the
+        records of the last window, which are read first without being delivered (the new owner polls at once
+        anyway, so old triggers are not replayed)."""
+        consumer = self._require_consumer()
+        async with self._consumer_lock:
+            new = sorted(set(partitions) - set(self._windows))
+            if not new:
+                return
+            added = [TopicPartition(self._topic, p) for p in new]
+            ends = await consumer.end_offsets(added)
+            starts = dict(ends)
+            if self._window_ms > 0:
+                since = round(time.time() * 1000) - self._window_ms
+                found = await consumer.offsets_for_times(dict.fromkeys(added, since))
+                starts.update({tp: at.offset for tp, at in found.items() if at is not None})
+            await self._reassign(consumer, [*self._windows, *new])
+            for tp in added:
+                consumer.seek(tp, starts[tp])
+                self._windows[tp.partition] = PartitionWindow(self._window_ms)
+                self._deliver_from[tp.partition] = ends[tp]
+        log.info(
+            "control partitions owned",
+            extra={"partitions": new, "rebuild_records": sum(ends[tp] - starts[tp] for tp in added)},
+        )
+        self._changed.set()
+
+    async def disown(self, partitions: Iterable[int]) -> None:
+        """Stop delivering the actions of ``partitions``; returns once none of them will be delivered any more."""
+        consumer = self._require_consumer()
+        async with self._consumer_lock:
+            gone = set(partitions) & set(self._windows)
+            if not gone:
+                return
+            await self._reassign(consumer, [p for p in self._windows if p not in gone])
+            for partition in gone:
+                del self._windows[partition]
+                del self._deliver_from[partition]
+        log.info("control partitions disowned", extra={"partitions": sorted(gone)})
+        self._changed.set()
+
+    async def _reassign(self, consumer: AIOKafkaConsumer, partitions: list[int]) -> None:
+        """Assign ``partitions``, keeping the positions of those already assigned (assign() forgets them)."""
+        kept = {tp: await consumer.position(tp) for tp in consumer.assignment() if tp.partition in partitions}
+        consumer.assign([TopicPartition(self._topic, p) for p in sorted(partitions)])
+        for tp, position in kept.items():
+            consumer.seek(tp, position)
+
+    async def follow(self, on_action: Callable[[ControlAction], None]) -> None:
+        """Deliver, in order per partition, the new actions of the owned partitions to ``on_action``, until
+        :meth:`stop`. An unreadable record, or an ``on_action`` that raises, is logged and skipped."""
+        consumer = self._require_consumer()
+        while not self._stopping.is_set():
+            if not self._windows:
+                self._changed.clear()
+                waiting = asyncio.ensure_future(self._changed.wait())
+                stopping = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait((waiting, stopping), return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                stopping.cancel()
+                continue
+            async with self._consumer_lock:
+                try:
+                    batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+                except KafkaError as exc:  # the client retries connections itself; anything else: log, go on
+                    log.warning("reading the control topic failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                    failed = True
+                else:
+                    failed = False
+                    for tp, records in batches.items():
+                        for record in records:
+                            self._handle(tp.partition, record, on_action)
+            if failed:  # not in a tight loop, and not holding the lock
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+
+    def _handle(self, partition: int, record: Any, on_action: Callable[[ControlAction], None]) -> None:
+        window = self._windows.get(partition)
+        if window is None:  # disowned meanwhile (cannot happen under the lock; cheap to be sure)
+            return
+        deliver = record.offset >= self._deliver_from[partition]
+        try:
+            action = ControlAction.decode(record.value)
+            if self._partition_of(action.integration) != partition:
+                raise UnreadableAction(
+                    f"integration {action.integration[:128]!r} does not belong to partition {partition}"
+                )
+        except UnreadableAction as exc:
+            if deliver:
+                self._metrics.control_actions.labels("unknown", "unreadable").inc()
+                log.warning(
+                    "unreadable control record skipped",
+                    extra={"topic": self._topic, "partition": partition, "offset": record.offset, "error": str(exc)},
+                )
+            return
+        duplicate = action.webhook_id is not None and window.seen(action.webhook_id, record.timestamp)
+        if not deliver:
+            return
+        if duplicate:
+            self._metrics.control_actions.labels(action.kind, "duplicate").inc()
+            log.debug("duplicate control action", extra={"integration": action.integration, "id": action.webhook_id})
+            return
+        self._metrics.control_actions.labels(action.kind, "delivered").inc()
+        try:
+            on_action(action)
+        except Exception:
+            log.exception("a control action failed", extra={"integration": action.integration, "kind": action.kind})
+
+    def _require_consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("ControlChannel.start() was not called")
+        return self._consumer
+
+    async def stop(self) -> None:
+        """End :meth:`follow` and stop the clients."""
+        self._stopping.set()
+        await self._discard_producer()
+        async with self._consumer_lock:  # follow() is between two getmany calls, and will see _stopping
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                await _quietly(consumer.stop(), timeout=5.0)
+        if self._stopping_clients:
+            await asyncio.wait(set(self._stopping_clients))
+
+
+async def _quietly(stopping: Any, timeout: float = 10.0) -> None:
+    try:
+        await asyncio.wait_for(stopping, timeout)
+    except Exception:
+        log.debug("stopping a Kafka client failed", exc_info=True)
+
+
+class ForwardingTarget:
+    """The :class:`~relay.webhooks.PollTarget` of a replica that forwards what a webhook asks for to the owner of the
+    integration instead of doing it itself.
+
+    The receiver's calls (synchronous) only collect actions; :meth:`flush`, which the webhook handler awaits right
+    after the receiver returned (with no await in between, so the collected actions are that webhook's), sends them
+    and returns once Kafka acknowledged them, or raises KafkaUnavailable (the handler then answers 503 and Kombo
+    retries). ``resources_of`` answers from the configuration; ``is_paused`` from what the caller knows (by default
+    never paused): the owner is authoritative, and ignores a trigger for an integration it has paused.
+    """
+
+    def __init__(
+        self,
+        channel: ControlChannel,
+        *,
+        resources_of: Callable[[str], tuple[str, ...]],
+        is_paused: Callable[[str], bool] = lambda _integration: False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._channel = channel
+        self._resources_of = resources_of
+        self._is_paused = is_paused
+        self._clock = clock
+        self._pending: list[tuple[ActionKind, str, str | None, float]] = []  # kind, integration, resource, received
+
+    @classmethod
+    def from_config(cls, channel: ControlChannel, config: Config) -> ForwardingTarget:
+        """A target that knows the configured integrations and resources."""
+        integrations = frozenset(config.integrations)
+        resources = tuple(config.resources)
+        return cls(channel, resources_of=lambda integration: resources if integration in integrations else ())
+
+    def resources_of(self, integration: str) -> tuple[str, ...]:
+        return self._resources_of(integration)
+
+    def is_paused(self, integration: str) -> bool:
+        return self._is_paused(integration)
+
+    def trigger(self, integration: str, resource: str, *, received_at: float | None = None) -> bool:
+        self._pending.append(("trigger", integration, resource, self._clock() if received_at is None else received_at))
+        return True
+
+    def pause(self, integration: str) -> bool:
+        self._pending.append(("pause", integration, None, self._clock()))
+        return True
+
+    def resume(self, integration: str) -> bool:
+        self._pending.append(("resume", integration, None, self._clock()))
+        return True
+
+    def take(self, webhook_id: str | None) -> list[ControlAction]:
+        """The actions collected since the last call, for the webhook ``webhook_id``: a trigger's resources of one
+        integration become one action."""
+        pending, self._pending = self._pending, []
+        actions: list[ControlAction] = []
+        triggers: dict[str, tuple[list[str], float]] = {}
+        for kind, integration, resource, received_at in pending:
+            if kind == "trigger" and resource is not None:
+                if integration not in triggers:
+                    triggers[integration] = ([], received_at)
+                    actions.append(ControlAction("trigger", integration, (), webhook_id, 0))
+                triggers[integration][0].append(resource)
+            else:
+                actions.append(ControlAction(kind, integration, (), webhook_id, wall_ms_of(received_at)))
+        return [
+            action._replace(
+                resources=tuple(dict.fromkeys(triggers[action.integration][0])),
+                received_at_ms=wall_ms_of(triggers[action.integration][1]),
+            )
+            if action.kind == "trigger"
+            else action
+            for action in actions
+        ]
+
+    async def flush(self, webhook_id: str | None) -> None:
+        """Send the actions collected since the last call, in order; return once all were acknowledged."""
+        for action in self.take(webhook_id):
+            await self._channel.send(action)
+
+
+def apply_action(target: PollTarget, action: ControlAction) -> None:
+    """Do on the owner what ``action`` asks: trigger polls (unless the integration is paused there), pause, resume."""
+    if action.kind == "pause":
+        target.pause(action.integration)
+    elif action.kind == "resume":
+        target.resume(action.integration)
+    elif not target.is_paused(action.integration):
+        received_at = monotonic_of(action.received_at_ms)
+        configured = set(target.resources_of(action.integration))
+        for resource in action.resources:
+            if resource in configured:
+                target.trigger(action.integration, resource, received_at=received_at)
