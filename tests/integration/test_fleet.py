@@ -126,3 +126,44 @@ async def test_two_replicas_split_the_partitions_and_hand_them_over_without_loss
         await events.settle()
     assert doubled(events) == {}
     assert first.metrics.registry.get_sample_value("relay_rebalances_total") >= 2
+
+
+async def test_a_replica_whose_partition_was_taken_commits_nothing_and_lets_it_go(world: World) -> None:
+    # A zombie: a replica that stayed away past its session timeout while another took its partition over. Here
+    # the other replica claims the partition directly (what the group's next assignment makes it do); the zombie's
+    # next commit to it is fenced: nothing of that page is written, and it stops polling the partition's pairs.
+    await Relay(world.config(state_topic_partitions=str(PARTITIONS))).sink.ensure_topics()
+    async with collect(world.bootstrap_servers, world.topics()) as events, replica(world) as zombie:
+        await wait_until(lambda: zombie.ownership.owned == {0, 1}, 60, "the replica to own everything")
+        await events.wait_for(sum(world.sim.count(i, USERS) for i in INTEGRATIONS), timeout=60)
+        events.events.clear()  # the snapshots
+        taken = 0
+        taken_over = [i for i in INTEGRATIONS if zombie.store.partition_of(i) == taken]
+        successor = Relay(world.config(state_topic_partitions=str(PARTITIONS)))
+        try:
+            await successor.sink.ensure_topics()
+            await successor.ownership.claim([taken])  # fences the zombie's producer of that partition
+            changed = await change_everyone_once(world, taken_over[0], "Zombie")
+            await wait_until(lambda: taken not in zombie.ownership.owned, 60, "the zombie to let the partition go")
+            assert zombie.ownership.owned == {1 - taken}
+            assert zombie.metrics.registry.get_sample_value("relay_fenced") == 0  # a lost partition is no fault
+            await events.settle()
+            assert not [e for e in events.events if e.key == changed]  # the zombie committed nothing of it
+            await successor.pipeline.poll_once(taken_over[0], USERS)  # the new owner publishes the change, once
+            await wait_for_key(events, changed)
+        finally:
+            await successor.close()
+    assert doubled(events) == {}
+
+
+async def change_everyone_once(world: World, integration: str, name: str) -> str:
+    record = next(iter(world.sim.records(integration, USERS, include_deleted=False)))
+    world.sim.update(integration, USERS, record["id"], {"first_name": name})
+    return f"{integration}:{record['id']}"
+
+
+async def wait_for_key(collector: Collector, key: str) -> None:
+    deadline = time.monotonic() + 30
+    while not any(e.key == key for e in collector.events):
+        assert time.monotonic() < deadline, f"no event for {key} within 30 s"
+        await collector.drain()
