@@ -216,6 +216,9 @@ class SimulatedRelay:
     def _poll(self, pair: Pair, at: float) -> None:
         metrics = self.metrics
         outcome = pair.outcome(at)
+        if outcome == "running":  # a long poll (a first snapshot) still going: nothing is counted until it ends
+            pair.next_at = at + POLL_INTERVAL
+            return
         kind = "incremental"
         metrics.polls_triggered.labels(pair.resource, "schedule").inc()
         metrics.poll_duration.labels(pair.resource, kind).observe(0.2)

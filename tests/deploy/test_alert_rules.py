@@ -165,6 +165,11 @@ ACME_BLIP = Situation(
     120,
     fleet(acme_users=between(30, 50, "integration_error"), acme_employees=between(30, 50, "integration_error")),
 )
+FIRST_SNAPSHOT = Situation(
+    "the first snapshot of ats/users takes seventy minutes (no watermark yet)",
+    120,
+    fleet(acme_users=between(0, 70, "running"), globex_users=between(0, 70, "running")),
+)
 FENCED = Situation("fenced at minute 20, then exits", 60, fleet(), fenced_at=20)
 STUCK = Situation(
     "acme's users stuck on an internal error, globex's employees on a looping cursor, from minute 30",
@@ -209,6 +214,7 @@ CASES: list[Case] = [
         [Firing({**TARGET, "resource": USERS}, watermark_lag(USERS))],
     ),
     Case(QUIET, "ChangeRelayWatermarkLagHigh", range(0, 181)),
+    Case(FIRST_SNAPSHOT, "ChangeRelayWatermarkLagHigh", range(0, 121)),
     Case(
         ACME_INACTIVE,
         "ChangeRelayIntegrationUnhealthy",
