@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA := $(PYTHON) deploy/local-kafka/local_kafka.py
 
-.PHONY: help venv prereqs kafka-fetch kafka simulator run test lint typecheck unit fuzz bench soak clean schemas
+.PHONY: help venv prereqs kafka-fetch kafka simulator run test test-alerts dashboard-png lint typecheck unit fuzz bench \
+	soak clean schemas
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +55,16 @@ test: prereqs venv kafka-fetch lint ## the whole suite against a real broker it 
 
 fuzz: venv ## the fuzz suite at length (RELAY_FUZZ_EXAMPLES, default 5000 inputs per test); `make test` runs 150
 	RELAY_FUZZ_EXAMPLES=$${RELAY_FUZZ_EXAMPLES:-5000} $(BIN)/pytest tests/fuzz -p no:cacheprovider -o addopts="" -q --timeout=0
+
+test-alerts: venv ## the alert rules alone: promtool check and unit tests (builds promtool once), no Kafka needed
+	$(BIN)/pytest tests/deploy/test_promtool_checks.py tests/deploy/test_alert_rules.py -p no:cacheprovider -q
+
+DASHBOARD_RUN := .cache/dashboard-run
+dashboard-png: venv kafka-fetch ## the live alert test, then each dashboard panel from its run as a PNG (matplotlib)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	RELAY_DASHBOARD_DUMP=$(DASHBOARD_RUN)/panels.json $(BIN)/pytest tests/deploy/test_alerts_live.py -p no:cacheprovider -q
+	$(BIN)/python deploy/tools/render_dashboard.py $(DASHBOARD_RUN)/panels.json $(DASHBOARD_RUN)/png
+	cp $(DASHBOARD_RUN)/png/poll-outcomes.png deploy/grafana/poll-outcomes.png
 
 bench: venv kafka-fetch ## benchmarks (long): figures into tests/benchmarks/results/
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'

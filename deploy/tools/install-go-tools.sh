@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs the pinned Go tools that the deploy tests use (helm, kubeconform) into .cache/go-tools/, which git ignores.
+# Installs the pinned Go tools that the deploy tests use (helm, kubeconform, promtool and the Prometheus server) into
+# .cache/go-tools/, which git ignores.
 #
 #   deploy/tools/install-go-tools.sh    # prints the folder holding the tools, on its last line of output
 #
 # Idempotent: a tool already installed there at its pinned version is left alone (a stamp file per tool records the
 # version, so bumping a pin below rebuilds that tool only). The first build of helm downloads its modules and
-# compiles the Kubernetes client libraries: about 4 minutes on 2 cores; kubeconform takes about 10 s. With Go's
-# module and build caches warm (a second clone on the same machine), both take well under a minute.
+# compiles the Kubernetes client libraries: about 4 minutes on 2 cores; kubeconform takes about 10 s; promtool about
+# 6 minutes, and the Prometheus server, sharing most of its packages, about 2 more (measured: 16 and 3 minutes on a
+# 2-core machine busy with other builds). With Go's module and build caches warm (a second clone on the same
+# machine), all of them take well under a minute.
 #
 # Needs Go 1.24+ (`go` on PATH, or /usr/local/go/bin/go) and the Go module proxy. GOPATH, GOMODCACHE and GOCACHE are
 # Go's defaults. Environment: GO (the go command to use), GO_TOOLS_DIR (default <repo>/.cache/go-tools).
@@ -14,6 +17,9 @@ set -euo pipefail
 
 HELM_VERSION=v3.22.0
 KUBECONFORM_VERSION=v0.7.0
+# Prometheus's Go module tags are v0.3MM.P for release v3.MM.P. promtool checks and unit-tests the alert rules; the
+# server (built without the `builtinassets` tag, so without its web UI, which nothing here uses) runs the live test.
+PROMETHEUS_VERSION=v0.316.0
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 tools_dir="${GO_TOOLS_DIR:-$repo_root/.cache/go-tools}"
@@ -51,5 +57,7 @@ install_tool() { # name package@version
 
 install_tool helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 install_tool kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+install_tool promtool "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+install_tool prometheus "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
 
 echo "$tools_dir"

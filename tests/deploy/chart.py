@@ -21,8 +21,9 @@ INSTALL_SCRIPT = REPO / "deploy" / "tools" / "install-go-tools.sh"
 KUBE_VERSIONS = ("1.27.0", "1.37.0")
 RELEASE = "change-relay"
 NAMESPACE = "relay"
-# A cold `go install` of helm takes about 4 minutes on 2 cores; this bounds a hung download, not a slow build.
-GO_INSTALL_TIMEOUT = 1500
+# A cold `go install` of helm takes about 4 minutes on 2 cores, promtool about 6 and the Prometheus server 2 more (and
+# three times that on a machine busy with other builds); this bounds a hung download, not a slow build.
+GO_INSTALL_TIMEOUT = 2700
 
 
 def go_command() -> str | None:
@@ -37,6 +38,8 @@ def go_command() -> str | None:
 class GoTools:
     helm: Path
     kubeconform: Path
+    promtool: Path
+    prometheus: Path
 
 
 @dataclass(frozen=True)

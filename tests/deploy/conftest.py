@@ -1,8 +1,9 @@
-"""Fixtures of the deploy tests: the pinned helm and kubeconform.
+"""Fixtures of the deploy tests: the pinned helm, kubeconform, promtool and Prometheus server.
 
-``deploy/tools/install-go-tools.sh`` builds helm and kubeconform with ``go install`` into ``.cache/go-tools/`` once
-(minutes the first time, a no-op after); the tests that need them skip, naming Go, where Go is not installed.
-kubeconform checks the rendered manifests offline against the schemas vendored in ``schemas/``.
+``deploy/tools/install-go-tools.sh`` builds them with ``go install`` into ``.cache/go-tools/`` once (minutes the first
+time, a no-op after); the tests that need them skip, naming Go, where Go is not installed. kubeconform checks the
+rendered manifests offline against the schemas vendored in ``schemas/``; promtool checks and unit-tests the alert
+rules; the Prometheus server scrapes a live relay in ``test_alerts_live.py``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def go_tools() -> GoTools:
-    """helm and kubeconform at their pinned versions, installed by deploy/tools/install-go-tools.sh."""
+    """helm, kubeconform, promtool and prometheus at their pinned versions, installed by install-go-tools.sh."""
     go = go_command()
     if go is None:
-        pytest.skip("Go is not installed (no `go` on PATH nor /usr/local/go/bin/go): it builds helm and kubeconform")
+        pytest.skip(
+            "Go is not installed (no `go` on PATH nor /usr/local/go/bin/go): it builds helm, kubeconform, promtool and"
+            " the Prometheus server"
+        )
     result = subprocess.run(
         ["bash", str(INSTALL_SCRIPT)],
         capture_output=True,
@@ -42,8 +46,13 @@ def go_tools() -> GoTools:
     if result.returncode != 0:
         pytest.fail(f"{INSTALL_SCRIPT.name} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     tools_dir = Path(result.stdout.strip().splitlines()[-1])
-    tools = GoTools(helm=tools_dir / "helm", kubeconform=tools_dir / "kubeconform")
-    for tool in (tools.helm, tools.kubeconform):
+    tools = GoTools(
+        helm=tools_dir / "helm",
+        kubeconform=tools_dir / "kubeconform",
+        promtool=tools_dir / "promtool",
+        prometheus=tools_dir / "prometheus",
+    )
+    for tool in (tools.helm, tools.kubeconform, tools.promtool, tools.prometheus):
         assert os.access(tool, os.X_OK), f"{tool} was not installed"
     return tools
 
@@ -56,3 +65,13 @@ def helm(go_tools: GoTools) -> Helm:
 @pytest.fixture(scope="session")
 def kubeconform(go_tools: GoTools) -> Path:
     return go_tools.kubeconform
+
+
+@pytest.fixture(scope="session")
+def promtool(go_tools: GoTools) -> Path:
+    return go_tools.promtool
+
+
+@pytest.fixture(scope="session")
+def prometheus_server(go_tools: GoTools) -> Path:
+    return go_tools.prometheus

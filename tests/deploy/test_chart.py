@@ -373,6 +373,7 @@ def test_monitoring_objects(helm: Helm) -> None:
         "ChangeRelayPollsFailing",
         "ChangeRelayWatermarkLagHigh",
         "ChangeRelayIntegrationUnhealthy",
+        "ChangeRelayPairStuck",
         "ChangeRelayFenced",
     }
     for rule in rules:

@@ -33,6 +33,7 @@ def test_alerts_file_has_the_issues_alerts() -> None:
         "ChangeRelayPollsFailing",
         "ChangeRelayWatermarkLagHigh",
         "ChangeRelayIntegrationUnhealthy",
+        "ChangeRelayPairStuck",
         "ChangeRelayFenced",
     }
     for name, rule in rules.items():

@@ -118,6 +118,30 @@ groups:
           {{- end }}
       {{- end }}
       {{- end }}
+      {{- with $alerts.pairStuck }}
+      {{- if .enabled }}
+      - alert: ChangeRelayPairStuck
+        expr: |-
+          sum by (namespace, job, resource, outcome) (increase(relay_polls_total{ {{- $sel -}} ,outcome=~"internal_error|invalid_page|record_too_large"}[{{ .window }}]))
+          > 0
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $rule.additionalLabels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: change-relay polls of {{ "{{ $labels.resource }}" }} keep failing with {{ "{{ $labels.outcome }}" }}
+          description: >-
+            Polls of {{ "{{ $labels.resource }}" }} have ended as {{ "{{ $labels.outcome }}" }} within every
+            {{ .window }} for {{ .for }}: a pair backs off again and again instead of catching up (internal_error is a
+            bug of the relay, invalid_page a source sending bad pages or a looping cursor, record_too_large a record
+            Kafka refuses). The relay's /status names the pair and its last error; its logs have the traceback.
+          {{- with $runbook }}
+          runbook_url: {{ printf "%s#ChangeRelayPairStuck" . }}
+          {{- end }}
+      {{- end }}
+      {{- end }}
       {{- with $alerts.fenced }}
       {{- if .enabled }}
       - alert: ChangeRelayFenced
