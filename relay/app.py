@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -87,6 +88,8 @@ class Relay:
         )
         self.membership: Membership | None = None  # in a fleet: this replica's seat in the consumer group
         self.metrics.state_partitions.set(config.state_topic_partitions)
+        for resource in config.resources:  # read at each scrape, from what is remembered: no pair can hide another
+            self.metrics.watermark.labels(resource).set_function(functools.partial(self._oldest_watermark, resource))
         self.heartbeat = Heartbeat()
         webhook_settings = WebhookSettings.from_config(config)  # None: no secret, no endpoint
         self.webhooks = None if webhook_settings is None else WebhookReceiver(webhook_settings, self.scheduler)
@@ -240,6 +243,15 @@ class Relay:
         while True:
             await asyncio.sleep(interval)
             await self.sink.probe()
+
+    def _oldest_watermark(self, resource: str) -> float:
+        """The oldest committed watermark among the owned pairs of ``resource``, in seconds; 0 while none has one."""
+        watermarks = [
+            state.checkpoint.watermark_ms
+            for (_, r), state in self.store.pairs()
+            if r == resource and state.checkpoint.watermark_ms is not None
+        ]
+        return min(watermarks) / 1000 if watermarks else 0.0
 
     def _update_entity_gauges(self) -> None:
         for resource in self.config.resources:

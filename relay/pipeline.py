@@ -368,7 +368,6 @@ class PairPoll:
         if messages is not None:
             await self._pipeline.sink.commit(messages)
         self._apply(prepared, committed=messages is not None)
-        self._pipeline.metrics.watermark.labels(self.resource).set(self._started_at_ms / 1000)
 
     async def _send(self, page: Page, next_cursor: str) -> None:
         """Prepare a page that has more after it and hand it to the sink, leaving its commit in flight."""
