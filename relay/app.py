@@ -226,10 +226,16 @@ class Relay:
         log.info("state re-read from the state topic after a Kafka error")
 
     async def _read_partitions(self, partitions: set[int]) -> None:
-        """Read the state of ``partitions`` into memory (once their producers started)."""
+        """Read the state of ``partitions`` into memory (once their producers started). Owning them all, read every
+        partition the topic has: a record in one beyond RELAY_STATE_TOPIC_PARTITIONS is state placed by another
+        setting, which restore refuses (StateError)."""
+        every = partitions >= set(range(self.config.state_topic_partitions))
         try:
             records = await restore(
-                self.store, self.config.state_topic, self.config.kafka_client_kwargs(), partitions=sorted(partitions)
+                self.store,
+                self.config.state_topic,
+                self.config.kafka_client_kwargs(),
+                partitions=None if every else sorted(partitions),
             )
         except KafkaError as error:
             if refused := authorization_failed(error, self.config, doing="read"):
