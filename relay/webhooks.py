@@ -514,13 +514,13 @@ def make_handler(
         nonlocal in_flight
         received_at = time.monotonic()
         if in_flight >= max_in_flight:
-            return _answer(Reply(503, "busy"), request, received_at)
+            return _answer(metrics, Reply(503, "busy"), request, received_at)
         in_flight += 1
         try:
             async with asyncio.timeout(body_timeout):
                 body = await read_limited(request, receiver.settings.max_body_bytes)
         except TimeoutError:
-            return _answer(Reply(408, "timeout"), request, received_at)
+            return _answer(metrics, Reply(408, "timeout"), request, received_at)
         finally:
             in_flight -= 1
         if body is None:
@@ -529,7 +529,7 @@ def make_handler(
             reply = receiver.receive(body, request.headers.get(SIGNATURE_HEADER), received_at=received_at)
             if flush is not None:
                 reply = await _flushed(reply)
-        return _answer(reply, request, received_at)
+        return _answer(metrics, reply, request, received_at)
 
     async def _flushed(reply: Reply) -> Reply:
         # Right after receive(), with no await in between: what the target collected is this webhook's.
@@ -542,19 +542,21 @@ def make_handler(
             return Reply(503, "unavailable", reply.type, str(error), reply.webhook_id, reply.integration)
         return reply
 
-    def _answer(reply: Reply, request: web.Request, received_at: float) -> web.Response:
-        metrics.webhooks_received.labels(reply.type, reply.outcome).inc()
-        _log(reply, request, time.monotonic() - received_at)
-        response = web.Response(status=reply.status, body=reply.body())
-        if reply.status not in _EMPTY_BODY_STATUSES:
-            response.content_type = "application/json"
-        if reply.status in (408, 413, 503):
-            response.force_close()  # the rest of the body was not read; the connection cannot be reused
-        if reply.status == 503:
-            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
-
     return handle
+
+
+def _answer(metrics: Metrics, reply: Reply, request: web.Request, received_at: float) -> web.Response:
+    """The HTTP answer of ``reply``, counted and logged."""
+    metrics.webhooks_received.labels(reply.type, reply.outcome).inc()
+    _log(reply, request, time.monotonic() - received_at)
+    response = web.Response(status=reply.status, body=reply.body())
+    if reply.status not in _EMPTY_BODY_STATUSES:
+        response.content_type = "application/json"
+    if reply.status in (408, 413, 503):
+        response.force_close()  # the rest of the body was not read; the connection cannot be reused
+    if reply.status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def _log(reply: Reply, request: web.Request, seconds: float) -> None:
