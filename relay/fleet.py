@@ -70,6 +70,7 @@ class Ownership:
         self.owned: frozenset[int] = frozenset()
         self.settled = False  # the group assigned this replica its partitions (maybe none) and they are restored
         self._changing = asyncio.Lock()  # one change of ownership at a time: a claim, a handover, a loss
+        self._losing: set[asyncio.Task[None]] = set()
 
     def pairs_of(self, partitions: Iterable[int]) -> list[tuple[str, str]]:
         wanted = set(partitions)
@@ -120,7 +121,9 @@ class Ownership:
     def lost(self, partition: int) -> None:
         """A partition's producer was fenced: another replica owns it. Stop its pairs now, commit nothing more."""
         if partition in self.owned:
-            asyncio.get_running_loop().create_task(self.hand_over([partition], 0.0), name=f"lose {partition}")
+            losing = asyncio.get_running_loop().create_task(self.hand_over([partition], 0.0), name=f"lose {partition}")
+            self._losing.add(losing)  # held until done: the event loop keeps only a weak reference to a task
+            losing.add_done_callback(self._losing.discard)
 
     def unsettle(self) -> None:
         self.settled = False
