@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from relay import __version__
 from relay.check_config import add_arguments as add_arguments  # `relay run` takes what check-config takes
 from relay.config import Config, ConfigError, environment_warnings, load_config, print_problems
+from relay.control import ControlChannel, ForwardingTarget, apply_action
 from relay.errors import (
     AuthenticationError,
     Fenced,
@@ -87,6 +88,7 @@ class Relay:
             config, self.store, self.sink, self.pipeline, self.scheduler, self.metrics, self._read_partitions
         )
         self.membership: Membership | None = None  # in a fleet: this replica's seat in the consumer group
+        self.control: ControlChannel | None = None  # in a fleet: webhook triggers to and from the owners
         self.metrics.state_partitions.set(config.state_topic_partitions)
         for resource in config.resources:  # read at each scrape, from what is remembered: no pair can hide another
             self.metrics.watermark.labels(resource).set_function(functools.partial(self._oldest_watermark, resource))
@@ -201,15 +203,29 @@ class Relay:
 
     async def join_fleet(self) -> None:
         """Be one replica of a fleet until :meth:`request_stop`: join the consumer group, own what it assigns (its
-        partitions' pairs polled by the scheduler, which the caller runs), hand it over when it moves."""
+        partitions' pairs polled by the scheduler, which the caller runs), hand it over when it moves. Webhooks this
+        replica receives go to the owner of their integration through the control topic; the triggers of the
+        partitions it owns come back the same way."""
         await self.sink.ensure_topics()
         await fence_single_instance_writer(self.config, legacy_transactional_id(self.config))
         self.sink.in_fleet(on_lost=self.ownership.lost)
+        self.control = ControlChannel(self.config, self.metrics, partition_of=self.store.partition_of)
+        await self.control.start()
+        self.ownership.control = self.control
+        if self.webhooks is not None:
+            self.webhooks.target = ForwardingTarget.from_config(self.control, self.config)
         self.membership = Membership(self.config, self.ownership, self.metrics)
         self.restored = True  # nothing owned yet; readiness waits for the group's first assignment
         if self._stop_requested.is_set():
             return
-        await self.membership.run()
+        following = asyncio.create_task(
+            self.control.follow(lambda action: apply_action(self.scheduler, action)), name="control topic"
+        )
+        try:
+            await self.membership.run()
+        finally:
+            await self.control.stop()
+            await cancel_and_wait(following)
 
     async def reload_state(self) -> None:
         """Forget what is in memory and read the owned partitions of the state topic again (after a commit whose

@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from relay.config import Config, relay_identity
+from relay.control import ControlChannel
 from relay.errors import KafkaUnavailable
 from relay.metrics import Metrics
 from relay.partition_sinks import PartitionSinks
@@ -68,6 +69,7 @@ class Ownership:
         self._metrics = metrics
         self._read_state = read_state
         self.owned: frozenset[int] = frozenset()
+        self.control: ControlChannel | None = None  # in a fleet: the webhook triggers of the owned partitions
         self.settled = False  # the group assigned this replica its partitions (maybe none) and they are restored
         self._changing = asyncio.Lock()  # one change of ownership at a time: a claim, a handover, a loss
         self._losing: set[asyncio.Task[None]] = set()
@@ -96,6 +98,8 @@ class Ownership:
             self._pipeline.unhalt(integration for integration, _ in pairs)
             self.owned = self.owned | fresh
             self._scheduler.own(pairs)
+            if self.control is not None:
+                await self.control.own(fresh)
             self.settled = True
             self._metrics.owned_partitions.set(len(self.owned))
             self._metrics.partition_handover.observe(time.monotonic() - started)
@@ -110,6 +114,8 @@ class Ownership:
                 return
             grace = self._config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
             pairs = self.pairs_of(gone)
+            if self.control is not None:
+                await self.control.disown(gone)
             self._pipeline.halt(integration for integration, _ in pairs)
             await self._scheduler.disown(pairs, grace)
             await self._sinks.close(gone)

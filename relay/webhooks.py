@@ -507,8 +507,8 @@ def make_handler(
     """
     in_flight = 0
     # A target that acts elsewhere (relay.control.ForwardingTarget) collects what the receiver asks of it; the answer
-    # waits until flush() says it was done, and is 503 (Kombo retries) when it could not be.
-    flush: Callable[[str | None], Awaitable[None]] | None = getattr(receiver.target, "flush", None)
+    # waits until flush() says it was done, and is 503 (Kombo retries) when it could not be. Looked up per webhook: a
+    # replica that joins a fleet gives the receiver such a target after the endpoint is up.
 
     async def handle(request: web.Request) -> web.StreamResponse:
         nonlocal in_flight
@@ -527,13 +527,13 @@ def make_handler(
             reply = receiver.too_large()
         else:
             reply = receiver.receive(body, request.headers.get(SIGNATURE_HEADER), received_at=received_at)
+            flush: Callable[[str | None], Awaitable[None]] | None = getattr(receiver.target, "flush", None)
             if flush is not None:
-                reply = await _flushed(reply)
+                reply = await _flushed(flush, reply)
         return _answer(metrics, reply, request, received_at)
 
-    async def _flushed(reply: Reply) -> Reply:
+    async def _flushed(flush: Callable[[str | None], Awaitable[None]], reply: Reply) -> Reply:
         # Right after receive(), with no await in between: what the target collected is this webhook's.
-        assert flush is not None
         try:
             await flush(reply.webhook_id)
         except RelayError as error:

@@ -15,7 +15,7 @@ import pytest
 
 from relay.app import Relay
 from relay.partitioning import partition_for_key
-from relay.simulator import Simulator, SimulatorServer
+from relay.simulator import Simulator, SimulatorServer, WebhookSender
 from tests.integration.harness import Collector, World, collect, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -46,17 +46,17 @@ async def world(bootstrap_servers: str, topic_prefix: str) -> AsyncIterator[Worl
 
 
 @asynccontextmanager
-async def replica(world: World) -> AsyncIterator[Relay]:
+async def replica(world: World, **overrides: str) -> AsyncIterator[Relay]:
     """A relay joined to the fleet's group, polling what it owns, until the block ends (then it leaves cleanly)."""
-    relay = Relay(
-        world.config(
-            state_topic_partitions=str(PARTITIONS),
-            poll_interval_seconds="1",
-            poll_jitter_fraction="0",
-            group_session_timeout_seconds="6",
-            shutdown_grace_seconds="5",
-        )
-    )
+    settings = {
+        "state_topic_partitions": str(PARTITIONS),
+        "poll_interval_seconds": "1",
+        "poll_jitter_fraction": "0",
+        "group_session_timeout_seconds": "6",
+        "shutdown_grace_seconds": "5",
+        **overrides,
+    }
+    relay = Relay(world.config(**settings))
     await relay.start_http()
     joined = asyncio.create_task(relay.join_fleet(), name="fleet seat")
     polling = asyncio.create_task(relay.scheduler.run(), name="scheduler")
@@ -167,3 +167,38 @@ async def wait_for_key(collector: Collector, key: str) -> None:
     while not any(e.key == key for e in collector.events):
         assert time.monotonic() < deadline, f"no event for {key} within 30 s"
         await collector.drain()
+
+
+async def test_a_webhook_received_by_another_replica_reaches_the_owner_through_the_control_topic(
+    world: World,
+) -> None:
+    secret = "fleet-webhook-secret-never-print"
+    slow = {"poll_interval_seconds": "600", "kombo_webhook_secret": secret}  # an event within seconds: the webhook
+    await Relay(world.config(state_topic_partitions=str(PARTITIONS))).sink.ensure_topics()
+    async with collect(world.bootstrap_servers, world.topics()) as events, replica(world, **slow) as first:
+        await wait_until(lambda: first.ownership.owned == {0, 1}, 60, "the first replica to own everything")
+        await events.wait_for(sum(world.sim.count(i, USERS) for i in INTEGRATIONS), timeout=60)
+        async with replica(world, **slow) as second:
+            await wait_until(
+                lambda: sorted(map(sorted, owned(first, second))) == [[0], [1]], 60, "each to own one partition"
+            )
+            await wait_until(lambda: first.ownership.settled and second.ownership.settled, 30, "the claims")
+            events.events.clear()
+            integration = next(i for i in INTEGRATIONS if first.store.partition_of(i) in first.ownership.owned)
+            url = f"http://127.0.0.1:{second.http_port}/webhooks/kombo"  # the replica that does not own it
+            async with WebhookSender(world.sim, url, secret) as sender:
+                changed = await change_everyone_once(world, integration, "Forwarded")
+                await wait_for_key(events, changed)
+                await wait_until(lambda: sender.sent >= 1, 30, "the delivery")
+
+            def count(relay: Relay, outcome: str) -> float:
+                labels = {"kind": "trigger", "outcome": outcome}
+                return relay.metrics.registry.get_sample_value("relay_control_actions_total", labels) or 0.0
+
+            assert count(second, "sent") >= 1
+            assert count(first, "delivered") >= 1
+            triggered = first.metrics.registry.get_sample_value(
+                "relay_polls_triggered_total", {"resource": USERS, "trigger": "webhook"}
+            )
+            assert (triggered or 0.0) >= 1  # the owner polled because of it
+    assert doubled(events) == {}
