@@ -110,6 +110,7 @@ def watermark_lag(resource: str) -> Value:
 def onset(alert: str, condition_from: int, until: int) -> tuple[range, range]:
     """Silent before the condition has held for the alert's ``for:``; firing from then until ``until``."""
     fires_at = condition_from + for_minutes(alert)
+    assert fires_at <= until, f"{alert}'s for: is longer than its situation's condition lasts: it would never fire"
     return range(0, fires_at), range(fires_at, until + 1)
 
 
@@ -288,7 +289,8 @@ CASES: list[Case] = [
 
 def test_every_alert_has_a_firing_case_and_a_look_alike() -> None:
     firing = {case.alert for case in CASES if case.firing}
-    silent_only = {case.alert for case in CASES if not case.firing and case.situation not in (HEALTHY, RESTARTS, FLEET_HEALTHY)}
+    healthy = (HEALTHY, RESTARTS, FLEET_HEALTHY)
+    silent_only = {case.alert for case in CASES if not case.firing and case.situation not in healthy}
     assert firing == set(RULES), sorted(set(RULES) - firing)
     # ChangeRelayDown's and ChangeRelayNotReady's look-alike is the restart, ChangeRelayFenced's the restart too.
     assert silent_only | {"ChangeRelayDown", "ChangeRelayNotReady", "ChangeRelayFenced"} == set(RULES)
@@ -364,9 +366,9 @@ def test_the_recorded_series_are_the_relays() -> None:
     fleet = REPLICA_LOST.record()
     for name in ("relay_owned_partitions", "relay_state_partitions", "relay_rebalances_total"):
         instances = {key for key in fleet.values if key.startswith(name + "{")}
-        assert instances == {
-            f'{name}{{instance="{instance}",job="{JOB}"}}' for instance in (REPLICA_0, REPLICA_1)
-        }, instances
+        assert instances == {f'{name}{{instance="{instance}",job="{JOB}"}}' for instance in (REPLICA_0, REPLICA_1)}, (
+            instances
+        )
 
 
 def test_alert_rules_unit_tests(promtool: Path, tmp_path: Path) -> None:
