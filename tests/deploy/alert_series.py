@@ -79,13 +79,13 @@ def parse_page_with_prometheus_client(page: str) -> list[tuple[str, dict[str, st
     ]
 
 
-def scrape_page(metrics: Metrics) -> dict[str, float]:
+def scrape_page(metrics: Metrics, instance: str = INSTANCE) -> dict[str, float]:
     """The samples of one ``/metrics`` page, keyed by series as Prometheus stores them (target labels added)."""
     samples = {}
     for name, labels, value in parse_page(generate_latest(metrics.registry).decode()):
         # prometheus-client's *_created series are dropped: no rule or panel reads them.
         if not name.endswith("_created"):
-            samples[_series_key(name, {**labels, "job": JOB, "instance": INSTANCE})] = value
+            samples[_series_key(name, {**labels, "job": JOB, "instance": instance})] = value
     return samples
 
 
@@ -98,8 +98,15 @@ class Recording:
 
     def scrape(self, metrics: Metrics | None) -> None:
         """One scrape: of ``metrics``' page, or a failed one (the relay is down) when it is None."""
-        samples = scrape_page(metrics) if metrics is not None else {}
-        samples[_series_key("up", {"job": JOB, "instance": INSTANCE})] = 0.0 if metrics is None else 1.0
+        self.scrape_targets({INSTANCE: metrics})
+
+    def scrape_targets(self, targets: dict[str, Metrics | None]) -> None:
+        """One scrape of each target (replicas of one job, by instance): of its page, or a failed one when None."""
+        samples = {}
+        for instance, metrics in targets.items():
+            if metrics is not None:
+                samples.update(scrape_page(metrics, instance))
+            samples[_series_key("up", {"job": JOB, "instance": instance})] = 0.0 if metrics is None else 1.0
         for key, value in samples.items():
             self.values.setdefault(key, ["_"] * self.steps).append(_number(value))
         for values in self.values.values():
@@ -276,6 +283,47 @@ class Situation:
                 relay.metrics.fenced.set(1)
                 relay.metrics.ready.set(0)
             recording.scrape(relay.metrics)
+        return recording
+
+
+Owned = dict[str, int | None]
+
+
+@dataclass
+class FleetSituation:
+    """Replicas of one relay (one job, an instance each) minute by minute, their fleet metrics set through their own
+    :class:`Metrics` as relay.app and relay.fleet do: ``relay_state_partitions`` at start, ``relay_owned_partitions``
+    when a handover ends, ``relay_rebalances_total`` once per rebalance each replica up takes part in.
+
+    ``owned`` says, from a minute on, what a replica owns, or None while it is down (its scrapes fail; when it comes
+    back it is a new process, counters at 0). ``rebalances`` is the number of rebalances of the group in the minute
+    before a scrape."""
+
+    name: str
+    minutes: int
+    owned: dict[int, Owned]
+    partitions: int = 6
+    rebalances: Callable[[int], int] = lambda _minute: 0
+
+    def record(self) -> Recording:
+        recording = Recording()
+        replicas: dict[str, Metrics | None] = {}
+        owned: Owned = {}
+        for minute in range(self.minutes + 1):
+            owned.update(self.owned.get(minute, {}))
+            for instance, count in owned.items():
+                if count is None:
+                    replicas[instance] = None
+                    continue
+                metrics = replicas.get(instance)
+                if metrics is None:  # started, or restarted: a fresh process
+                    metrics = replicas[instance] = Metrics(())
+                    metrics.build_info.info({"version": "0.0.0-test"})
+                    metrics.state_partitions.set(self.partitions)
+                metrics.rebalances.inc(self.rebalances(minute))
+                metrics.owned_partitions.set(count)
+                metrics.ready.set(1)
+            recording.scrape_targets(dict(replicas))
         return recording
 
 

@@ -24,6 +24,7 @@ from relay.metrics import Metrics
 from tests.deploy.alert_series import (
     INSTANCE,
     JOB,
+    FleetSituation,
     Pair,
     Recording,
     Situation,
@@ -81,14 +82,14 @@ class Firing:
 class Case:
     """A situation, and for one alert: the minutes it must be silent and those it must fire at (with what)."""
 
-    situation: Situation
+    situation: Situation | FleetSituation
     alert: str
     silent: range | list[int]
     firing: range | list[int] = field(default_factory=list)
     expected: list[Firing] = field(default_factory=list)
 
 
-def silent_throughout(situation: Situation) -> list[Case]:
+def silent_throughout(situation: Situation | FleetSituation) -> list[Case]:
     """The look-alikes: no alert at all, checked every 5 minutes of the situation."""
     return [Case(situation, alert, range(0, situation.minutes + 1, 5)) for alert in RULES]
 
@@ -109,6 +110,7 @@ def watermark_lag(resource: str) -> Value:
 def onset(alert: str, condition_from: int, until: int) -> tuple[range, range]:
     """Silent before the condition has held for the alert's ``for:``; firing from then until ``until``."""
     fires_at = condition_from + for_minutes(alert)
+    assert fires_at <= until, f"{alert}'s for: is longer than its situation's condition lasts: it would never fire"
     return range(0, fires_at), range(fires_at, until + 1)
 
 
@@ -181,12 +183,47 @@ STUCK_EPISODES = Situation(
     fleet(acme_users=between(30, 30.5, "internal_error"), globex_employees=between(60, 80, "record_too_large")),
 )
 
+# A fleet: two replicas (instances) of one relay, sharing six state partitions.
+REPLICA_0, REPLICA_1 = "relay-0:8080", "relay-1:8080"
+FLEET_HEALTHY = FleetSituation("fleet: two replicas own 3 + 3 of 6 partitions", 120, {0: {REPLICA_0: 3, REPLICA_1: 3}})
+REPLICA_LOST = FleetSituation(
+    "fleet: relay-1 dies at minute 30, its partitions are claimed only at 40; the whole fleet is down from 60",
+    90,
+    {0: {REPLICA_0: 3, REPLICA_1: 3}, 30: {REPLICA_1: None}, 40: {REPLICA_0: 6}, 60: {REPLICA_0: None}},
+    rebalances=lambda minute: int(minute == 40),
+)
+ROLLING_DEPLOY = FleetSituation(
+    "fleet: a rolling deploy, each replica replaced within a minute, two rebalances each",
+    120,
+    {
+        0: {REPLICA_0: 3, REPLICA_1: 3},
+        30: {REPLICA_1: None},  # relay-0 has not claimed relay-1's partitions yet at this scrape
+        31: {REPLICA_0: 6},
+        32: {REPLICA_0: 3, REPLICA_1: 3},
+        40: {REPLICA_0: None},
+        41: {REPLICA_1: 6},
+        42: {REPLICA_0: 3, REPLICA_1: 3},
+    },
+    rebalances=lambda minute: int(minute in (31, 32, 41, 42)),
+)
+STORM = FleetSituation(
+    "fleet: the group rebalances every minute from 30 to 90 (the same partitions handed back each time)",
+    150,
+    {0: {REPLICA_0: 3, REPLICA_1: 3}},
+    rebalances=lambda minute: int(30 <= minute < 90),
+)
+
 _down_silent, _down_firing = onset("ChangeRelayDown", 30, 90)
 _ready_silent, _ready_firing = onset("ChangeRelayNotReady", 30, 90)
 _lag_silent, _lag_firing = onset("ChangeRelayWatermarkLagHigh", 59, 120)  # 30 minutes after its last watermark
 # The first failed polls are at 30:01, seen by the scrape at 31.
 _unhealthy_silent, _unhealthy_firing = onset("ChangeRelayIntegrationUnhealthy", 31, 120)
 _stuck_silent, _stuck_firing = onset("ChangeRelayPairStuck", 31, 240)
+# relay-1's series go stale at its first failed scrape: from minute 30 the replicas own 3 of 6, until 40.
+_unowned_silent, _unowned_firing = onset("ChangeRelayPartitionUnowned", 30, 39)
+# One rebalance a minute from minute 30: increase(...[15m]) is 11 from minute 40 (counters at 0 before 30, so no
+# extrapolation below 0) until 93 (the last 10 of the 60 rebalances in the window, extrapolated to 15 minutes: 10.7).
+_storm_silent, _storm_firing = onset("ChangeRelayRebalanceStorm", 40, 93)
 
 CASES: list[Case] = [
     *silent_throughout(HEALTHY),
@@ -234,12 +271,26 @@ CASES: list[Case] = [
         ],
     ),
     Case(STUCK_EPISODES, "ChangeRelayPairStuck", range(0, 241)),
+    *silent_throughout(FLEET_HEALTHY),
+    Case(
+        REPLICA_LOST,
+        "ChangeRelayPartitionUnowned",
+        [*_unowned_silent, *range(40, 91)],  # resolved once claimed; silent while no replica is up (Down's case)
+        _unowned_firing,
+        [Firing({"job": JOB}, constant(3.0))],
+    ),
+    Case(ROLLING_DEPLOY, "ChangeRelayPartitionUnowned", range(0, 121)),
+    Case(STORM, "ChangeRelayPartitionUnowned", range(0, 151)),
+    Case(STORM, "ChangeRelayRebalanceStorm", [*_storm_silent, *range(94, 151)], _storm_firing, [Firing({"job": JOB})]),
+    Case(ROLLING_DEPLOY, "ChangeRelayRebalanceStorm", range(0, 121)),
+    Case(REPLICA_LOST, "ChangeRelayRebalanceStorm", range(0, 91)),
 ]
 
 
 def test_every_alert_has_a_firing_case_and_a_look_alike() -> None:
     firing = {case.alert for case in CASES if case.firing}
-    silent_only = {case.alert for case in CASES if not case.firing and case.situation not in (HEALTHY, RESTARTS)}
+    healthy = (HEALTHY, RESTARTS, FLEET_HEALTHY)
+    silent_only = {case.alert for case in CASES if not case.firing and case.situation not in healthy}
     assert firing == set(RULES), sorted(set(RULES) - firing)
     # ChangeRelayDown's and ChangeRelayNotReady's look-alike is the restart, ChangeRelayFenced's the restart too.
     assert silent_only | {"ChangeRelayDown", "ChangeRelayNotReady", "ChangeRelayFenced"} == set(RULES)
@@ -312,6 +363,12 @@ def test_the_recorded_series_are_the_relays() -> None:
     assert len(polls) == 2 * 3  # two resources by three kinds, all pre-initialised by the relay
     for label in ('job="change-relay"', 'instance="relay:8080"', 'kind="incremental"', f'resource="{USERS}"'):
         assert any(label in key for key in polls), label
+    fleet = REPLICA_LOST.record()
+    for name in ("relay_owned_partitions", "relay_state_partitions", "relay_rebalances_total"):
+        instances = {key for key in fleet.values if key.startswith(name + "{")}
+        assert instances == {f'{name}{{instance="{instance}",job="{JOB}"}}' for instance in (REPLICA_0, REPLICA_1)}, (
+            instances
+        )
 
 
 def test_alert_rules_unit_tests(promtool: Path, tmp_path: Path) -> None:

@@ -375,6 +375,8 @@ def test_monitoring_objects(helm: Helm) -> None:
         "ChangeRelayIntegrationUnhealthy",
         "ChangeRelayPairStuck",
         "ChangeRelayFenced",
+        "ChangeRelayPartitionUnowned",
+        "ChangeRelayRebalanceStorm",
     }
     for rule in rules:
         assert rule["labels"]["team"] == "data-platform"

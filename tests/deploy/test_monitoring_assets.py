@@ -35,6 +35,8 @@ def test_alerts_file_has_the_issues_alerts() -> None:
         "ChangeRelayIntegrationUnhealthy",
         "ChangeRelayPairStuck",
         "ChangeRelayFenced",
+        "ChangeRelayPartitionUnowned",
+        "ChangeRelayRebalanceStorm",
     }
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in {"critical", "warning"}, name

@@ -161,4 +161,55 @@ groups:
           {{- end }}
       {{- end }}
       {{- end }}
+      {{- with $alerts.partitionUnowned }}
+      {{- if .enabled }}
+      - alert: ChangeRelayPartitionUnowned
+        expr: |-
+          sum by (namespace, job) (relay_owned_partitions{ {{- $sel -}} })
+          <
+          max by (namespace, job) (relay_state_partitions{ {{- $sel -}} })
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $rule.additionalLabels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: state partitions of {{ "{{ $labels.job }}" }} are owned by no replica
+          description: >-
+            The replicas of {{ "{{ $labels.job }}" }} own {{ "{{ $value }}" }} state-topic partitions between them,
+            fewer than relay_state_partitions: the integrations of the others are polled by nobody. A replica that
+            is gone loses its partitions after RELAY_GROUP_SESSION_TIMEOUT_SECONDS (10 s by default) and another
+            claims them once it has read their state (a handover), so {{ .for }}, several session
+            timeouts, is longer than a normal handover. See each replica's /status (fleet) and the group's
+            rebalances.
+          {{- with $runbook }}
+          runbook_url: {{ printf "%s#ChangeRelayPartitionUnowned" . }}
+          {{- end }}
+      {{- end }}
+      {{- end }}
+      {{- with $alerts.rebalanceStorm }}
+      {{- if .enabled }}
+      - alert: ChangeRelayRebalanceStorm
+        expr: |-
+          max by (namespace, job) (increase(relay_rebalances_total{ {{- $sel -}} }[{{ .window }}]))
+          > {{ .threshold }}
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+          {{- with $rule.additionalLabels }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: the replicas of {{ "{{ $labels.job }}" }} keep rebalancing
+          description: >-
+            The consumer group of {{ "{{ $labels.job }}" }} rebalanced more than {{ .threshold }} times within
+            {{ .window }}, for {{ .for }} (the count of the replica that took part in the most: every member counts
+            each rebalance). Each one stops the polls of the partitions that change hands: look for replicas
+            restarting or losing their session (RELAY_GROUP_SESSION_TIMEOUT_SECONDS), in their logs and /status.
+          {{- with $runbook }}
+          runbook_url: {{ printf "%s#ChangeRelayRebalanceStorm" . }}
+          {{- end }}
+      {{- end }}
+      {{- end }}
 {{- end }}
