@@ -18,7 +18,7 @@ from relay.config import Config
 from relay.events import to_kafka_message
 from relay.metrics import Metrics
 from relay.pending import Prepared, Unapplied, events_by_kind
-from relay.sink import OutMessage
+from relay.sink import OutMessage, check_record_sizes
 from relay.source import Page
 from relay.state import Checkpoint, PollKind, StateStore
 
@@ -132,6 +132,9 @@ class PageMaker:
         )
         state_topic = self._config.state_topic
         prepared.messages.extend(OutMessage(state_topic, r.key, r.value, partition=r.partition) for r in state_records)
+        # Here, in the poll's own task, before any commit of this page starts: a page refused later, by the sink,
+        # while earlier pages still commit, would let the pages after it commit past it.
+        check_record_sizes(prepared.messages, self._config.kafka_max_record_bytes)
         return prepared.messages
 
     def _add_vanished(self, prepared: Prepared, seen: set[str]) -> None:

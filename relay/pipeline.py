@@ -279,10 +279,10 @@ class PairPoll:
         except asyncio.CancelledError:
             self._abort_in_flight()  # the grace period is over: abort the transactions in flight
             raise
-        except SinkError:
-            raise
         except BaseException as error:
-            # A fetch or a diff failed: the pages before it may still commit, and must be waited for and applied.
+            # A fetch, a diff or a page's own check failed: the pages before it may still commit, and must be waited
+            # for and applied. (After a failed commit there is nothing left to wait for: it failed the pages after
+            # it, and they left the pages in flight.)
             try:
                 await self._apply_committed(wait_all=True)
             except SinkError as sink_error:

@@ -103,6 +103,21 @@ class OutMessage(NamedTuple):  # immutable, and several times faster to build th
     partition: int | None = None
 
 
+def check_record_sizes(messages: Sequence[OutMessage], limit: int) -> None:
+    """Raise RecordTooLarge for a unit holding a record over ``limit`` (RELAY_KAFKA_MAX_RECORD_BYTES) bytes.
+
+    Called where a unit is made, before it is handed to a sink: Kafka would refuse the whole transaction, other
+    pairs' pages with it, on every retry; and a unit refused by the sink itself, while earlier pages of its poll are
+    still committing, would let the later ones commit past it."""
+    for message in messages:
+        size = len(message.key) + (0 if message.value is None else len(message.value))
+        if size > limit:
+            raise RecordTooLarge(
+                f"the record with key {message.key[:200]!r} for topic {message.topic!r} is {size} bytes, over "
+                f"RELAY_KAFKA_MAX_RECORD_BYTES={limit}: its page is not written and its pair backs off"
+            )
+
+
 class Committer(Protocol):
     """What commits a unit of work: one :class:`KafkaSink`, or the producers of a fleet's partitions."""
 
@@ -260,7 +275,6 @@ class KafkaSink:
         committed together by the next one (see the module docstring). The caller that finds no transaction in flight
         runs the next one itself, so cancelling it (shutdown after the grace period) aborts that transaction.
         """
-        self._check_sizes(messages)
         unit = _Unit(messages, asyncio.get_running_loop().create_future())
         self._waiting.append(unit)
         try:
@@ -275,18 +289,6 @@ class KafkaSink:
             unit.outcome.add_done_callback(retrieve)
             raise
         unit.outcome.result()  # raises the transaction's error
-
-    def _check_sizes(self, messages: Sequence[OutMessage]) -> None:
-        """Refuse a unit holding a record larger than Kafka accepts before it joins a transaction: the broker would
-        refuse the whole transaction, other pairs' pages with it, on every retry."""
-        limit = self._config.kafka_max_record_bytes
-        for message in messages:
-            size = len(message.key) + (0 if message.value is None else len(message.value))
-            if size > limit:
-                raise RecordTooLarge(
-                    f"the record with key {message.key[:200]!r} for topic {message.topic!r} is {size} bytes, over "
-                    f"RELAY_KAFKA_MAX_RECORD_BYTES={limit}: its page is not written and its pair backs off"
-                )
 
     async def _commit_waiting(self) -> None:
         """Run one transaction with the oldest waiting units, and give each of them the outcome."""

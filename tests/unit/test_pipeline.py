@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from relay.config import Config
-from relay.errors import InvalidPage, KafkaUnavailable
+from relay.errors import InvalidPage, KafkaUnavailable, RecordTooLarge
 from relay.heap import HeapTrimmer
 from relay.metrics import Metrics
 from relay.pipeline import MAX_PAGES_IN_FLIGHT, Pipeline
@@ -46,6 +46,7 @@ class ScriptedSource(SourceClient):
         self.holds: dict[int, asyncio.Event] = {}
         self.held = asyncio.Event()  # set once a held page was asked for
         self.failures: dict[int, BaseException] = {}  # raised when that page is asked for
+        self.oversized: set[int] = set()  # pages with a record over any RELAY_KAFKA_MAX_RECORD_BYTES the tests set
         self.cursors: list[str | None] = []  # the cursor of every request, in order
         self.next_cursor: Callable[[int], str | None] = lambda n: None if n == PAGES - 1 else f"c{n + 1}"
         self.source_time_ms = 1_700_000_000_000  # the Date header of every page
@@ -59,7 +60,10 @@ class ScriptedSource(SourceClient):
             await self.holds[page_number].wait()
         if page_number in self.failures:
             raise self.failures[page_number]
-        return Page(page_records(page_number), self.next_cursor(page_number), self.source_time_ms)
+        records = page_records(page_number)
+        if page_number in self.oversized:
+            records[0] = {**records[0], "blob": "x" * 4096}
+        return Page(records, self.next_cursor(page_number), self.source_time_ms)
 
 
 class ScriptedTransactions(KafkaSink):
@@ -263,3 +267,19 @@ async def test_the_watermark_never_comes_from_a_date_header_that_cannot_be_true(
     poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
     await asyncio.gather(poll, release_each_transaction(sink, poll))
     assert store.pair(ACME, USERS).checkpoint.watermark_ms == watermark_ms
+
+
+async def test_a_page_refused_as_too_large_stops_the_poll_before_any_later_page_commits() -> None:
+    # While page 0 is still committing, page 1 is refused (a record over the limit) and the poll goes no further:
+    # had page 2 been handed to the sink, it would have committed after page 0, its checkpoint past page 1, whose
+    # events would then be lost for good.
+    pipeline, source, sink, store = relay(RELAY_KAFKA_MAX_RECORD_BYTES="2048")
+    source.oversized.add(1)
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
+    with pytest.raises(RecordTooLarge):
+        await asyncio.gather(poll, release_each_transaction(sink, poll))
+    assert sink.pages == [["c1"]]  # page 0's transaction, and no other
+    pair = store.pair(ACME, USERS)
+    assert pair.entities.keys() == {f"u0-{i}" for i in range(PAGE_SIZE)}
+    assert pair.checkpoint.in_progress is not None
+    assert pair.checkpoint.in_progress.cursor == "c1"  # the next poll asks for page 1 again

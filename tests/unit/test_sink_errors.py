@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from relay.errors import Fenced, KafkaAuthorizationFailed, KafkaUnavailable, RecordTooLarge
 from relay.metrics import Metrics
-from relay.sink import KafkaSink, OutMessage
+from relay.sink import KafkaSink, OutMessage, check_record_sizes
 from tests.unit.support import config_without_kafka
 
 
@@ -59,14 +59,12 @@ def test_anything_else_is_unavailable_and_retried() -> None:
     assert not kafka.fenced
 
 
-async def test_a_record_over_the_limit_is_refused_before_it_joins_a_transaction() -> None:
-    # The configuration names no reachable broker: a commit that got as far as a producer would fail otherwise.
-    kafka = sink(RELAY_KAFKA_MAX_RECORD_BYTES="1024")
+def test_a_record_over_the_limit_is_refused_by_name_key_topic_and_size() -> None:
     fits = OutMessage("t.ats.users", b"acme:small", b"x" * 1000)
     too_large = OutMessage("t.ats.users", b"acme:big", b"x" * 1100)
+    check_record_sizes([fits], 1024)
     with pytest.raises(RecordTooLarge, match=r"key b'acme:big' for topic 't.ats.users' is 1108 bytes, over "):
-        await kafka.commit([fits, too_large])
-    assert not kafka._waiting  # never queued: no other unit can share its fate
+        check_record_sizes([fits, too_large], 1024)
 
 
 def test_the_brokers_own_size_refusal_is_not_kafka_being_down() -> None:
