@@ -36,11 +36,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+import aiohttp
 import orjson
 from aiohttp import web
 
 from relay.config import Config, Secret
-from relay.errors import RelayError
 from relay.metrics import Metrics
 from relay.webhook_labels import HANDLED_TYPES, WEBHOOK_OUTCOMES, WEBHOOK_TYPES
 
@@ -521,6 +521,8 @@ def make_handler(
                 body = await read_limited(request, receiver.settings.max_body_bytes)
         except TimeoutError:
             return _answer(metrics, Reply(408, "timeout"), request, received_at)
+        except (aiohttp.ClientError, OSError, ValueError) as error:  # a broken chunked body, a client gone
+            return _answer(metrics, Reply(400, "invalid", detail=f"unreadable body: {error}"), request, received_at)
         finally:
             in_flight -= 1
         if body is None:
@@ -536,7 +538,7 @@ def make_handler(
         # Right after receive(), with no await in between: what the target collected is this webhook's.
         try:
             await flush(reply.webhook_id)
-        except RelayError as error:
+        except Exception as error:  # not forwarded, whatever the reason: Kombo retries a 503
             if reply.webhook_id is not None:
                 receiver.dedup.forget(reply.webhook_id)  # so that Kombo's retry is acted on
             return Reply(503, "unavailable", reply.type, str(error), reply.webhook_id, reply.integration)

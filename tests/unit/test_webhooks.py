@@ -692,6 +692,24 @@ async def test_a_body_dripped_past_the_deadline_gets_408(target: FakePoller) -> 
         await runner.cleanup()
 
 
+async def test_a_client_gone_halfway_through_its_body_is_counted_as_invalid_not_a_server_error(
+    target: FakePoller,
+) -> None:
+    metrics = Metrics([USERS])
+    runner, _, port = await serve_limited(target, metrics)
+    body = changed(ACME, "ats_users")
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    labels = {"type": "unknown", "outcome": "invalid"}
+    try:
+        writer.write(request_head(body) + body[: len(body) // 2])
+        await writer.drain()
+        writer.close()  # gone, the rest of the body never sent: reading it fails in the handler
+        await wait_until(lambda: metrics.registry.get_sample_value("relay_webhooks_received_total", labels) == 1)
+        assert target.triggers == []
+    finally:
+        await runner.cleanup()
+
+
 async def test_webhooks_beyond_the_cap_get_503_at_once_with_retry_after(target: FakePoller) -> None:
     metrics = Metrics([USERS])
     runner, base, port = await serve_limited(target, metrics, max_in_flight=2)
