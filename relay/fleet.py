@@ -207,8 +207,10 @@ class Membership:
     async def _leave(self) -> None:
         # aiokafka does not call on_partitions_revoked when it stops: hand over first, then leave the group, so that
         # the next owner's producer finds nothing of ours in flight.
-        await self._ownership.hand_over(self._ownership.owned)
-        await self._consumer.stop()
+        try:
+            await self._ownership.hand_over(self._ownership.owned)
+        finally:
+            await self._consumer.stop()
 
 
 async def fence_single_instance_writer(config: Config, legacy_transactional_id: str) -> None:
