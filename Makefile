@@ -54,7 +54,7 @@ test: prereqs venv kafka-fetch lint ## the whole suite against a real broker it 
 	$(BIN)/pytest
 
 fuzz: venv ## the fuzz suite at length (RELAY_FUZZ_EXAMPLES, default 5000 inputs per test); `make test` runs 150
-	RELAY_FUZZ_EXAMPLES=$${RELAY_FUZZ_EXAMPLES:-5000} $(BIN)/pytest tests/fuzz -p no:cacheprovider -o addopts="" -q --timeout=0
+	RELAY_FUZZ_RANDOM=1 RELAY_FUZZ_EXAMPLES=$${RELAY_FUZZ_EXAMPLES:-5000} $(BIN)/pytest tests/fuzz -p no:cacheprovider -o addopts="" -q --timeout=0
 
 test-alerts: venv ## the alert rules alone: promtool check and unit tests (builds promtool once), no Kafka needed
 	$(BIN)/pytest tests/deploy/test_promtool_checks.py tests/deploy/test_alert_rules.py -p no:cacheprovider -q
