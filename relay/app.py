@@ -47,10 +47,10 @@ from relay.netaddr import bound_port
 from relay.partition_sinks import PartitionSinks
 from relay.pipeline import Pipeline
 from relay.reload_gate import ReloadGate
-from relay.scheduler import Scheduler
+from relay.scheduler import PairStatus, Scheduler
 from relay.sink import authorization_failed
 from relay.source import SourceClient
-from relay.state import StateStore
+from relay.state import PairState, StateStore
 from relay.state_topic import restore
 from relay.tasks import cancel_and_wait
 from relay.web import Heartbeat, build_app
@@ -115,37 +115,10 @@ class Relay:
         return ready, checks
 
     def status(self) -> dict[str, Any]:
-        pairs = []
-        for (integration, resource), status in self.scheduler.status.items():
-            pair = self.store.pair(integration, resource)
-            watermark = pair.checkpoint.watermark_ms
-            pairs.append(
-                {
-                    "integration": integration,
-                    "resource": resource,
-                    "healthy": status.healthy,
-                    "polling": status.polling,
-                    "paused": status.paused,
-                    "last_success_at": status.last_success_at,
-                    "last_error": None
-                    if status.last_error_code is None
-                    else {
-                        "code": status.last_error_code,
-                        "message": status.last_error_message,
-                        "log_url": status.last_error_log_url,
-                        "at": status.last_error_at,
-                    },
-                    "consecutive_failures": status.consecutive_failures,
-                    "watermark": watermark / 1000 if watermark is not None else None,
-                    "lag_seconds": round(time.time() - watermark / 1000, 3) if watermark is not None else None,
-                    "snapshot_done": pair.checkpoint.snapshot_done,
-                    "in_progress": pair.checkpoint.in_progress is not None,
-                    "entities": len(pair.entities),
-                    "live_entities": pair.live_entities,
-                    "events_published": status.events_published,
-                    "next_poll_at": status.next_poll_at,
-                }
-            )
+        pairs = [
+            _pair_status(status, self.store.pair(integration, resource))
+            for (integration, resource), status in self.scheduler.status.items()
+        ]
         ready, checks = self.readiness()
         return {
             "version": __version__,
@@ -367,6 +340,36 @@ class Relay:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _pair_status(status: PairStatus, pair: PairState) -> dict[str, Any]:
+    """What ``/status`` says of one pair: its health from the scheduler, its progress from what is remembered."""
+    watermark = pair.checkpoint.watermark_ms
+    return {
+        "integration": status.integration,
+        "resource": status.resource,
+        "healthy": status.healthy,
+        "polling": status.polling,
+        "paused": status.paused,
+        "last_success_at": status.last_success_at,
+        "last_error": None
+        if status.last_error_code is None
+        else {
+            "code": status.last_error_code,
+            "message": status.last_error_message,
+            "log_url": status.last_error_log_url,
+            "at": status.last_error_at,
+        },
+        "consecutive_failures": status.consecutive_failures,
+        "watermark": watermark / 1000 if watermark is not None else None,
+        "lag_seconds": round(time.time() - watermark / 1000, 3) if watermark is not None else None,
+        "snapshot_done": pair.checkpoint.snapshot_done,
+        "in_progress": pair.checkpoint.in_progress is not None,
+        "entities": len(pair.entities),
+        "live_entities": pair.live_entities,
+        "events_published": status.events_published,
+        "next_poll_at": status.next_poll_at,
+    }
 
 
 async def serve(config: Config) -> int:
