@@ -1,15 +1,19 @@
-"""Run the relay: poll the configured integrations and resources, publish change events to Kafka.
+"""Run the relay: join the fleet's consumer group, poll the integrations of the state partitions it assigns, publish
+change events to Kafka.
 
 Start-up: validate the configuration (stop with one line per problem), start the HTTP server (``/readyz`` says not
-ready yet), create missing topics, restore the remembered state from the state topic, then poll. Until Kafka is
-reachable the relay keeps trying, with backoff, and stays not ready.
+ready yet), create missing topics, fence the producer of the releases before the fleet, join the group
+(``RELAY_GROUP_ID``), and for each state partition assigned fence its previous writer, restore its state, then poll
+its pairs. Alone in the group, a relay owns every partition. Until Kafka is reachable the relay keeps trying, with
+backoff, and stays not ready.
 
-Exit codes: 0 after SIGTERM/SIGINT, 2 invalid configuration, 3 the source refused the API key, 4 fenced by another
-instance with the same transactional id, 5 the state topic holds records this version cannot read (or state placed
-by another RELAY_STATE_TOPIC_PARTITIONS), 6 Kafka's ACLs refuse the relay's principal, 7 Kafka refused the relay's
-credentials or client certificate, or the relay refused the broker's certificate (untrusted CA, another host name).
-After 3 to 7 the relay waits RELAY_FATAL_EXIT_DELAY_SECONDS (or a signal), not ready, still serving its metrics and
-``/status`` (whose ``fatal_error`` says why), before it exits.
+Exit codes: 0 after SIGTERM/SIGINT, 2 invalid configuration, 3 the source refused the API key, 5 the state topic holds
+records this version cannot read (or state placed by another RELAY_STATE_TOPIC_PARTITIONS), 6 Kafka's ACLs refuse the
+relay's principal, 7 Kafka refused the relay's credentials or client certificate, or the relay refused the broker's
+certificate (untrusted CA, another host name). 4 (fenced by another instance with the same transactional id) ended
+the single instance of the releases before the fleet; a replica whose partition another takes over now gives that
+partition up and goes on. After 3 to 7 the relay waits RELAY_FATAL_EXIT_DELAY_SECONDS (or a signal), not ready, still
+serving its metrics and ``/status`` (whose ``fatal_error`` says why), before it exits.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import functools
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -38,7 +43,13 @@ from relay.errors import (
     KafkaUnavailable,
     StateError,
 )
-from relay.fleet import Membership, Ownership, fence_single_instance_writer, legacy_transactional_id
+from relay.fleet import (
+    FATAL_CLAIM_ERRORS,
+    Membership,
+    Ownership,
+    fence_single_instance_writer,
+    legacy_transactional_id,
+)
 from relay.heap import HeapTrimmer, malloc_trim
 from relay.kafka_access import check_kafka_access
 from relay.logs import configure_logging
@@ -99,6 +110,7 @@ class Relay:
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._stop_requested = asyncio.Event()
+        self._leaving = asyncio.Event()  # stop polling: at a stop request, or after a fatal error
         self._probe: asyncio.Task[None] | None = None
         self.fatal_error: str | None = None  # why the relay is about to exit, once an operator must act
 
@@ -153,49 +165,81 @@ class Relay:
         log.info("http server listening", extra={"host": self.config.http_host, "port": self.http_port})
 
     async def connect_kafka(self) -> bool:
-        """Create topics, then own every state partition (fence their writers, read their state), retrying until
-        Kafka answers or a stop. A relay alone owns them all; one of a fleet joins the group instead
-        (:meth:`join_fleet`)."""
+        """Own every state partition without joining the group (fence their writers, read their state), retrying
+        until Kafka answers or a stop: for a relay its caller drives (tests, tools). ``relay run`` joins the fleet
+        (:meth:`join_fleet`); alone in its group, it owns every partition too."""
+        return await self._retrying(self._own_everything)
+
+    async def _own_everything(self) -> None:
+        await self._prepare_kafka()
+        await self.ownership.claim(range(self.config.state_topic_partitions))
+        self.restored = True
+
+    async def _prepare_kafka(self) -> None:
+        """What comes before owning anything: Kafka lets this relay in, its topics exist, and the producer of the
+        releases before the fleet is fenced."""
+        await check_kafka_access(self.config.kafka_bootstrap_servers, self.config.kafka_security)
+        await self.sink.ensure_topics()
+        await fence_single_instance_writer(self.config, legacy_transactional_id(self.config))
+
+    async def _retrying(self, step: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``step`` until it succeeds (True) or a stop is requested (False), with backoff while Kafka is not
+        reachable. Errors no retry mends propagate."""
         delay = 1.0
         while not self._stop_requested.is_set():
             try:
-                await check_kafka_access(self.config.kafka_bootstrap_servers, self.config.kafka_security)
-                await self.sink.ensure_topics()
-                await fence_single_instance_writer(self.config, legacy_transactional_id(self.config))
-                await self.ownership.claim(range(self.config.state_topic_partitions))
-                self.restored = True
+                await step()
                 return True
             except KafkaUnavailable as error:
                 log.warning("Kafka not reachable yet; retrying", extra={"error": str(error), "retry_in": delay})
             except (OSError, KafkaError) as error:  # aiokafka surfaces some failures unwrapped
                 log.warning("Kafka not reachable yet; retrying", extra={"error": str(error), "retry_in": delay})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_requested.wait(), delay)
+            await self._stop_or_timeout(delay)
             delay = min(delay * 2, 30.0)
         return False
+
+    async def _stop_or_timeout(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
 
     async def join_fleet(self) -> None:
         """Be one replica of a fleet until :meth:`request_stop`: join the consumer group, own what it assigns (its
         partitions' pairs polled by the scheduler, which the caller runs), hand it over when it moves. Webhooks this
         replica receives go to the owner of their integration through the control topic; the triggers of the
         partitions it owns come back the same way."""
-        await self.sink.ensure_topics()
-        await fence_single_instance_writer(self.config, legacy_transactional_id(self.config))
+        await self._prepare_kafka()
+        await self._take_seat()
+
+    async def _take_seat(self) -> None:
+        """Hold a seat in the group until a stop; join again when the seat is lost to a Kafka error. Raises what a
+        claim met that no retry mends (:data:`~relay.fleet.FATAL_CLAIM_ERRORS`)."""
         self.sink.in_fleet(on_lost=self.ownership.lost)
         self.control = ControlChannel(self.config, self.metrics, partition_of=self.store.partition_of)
         await self.control.start()
         self.ownership.control = self.control
         if self.webhooks is not None:
             self.webhooks.target = ForwardingTarget.from_config(self.control, self.config)
-        self.membership = Membership(self.config, self.ownership, self.metrics)
         self.restored = True  # nothing owned yet; readiness waits for the group's first assignment
-        if self._stop_requested.is_set():
-            return
         following = asyncio.create_task(
             self.control.follow(lambda action: apply_action(self.scheduler, action)), name="control topic"
         )
         try:
-            await self.membership.run()
+            delay = 1.0
+            while not self._leaving.is_set():
+                self.membership = Membership(self.config, self.ownership, self.metrics)
+                try:
+                    await self.membership.run()
+                    return
+                except FATAL_CLAIM_ERRORS:
+                    raise
+                except (KafkaUnavailable, KafkaError, OSError) as error:
+                    log.warning(
+                        "lost this replica's seat in the group; joining again",
+                        extra={"error": str(error), "retry_in": delay},
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._leaving.wait(), delay)
+                delay = min(delay * 2, 30.0)
         finally:
             await self.control.stop()
             await cancel_and_wait(following)
@@ -255,6 +299,11 @@ class Relay:
 
     def request_stop(self) -> None:
         self._stop_requested.set()
+        self._stop_polling()
+
+    def _stop_polling(self) -> None:
+        """Leave the group (handing over what is owned) and stop every pair."""
+        self._leaving.set()
         if self.membership is not None:
             self.membership.stop()
         self.scheduler.stop()
@@ -274,7 +323,7 @@ class Relay:
     async def _serve_until_stopped(self) -> BaseException | None:
         """Connect to Kafka, restore the state and poll until a stop; return the fatal error that ended it, if any."""
         try:
-            if not await self.connect_kafka():
+            if not await self._retrying(self._prepare_kafka):
                 return None
             log.info(
                 "relay started",
@@ -285,8 +334,7 @@ class Relay:
                 },
             )
             self._probe = asyncio.create_task(self._probe_kafka(), name="kafka probe")
-            await self.scheduler.run()
-            return self.scheduler.fatal
+            return await self._serve_as_replica()
         except StateError as error:
             log.critical("cannot read the state topic", extra={"error": str(error)})
             return error
@@ -298,6 +346,19 @@ class Relay:
                 "Kafka and this relay do not accept each other's credentials; stopping", extra={"error": str(error)}
             )
             return error
+
+    async def _serve_as_replica(self) -> BaseException | None:
+        """Poll what the group assigns until a stop, or until the scheduler or the seat meets an error that ends the
+        relay (returned by the scheduler, raised by the seat)."""
+        seat = asyncio.create_task(self._take_seat(), name="fleet seat")
+        polling = asyncio.create_task(self.scheduler.run(), name="scheduler")
+        try:
+            await asyncio.wait({seat, polling}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._stop_polling()  # the other one too (not a stop request: a fatal error is still served a while)
+            await asyncio.wait({seat, polling})
+        await seat  # raises what ended the seat, if anything did
+        return self.scheduler.fatal
 
     @staticmethod
     def _exit_code(fatal: BaseException | None) -> int:

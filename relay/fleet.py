@@ -35,7 +35,7 @@ from aiokafka.structs import TopicPartition
 
 from relay.config import Config, relay_identity
 from relay.control import ControlChannel
-from relay.errors import KafkaUnavailable
+from relay.errors import KafkaAuthenticationFailed, KafkaAuthorizationFailed, KafkaUnavailable, StateError
 from relay.metrics import Metrics
 from relay.partition_sinks import PartitionSinks
 from relay.pipeline import Pipeline
@@ -91,8 +91,14 @@ class Ownership:
                 self.settled = True
                 return
             started = time.monotonic()
-            await self._sinks.open(fresh)
-            await self._read_state(fresh)
+            try:
+                await self._sinks.open(fresh)
+                await self._read_state(fresh)
+            except BaseException:
+                # Half a claim owns nothing: close what was opened, forget what was read, so a retry starts clean.
+                await self._sinks.close(fresh)
+                self._store.drop(fresh)
+                raise
             self._sinks.state_read(fresh)
             pairs = self.pairs_of(fresh)
             self._pipeline.unhalt(integration for integration, _ in pairs)
@@ -135,26 +141,59 @@ class Ownership:
         self.settled = False
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
+class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
     """The group's decisions, handed to :class:`Ownership` in the order the protocol promises: every member gives up
-    its partitions before any member is given new ones."""
+    its partitions before any member is given new ones.
+
+    aiokafka logs and swallows what a listener raises, so a claim that fails here is kept: as partitions still to
+    claim (Kafka unavailable for a while: :class:`Membership` retries) or as the error the replica must stop for.
+    """
 
     def __init__(self, ownership: Ownership, consumer: AIOKafkaConsumer, metrics: Metrics) -> None:
         self._ownership = ownership
         self._consumer = consumer
         self._metrics = metrics
         self.generation: int | None = None
+        self.unclaimed: frozenset[int] = frozenset()  # assigned in this generation, their claim failed
+        self.fatal: BaseException | None = None
+        self._decisions = 0  # counts the group's decisions: a claim's failure is kept only if none came since
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._decisions += 1
         self._ownership.unsettle()
         self._metrics.rebalances.inc()
+        self.unclaimed = frozenset()
         await self._ownership.hand_over(tp.partition for tp in revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         # The state topic is this group's subscription only to be assigned: nothing is read through it.
         self._consumer.pause(*assigned)
         self.generation = getattr(getattr(self._consumer, "_coordinator", None), "generation", None)
-        await self._ownership.claim(tp.partition for tp in assigned)
+        self._decisions += 1
+        await self.claim(frozenset(tp.partition for tp in assigned))
+
+    async def claim(self, partitions: frozenset[int]) -> None:
+        decision = self._decisions
+        try:
+            await self._ownership.claim(partitions)
+        except FATAL_CLAIM_ERRORS as error:
+            self.fatal = error
+        except (KafkaUnavailable, KafkaError, OSError) as error:
+            if decision != self._decisions:
+                return  # the group moved these partitions meanwhile: retrying could fence their new owner
+            self.unclaimed = partitions
+            log.warning(
+                "cannot claim the state partitions assigned; retrying",
+                extra={"partitions": sorted(partitions), "error": str(error)},
+            )
+        else:
+            if decision == self._decisions:
+                self.unclaimed = frozenset()
+
+
+# What no retry mends: the state cannot be read by this version, or Kafka refuses this relay. The replica stops (its
+# exit code says which) rather than hold partitions it cannot poll.
+FATAL_CLAIM_ERRORS = (StateError, KafkaAuthorizationFailed, KafkaAuthenticationFailed)
 
 
 class Membership:
@@ -176,7 +215,7 @@ class Membership:
             rebalance_timeout_ms=int((config.shutdown_grace_seconds + 60) * 1000),
             partition_assignment_strategy=(StickyPartitionAssignor,),
         )
-        self._listener = _Listener(ownership, self._consumer, metrics)
+        self._listener = RebalanceListener(ownership, self._consumer, metrics)
         self._stopping = asyncio.Event()
 
     @property
@@ -188,16 +227,22 @@ class Membership:
         return self._listener.generation
 
     async def run(self) -> None:
-        """Join the group and keep the seat until :meth:`stop`."""
+        """Join the group and keep the seat until :meth:`stop`; raise what a claim met that no retry mends."""
         self._consumer.subscribe(topics=[self._config.state_topic], listener=self._listener)
         await self._consumer.start()
+        retry = Backoff(first=1.0, most=30.0)
         try:
             while not self._stopping.is_set():
                 # Every partition is paused: this returns nothing, and tells the group this member is alive.
                 await self._consumer.getmany(timeout_ms=1000)
-        except Exception:
-            log.exception("the fleet's consumer group failed; leaving it")
-            raise
+                if self._listener.fatal is not None:
+                    raise self._listener.fatal
+                if self._listener.unclaimed and retry.due():
+                    await self._listener.claim(self._listener.unclaimed)
+                    if self._listener.unclaimed:
+                        retry.failed()
+                    else:
+                        retry.reset()
         finally:
             await self._leave()
 
@@ -211,6 +256,28 @@ class Membership:
             await self._ownership.hand_over(self._ownership.owned)
         finally:
             await self._consumer.stop()
+
+
+class Backoff:
+    """When to try again after a failure: at once the first time, then after ``first`` seconds, doubling to
+    ``most``."""
+
+    def __init__(self, first: float, most: float) -> None:
+        self._first = first
+        self._most = most
+        self.delay = 0.0
+        self._next = 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next
+
+    def failed(self) -> None:
+        self.delay = min(self._most, max(self._first, self.delay * 2))
+        self._next = time.monotonic() + self.delay
+
+    def reset(self) -> None:
+        self.delay = 0.0
+        self._next = 0.0
 
 
 async def fence_single_instance_writer(config: Config, legacy_transactional_id: str) -> None:

@@ -245,6 +245,9 @@ class KafkaSink:
         )
         try:
             await producer.start()  # also InitProducerId: aborts what an earlier run of this id left open
+        except asyncio.CancelledError:  # a claim or probe given up: never leave a client open behind
+            await _quietly_stop(producer, 1.0)
+            raise
         except Exception as exc:
             await _quietly_stop(producer)
             self.reachable = False
