@@ -214,14 +214,18 @@ class Relay:
         """Hold a seat in the group until a stop; join again when the seat is lost to a Kafka error. Raises what a
         claim met that no retry mends (:data:`~relay.fleet.FATAL_CLAIM_ERRORS`)."""
         self.sink.in_fleet(on_lost=self.ownership.lost)
-        self.control = ControlChannel(self.config, self.metrics, partition_of=self.store.partition_of)
-        await self.control.start()
-        self.ownership.control = self.control
+        control = self.control = ControlChannel(self.config, self.metrics, partition_of=self.store.partition_of)
+        try:
+            await control.start()
+        except BaseException:
+            await control.stop()  # what it started before it failed (a StateError for too few partitions, say)
+            raise
+        self.ownership.control = control
         if self.webhooks is not None:
-            self.webhooks.target = ForwardingTarget.from_config(self.control, self.config)
+            self.webhooks.target = ForwardingTarget.from_config(control, self.config)
         self.restored = True  # nothing owned yet; readiness waits for the group's first assignment
         following = asyncio.create_task(
-            self.control.follow(lambda action: apply_action(self.scheduler, action)), name="control topic"
+            control.follow(lambda action: apply_action(self.scheduler, action)), name="control topic"
         )
         try:
             delay = 1.0
@@ -241,7 +245,7 @@ class Relay:
                     await asyncio.wait_for(self._leaving.wait(), delay)
                 delay = min(delay * 2, 30.0)
         finally:
-            await self.control.stop()
+            await control.stop()
             await cancel_and_wait(following)
 
     async def reload_state(self) -> None:

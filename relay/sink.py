@@ -153,6 +153,7 @@ class KafkaSink:
             config.kafka_commit_timeout_seconds if commit_timeout_seconds is None else commit_timeout_seconds
         )
         self._producer: AIOKafkaProducer | None = None
+        self._stopped = False
         self._starting = asyncio.Lock()
         # Units waiting for a transaction, oldest first, and the future of the transaction in flight (None when idle).
         self._waiting: deque[_Unit] = deque()
@@ -224,6 +225,8 @@ class KafkaSink:
         if self.fenced:
             raise Fenced("this relay was fenced by another instance with the same transactional id")
         async with self._starting:  # the health probe and a commit may both want a producer at once
+            if self._stopped:  # its partition was handed over: a probe or commit still running must not reopen it
+                raise KafkaUnavailable(f"the producer {self.transactional_id!r} was stopped")
             if self._producer is None:
                 self._producer = await self._new_producer()
             return self._producer
@@ -415,6 +418,9 @@ class KafkaSink:
         await _quietly_stop(producer, timeout)
 
     async def stop(self) -> None:
+        """Close the producer for good (after a start in progress ends: it would leave a client open)."""
+        async with self._starting:
+            self._stopped = True
         await self._discard_producer(abort=False, timeout=5.0)
 
 
