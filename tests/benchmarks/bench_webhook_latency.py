@@ -1,7 +1,8 @@
 """Webhook latency: with Kombo webhooks on and a 60 s poll interval, from a change in the simulator to its event being
 readable by a ``read_committed`` consumer. Targets: p50 <= 1 s, p99 <= 2 s.
 
-    .venv/bin/python -m tests.benchmarks.bench_webhook_latency [--changes 120] [--rate 2] [--kafka-port PORT]
+    .venv/bin/python -m tests.benchmarks.bench_webhook_latency [--changes 120] [--rate 2] [--replicas 1]
+        [--kafka-port PORT]
 
 Three processes, as in production: the simulator (``relay simulate --webhook-url ...``, no churn, sending signed
 ``data-changed`` webhooks batched per second per integration), the relay (``relay run``, RELAY_POLL_INTERVAL_SECONDS=60
@@ -10,6 +11,11 @@ at random (Poisson) times and consumes the events. A change's time is the ``chan
 host clock, millisecond precision); its latency is when its event (``updated``, carrying the marker the change set)
 arrived here minus that. A Kafka broker is started on a free port, or ``--kafka-port`` / ``RELAY_TEST_KAFKA`` name
 one already running. Figures go to stdout and to ``tests/benchmarks/results/webhook_latency.json``.
+
+With ``--replicas N`` the relay is a fleet of N ``relay run`` processes in one consumer group, and the webhooks go
+through a round-robin balancer in this process (as a Kubernetes Service spreads them): most land on a replica that
+does not own the integration, which forwards them to the owner through the control topic. The figures then go to
+``webhook_latency_replicas_N.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -35,6 +42,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,6 +58,7 @@ SECRET = "bench-webhook-secret"
 RESOURCE = "ats/users"
 TARGET_P50 = 1.0
 TARGET_P99 = 2.0
+STATE_PARTITIONS = 6  # RELAY_STATE_TOPIC_PARTITIONS's default
 
 sys.path.insert(0, str(REPO / "deploy" / "local-kafka"))
 from local_kafka import LocalKafka  # noqa: E402
@@ -152,6 +161,47 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     )
 
 
+@contextlib.asynccontextmanager
+async def round_robin(port: int, ports: list[int]) -> AsyncIterator[None]:
+    """A balancer on ``port``: each webhook goes to the next replica in turn, body and headers unchanged."""
+    turn = itertools.cycle(ports)
+    session = aiohttp.ClientSession()
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        url = f"http://127.0.0.1:{next(turn)}{request.path_qs}"
+        async with session.post(url, data=body, headers=headers) as response:
+            return web.Response(status=response.status, body=await response.read())
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", forward)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+        await session.close()
+
+
+async def wait_settled(http: aiohttp.ClientSession, ports: list[int], partitions: int, timeout: float) -> None:
+    """Until the replicas own every state partition between them, each exactly once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        owned: list[int] = []
+        for port in ports:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{port}/status") as response:
+                    owned += (await response.json())["fleet"]["owned_partitions"]
+        if sorted(owned) == list(range(partitions)):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the replicas own {sorted(owned)} after {timeout:.0f}s, not each of {partitions}")
+        await asyncio.sleep(0.2)
+
+
 async def run(
     changes: int = 120,
     rate: float = 2.0,
@@ -162,17 +212,20 @@ async def run(
     batch_seconds: float = 1.0,
     kafka_port: int | None = None,
     seed: int = 1,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """Run the benchmark; return its figures (latencies in seconds)."""
     names = [f"bench:webhooks-{n}" for n in range(integrations)]
-    sim_port, relay_port = free_port(), free_port()
+    relay_ports = [free_port() for _ in range(replicas)]
+    sim_port, relay_port = free_port(), relay_ports[0]
+    webhook_port = relay_port if replicas == 1 else free_port()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     rng = random.Random(seed)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "SIM_"))}
     sim_argv = [PYTHON, "-m", "relay", "simulate", "--port", str(sim_port), "--users", str(users)]
     sim_argv += ["--candidates", "0", "--jobs", "0", "--employees", "0", "--churn", "0", "--rate-limit", str(10**9)]
     sim_argv += ["--integrations", ",".join(names), "--webhook-batch-seconds", str(batch_seconds)]
-    sim_argv += ["--webhook-url", f"http://127.0.0.1:{relay_port}/webhooks/kombo"]
+    sim_argv += ["--webhook-url", f"http://127.0.0.1:{webhook_port}/webhooks/kombo"]
     with kafka(kafka_port) as bootstrap:
         relay_env = {
             **base_env,
@@ -190,21 +243,33 @@ async def run(
             "RELAY_LOG_LEVEL": "WARNING",
         }
         sim_env = {**base_env, "SIM_WEBHOOK_SECRET": SECRET}
-        with (
-            process("simulator", sim_argv, sim_env) as sim,
-            process("relay", [PYTHON, "-m", "relay", "run"], relay_env) as relay,
-        ):
-            async with aiohttp.ClientSession() as http:
+        with contextlib.ExitStack() as stack:
+            sim = stack.enter_context(process("simulator", sim_argv, sim_env))
+            relays = [
+                stack.enter_context(
+                    process(f"relay-{n}", [PYTHON, "-m", "relay", "run"], {**relay_env, "RELAY_HTTP_PORT": str(port)})
+                )
+                for n, port in enumerate(relay_ports)
+            ]
+            async with aiohttp.ClientSession() as http, contextlib.AsyncExitStack() as balancer:
+                if replicas > 1:
+                    await balancer.enter_async_context(round_robin(webhook_port, relay_ports))
                 await wait_http(http, f"http://127.0.0.1:{sim_port}/_sim/state", sim, 120)
-                await wait_http(http, f"http://127.0.0.1:{relay_port}/readyz", relay, 180)  # topics exist now
-                log(f"relay ready; waiting for the snapshot of {users * integrations} users")
+                for port, relay in zip(relay_ports, relays, strict=True):
+                    await wait_http(http, f"http://127.0.0.1:{port}/readyz", relay, 180)  # topics exist now
+                await wait_settled(http, relay_ports, STATE_PARTITIONS, 120)
+                log(f"{replicas} replica(s) ready; waiting for the snapshot of {users * integrations} users")
                 async with consumer(bootstrap, f"{prefix}.ats.users") as events:
                     ids = await _snapshot(events, users * integrations)
                     log(f"snapshot done; {changes} changes at {rate}/s on average, poll interval {poll_interval:g}s")
                     latencies, missing = await _measure(http, events, sim_port, ids, changes, rate, rng, poll_interval)
-                async with http.get(f"http://127.0.0.1:{relay_port}/metrics") as response:
-                    metrics = await response.text()
-    return _figures(latencies, missing, metrics, changes, rate, poll_interval, batch_seconds, users, integrations)
+                metrics = ""
+                for port in relay_ports:
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                        metrics += await response.text()
+    figures = _figures(latencies, missing, metrics, changes, rate, poll_interval, batch_seconds, users, integrations)
+    figures["params"]["replicas"] = replicas
+    return figures
 
 
 async def _snapshot(events: AIOKafkaConsumer, expected: int) -> list[tuple[str, str]]:
@@ -337,8 +402,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=int(external) if external else None,
         help="a broker already running on 127.0.0.1 (default: $RELAY_TEST_KAFKA's port, else start one)",
     )
-    parser.add_argument("--output", type=Path, default=OUTPUT, help="where to write the figures (JSON)")
+    parser.add_argument("--replicas", type=int, default=1, help="relay processes in one group (default: 1)")
+    parser.add_argument("--output", type=Path, help="where to write the figures (JSON; default: results/)")
     args = parser.parse_args(argv)
+    if args.output is None:
+        named = f"webhook_latency_replicas_{args.replicas}.json"
+        args.output = OUTPUT if args.replicas == 1 else OUTPUT.with_name(named)
     figures = asyncio.run(
         run(
             args.changes,
@@ -348,6 +417,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             poll_interval=args.poll_interval,
             batch_seconds=args.batch_seconds,
             kafka_port=args.kafka_port,
+            replicas=args.replicas,
         )
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
