@@ -24,10 +24,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# What the chart renders (Pod: the `helm test` hook).
+# What the chart renders (Pod: the `helm test` hook; HorizontalPodAutoscaler: with autoscaling.enabled).
 KINDS = (
     "configmap-v1",
     "deployment-apps-v1",
+    "horizontalpodautoscaler-autoscaling-v2",
     "ingress-networking-v1",
     "pod-v1",
     "poddisruptionbudget-policy-v1",

@@ -1,5 +1,6 @@
 """The Helm chart: `helm lint --strict`, `helm template` piped to `kubeconform -strict`, the values schema, and what
-the manifests must say (one writer, Recreate, hardened pod, secrets as files, probes, labels, the test hook)."""
+the manifests must say (a fleet of replicas with RollingUpdate, PodDisruptionBudget, topology spread and an optional
+HorizontalPodAutoscaler; hardened pod, secrets as files, probes, labels, the test hook)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def test_ci_values_files_are_there() -> None:
         "monitoring-values.yaml",
         "sasl-tls-existing-secrets-values.yaml",
         "webhooks-values.yaml",
+        "fleet-values.yaml",
+        "autoscaling-values.yaml",
     }
 
 
@@ -74,6 +77,11 @@ def test_rendered_manifests_pass_kubeconform_strict(
         ["kafka.securityProtocol=SSL"],
         ["podDisruptionBudget.enabled=true", "podDisruptionBudget.maxUnavailable=50%"],
         ["livenessProbe.enabled=false", "readinessProbe.enabled=false", "replicaCount=0"],
+        ["replicaCount=3"],
+        ["replicaCount=6", "updateStrategy.maxSurge=25%", "updateStrategy.maxUnavailable=1"],
+        ["replicaCount=2", "updateStrategy.type=Recreate", "topologySpread.enabled=false"],
+        ["replicaCount=2", "topologySpread.topologyKey=topology.kubernetes.io/zone"],
+        ["autoscaling.enabled=true", "autoscaling.behavior=null"],
         ["apiKey.value=a", "apiKey.existingSecret=b"],
         ["webhooks.enabled=true", "webhooks.secret.value=s", "webhooks.ingress.enabled=true"],
         [
@@ -109,6 +117,7 @@ def test_every_kind_the_chart_can_render_has_a_vendored_schema(helm: Helm) -> No
     assert kinds == {
         "ConfigMap",
         "Deployment",
+        "HorizontalPodAutoscaler",
         "Ingress",
         "Pod",
         "PodDisruptionBudget",
@@ -127,7 +136,13 @@ def test_every_kind_the_chart_can_render_has_a_vendored_schema(helm: Helm) -> No
     ("assignment", "message"),
     [
         ("replicaCount=two", "/replicaCount"),
-        ("replicaCount=2", "/replicaCount"),
+        ("replicaCount=-1", "/replicaCount"),
+        ("updateStrategy.type=BlueGreen", "/updateStrategy/type"),
+        ("kafka.stateTopicPartitions=0", "/kafka/stateTopicPartitions"),
+        ("kafka.groupSessionTimeoutSeconds=5", "/kafka/groupSessionTimeoutSeconds"),
+        ("kafka.controlTopic=a/b", "/kafka/controlTopic"),
+        ("topologySpread.whenUnsatisfiable=Never", "/topologySpread/whenUnsatisfiable"),
+        ("autoscaling.targetCPUUtilizationPercentage=0", "/autoscaling/targetCPUUtilizationPercentage"),
         ("bogus=1", "'bogus' not allowed"),
         ("relay.pageSize=251", "/relay/pageSize"),
         ("relay.logLevel=LOUD", "/relay/logLevel"),
@@ -152,6 +167,23 @@ def test_values_schema_rejects_a_bad_value(helm: Helm, assignment: str, message:
     ("assignments", "message"),
     [
         (["relay.shutdownGraceSeconds=30"], "terminationGracePeriodSeconds (30) must exceed relay.shutdown"),
+        (["replicaCount=7"], "replicaCount (7) must not exceed kafka.stateTopicPartitions (6)"),
+        (
+            ["replicaCount=13", "kafka.stateTopicPartitions=12"],
+            "replicaCount (13) must not exceed kafka.stateTopicPartitions (12)",
+        ),
+        (
+            ["autoscaling.enabled=true", "autoscaling.maxReplicas=7"],
+            "autoscaling.maxReplicas (7) must not exceed kafka.stateTopicPartitions (6)",
+        ),
+        (
+            ["autoscaling.enabled=true", "autoscaling.minReplicas=4", "autoscaling.maxReplicas=3"],
+            "autoscaling.minReplicas (4) must not exceed autoscaling.maxReplicas (3)",
+        ),
+        (
+            ["autoscaling.enabled=true", "resources.requests.cpu=null"],
+            "autoscaling.enabled needs resources.requests.cpu",
+        ),
         (["kafka.securityProtocol=SASL_SSL"], "kafka.sasl.mechanism is required"),
         (
             ["kafka.securityProtocol=SASL_SSL", "kafka.sasl.mechanism=PLAIN", "kafka.sasl.username=u"],
@@ -179,10 +211,125 @@ def test_inconsistent_values_fail_the_render_with_a_message(helm: Helm, assignme
 
 
 @pytest.mark.parametrize("values_files", VALUES_SETS)
-def test_one_writer_replaced_by_recreate(helm: Helm, values_files: tuple[Path, ...]) -> None:
+def test_replicas_are_replaced_by_a_rolling_update(helm: Helm, values_files: tuple[Path, ...]) -> None:
     deployment = helm.template(values_files).one("Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    stem = values_files[0].stem if values_files else "default"
+    if stem == "autoscaling-values":
+        assert "replicas" not in deployment["spec"]  # the autoscaler owns it
+    else:
+        assert deployment["spec"]["replicas"] == {"fleet-values": 3}.get(stem, 1)
+    # One new replica at a time (each joins the group: a rebalance); an old one stops once its replacement is ready.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+
+
+def test_default_is_one_replica(helm: Helm) -> None:
+    rendered = helm.template()
+    assert rendered.one("Deployment")["spec"]["replicas"] == 1
+    assert "PodDisruptionBudget" not in rendered.kinds()
+    assert "HorizontalPodAutoscaler" not in rendered.kinds()
+
+
+def test_three_replicas_render_with_a_pdb_and_a_node_spread(helm: Helm) -> None:
+    rendered = helm.template(sets=["replicaCount=3"])
+    assert rendered.one("Deployment")["spec"]["replicas"] == 3
+    pdb = rendered.one("PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["selector"]["matchLabels"] == rendered.one("Service")["spec"]["selector"]
+    [spread] = pod_spec(rendered)["topologySpreadConstraints"]
+    assert spread == {
+        "topologyKey": "kubernetes.io/hostname",
+        "maxSkew": 1,
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": rendered.one("Service")["spec"]["selector"]},
+    }
+    assert "HorizontalPodAutoscaler" not in rendered.kinds()
+
+
+@pytest.mark.parametrize(
+    ("sets", "rendered"),
+    [
+        ([], False),
+        (["replicaCount=0"], False),
+        (["replicaCount=2"], True),
+        (["autoscaling.enabled=true"], True),
+        (["replicaCount=3", "podDisruptionBudget.enabled=false"], False),
+        (["podDisruptionBudget.enabled=true"], True),
+    ],
+    ids=str,
+)
+def test_pdb_is_rendered_when_more_than_one_replica_may_run(helm: Helm, sets: list[str], rendered: bool) -> None:
+    assert ("PodDisruptionBudget" in helm.template(sets=sets).kinds()) is rendered
+
+
+def test_topology_spread_is_configurable_and_extra_constraints_follow(helm: Helm) -> None:
+    rendered = helm.template([CHART / "ci" / "fleet-values.yaml"])
+    chart_spread, zones = pod_spec(rendered)["topologySpreadConstraints"]
+    assert chart_spread["topologyKey"] == "kubernetes.io/hostname"
+    assert zones["topologyKey"] == "topology.kubernetes.io/zone"
+    rule = helm.template(sets=["topologySpread.whenUnsatisfiable=DoNotSchedule", "topologySpread.maxSkew=2"])
+    [spread] = pod_spec(rule)["topologySpreadConstraints"]
+    assert (spread["whenUnsatisfiable"], spread["maxSkew"]) == ("DoNotSchedule", 2)
+    assert "topologySpreadConstraints" not in pod_spec(helm.template(sets=["topologySpread.enabled=false"]))
+
+
+def test_fleet_values_set_the_group_settings(helm: Helm) -> None:
+    rendered = helm.template([CHART / "ci" / "fleet-values.yaml"])
+    data = rendered.one("ConfigMap")["data"]
+    assert data["RELAY_GROUP_ID"] == "change-relay-production"
+    assert data["RELAY_GROUP_SESSION_TIMEOUT_SECONDS"] == "15"
+    assert data["RELAY_CONTROL_TOPIC"] == "kombo.relay-control"
+    assert data["RELAY_STATE_TOPIC_PARTITIONS"] == "12"
+    assert rendered.one("Deployment")["spec"]["replicas"] == 3
+    assert rendered.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    # Empty group id and control topic: not rendered, so the relay derives them (the same on every replica).
+    default = helm.template().one("ConfigMap")["data"]
+    assert "RELAY_GROUP_ID" not in default
+    assert "RELAY_CONTROL_TOPIC" not in default
+
+
+def test_autoscaling_renders_an_hpa_and_the_deployment_leaves_replicas_to_it(helm: Helm) -> None:
+    rendered = helm.template([CHART / "ci" / "autoscaling-values.yaml"])
+    deployment = rendered.one("Deployment")
+    assert "replicas" not in deployment["spec"]
+    hpa = rendered.one("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 12)
+    assert hpa["spec"]["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}
+    ]
+    # One replica at a time either way: each is a rebalance.
+    behavior = hpa["spec"]["behavior"]
+    assert behavior["scaleUp"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
+    assert behavior["scaleDown"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 120}]
+    assert (
+        "behavior"
+        not in helm.template(sets=["autoscaling.enabled=true", "autoscaling.behavior=null"]).one(
+            "HorizontalPodAutoscaler"
+        )["spec"]
+    )
+    assert rendered.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+def test_recreate_is_still_available(helm: Helm) -> None:
+    strategy = helm.template(sets=["updateStrategy.type=Recreate"]).one("Deployment")["spec"]["strategy"]
+    assert strategy == {"type": "Recreate"}
+
+
+def test_shutdown_grace_is_below_the_termination_grace(helm: Helm) -> None:
+    """A stopping replica hands its partitions over (pages in flight commit) within the grace, before the kill."""
+    for values_files in [(), *((path,) for path in CI_VALUES)]:
+        rendered = helm.template(values_files)
+        grace = float(rendered.one("ConfigMap")["data"]["RELAY_SHUTDOWN_GRACE_SECONDS"])
+        assert grace < pod_spec(rendered)["terminationGracePeriodSeconds"]
 
 
 @pytest.mark.parametrize("values_files", VALUES_SETS)

@@ -47,6 +47,11 @@ CONTRACT = {
     "RELAY_TOPIC_PARTITIONS",
     "RELAY_TOPIC_REPLICATION_FACTOR",
     "RELAY_STATE_TOPIC",
+    # The fleet (issue 15): the consumer group, the control topic, the partitions a replica owns
+    "RELAY_STATE_TOPIC_PARTITIONS",
+    "RELAY_CONTROL_TOPIC",
+    "RELAY_GROUP_ID",
+    "RELAY_GROUP_SESSION_TIMEOUT_SECONDS",
     # Kombo webhooks (webhooks.*)
     "RELAY_KOMBO_WEBHOOK_SECRET_FILE",
     "RELAY_KOMBO_WEBHOOK_PATH",

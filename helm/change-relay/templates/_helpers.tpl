@@ -130,6 +130,21 @@ true
 {{- end }}
 {{- end }}
 
+{{/*
+Non-empty when the PodDisruptionBudget is rendered: podDisruptionBudget.enabled, or, when that is null, whenever more
+than one replica may run.
+*/}}
+{{- define "change-relay.pdbEnabled" -}}
+{{- $enabled := .Values.podDisruptionBudget.enabled }}
+{{- if kindIs "invalid" $enabled }}
+{{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) -}}
+true
+{{- end }}
+{{- else if $enabled -}}
+true
+{{- end }}
+{{- end }}
+
 {{/* Whether an API key is configured at all. */}}
 {{- define "change-relay.hasApiKey" -}}
 {{- if or .Values.apiKey.value .Values.apiKey.existingSecret -}}
@@ -152,6 +167,21 @@ Checks that no schema can express: fail the render with a message naming the val
 {{- $relay := .Values.relay }}
 {{- if le (float64 .Values.terminationGracePeriodSeconds) (float64 $relay.shutdownGraceSeconds) }}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must exceed relay.shutdownGraceSeconds (%v): Kubernetes kills the relay at the end of the grace period, before it has finished its work in flight" .Values.terminationGracePeriodSeconds $relay.shutdownGraceSeconds) }}
+{{- end }}
+{{- $partitions := int .Values.kafka.stateTopicPartitions }}
+{{- $autoscaling := .Values.autoscaling }}
+{{- if $autoscaling.enabled }}
+{{- if gt (int $autoscaling.minReplicas) (int $autoscaling.maxReplicas) }}
+{{- fail (printf "autoscaling.minReplicas (%v) must not exceed autoscaling.maxReplicas (%v)" $autoscaling.minReplicas $autoscaling.maxReplicas) }}
+{{- end }}
+{{- if gt (int $autoscaling.maxReplicas) $partitions }}
+{{- fail (printf "autoscaling.maxReplicas (%v) must not exceed kafka.stateTopicPartitions (%v): a replica owns whole state-topic partitions, so one beyond their count would idle" $autoscaling.maxReplicas $partitions) }}
+{{- end }}
+{{- if not (and .Values.resources .Values.resources.requests .Values.resources.requests.cpu) }}
+{{- fail "autoscaling.enabled needs resources.requests.cpu: the autoscaler's CPU target is a percentage of it" }}
+{{- end }}
+{{- else if gt (int .Values.replicaCount) $partitions }}
+{{- fail (printf "replicaCount (%v) must not exceed kafka.stateTopicPartitions (%v): a replica owns whole state-topic partitions, so one beyond their count would idle" .Values.replicaCount $partitions) }}
 {{- end }}
 {{- $sasl := .Values.kafka.sasl }}
 {{- if include "change-relay.sasl" . }}
