@@ -155,7 +155,10 @@ groups:
           summary: change-relay was fenced by another instance
           description: >-
             Another relay with the same Kafka transactional id took over from {{ "{{ $labels.instance }}" }}, which
-            stopped. Two relays are configured alike: find the other one (or set RELAY_TRANSACTIONAL_ID apart).
+            stopped: it runs a release from before the fleet, when one instance owned everything. Once, during the
+            upgrade to the fleet, this is the new replicas fencing the old instance; otherwise two relays are
+            configured alike: find the other one (or set RELAY_TRANSACTIONAL_ID apart). Replicas of a fleet never
+            report this: a state partition that moves to another replica is no fault.
           {{- with $runbook }}
           runbook_url: {{ printf "%s#ChangeRelayFenced" . }}
           {{- end }}
