@@ -254,6 +254,21 @@ class Registry(Mapping[str, RegistryEntry]):
         """Per partition of the topic, the offset of the next record to fold: where to go on reading."""
         return dict(self._positions)
 
+    def moved_to(self, positions: Mapping[int, int]) -> Registry:
+        """This registry as read up to ``positions`` too (per partition; never backwards): where a read that found no
+        more records ended, so that following it goes on from there."""
+        moved = self._copy()
+        for partition, position in positions.items():
+            moved._positions[partition] = max(moved._positions.get(partition, 0), position)
+        return moved
+
+    def _copy(self) -> Registry:
+        copied = Registry()
+        copied._entries = dict(self._entries)
+        copied._seen = dict(self._seen)
+        copied._positions = dict(self._positions)
+        return copied
+
     def active(self) -> tuple[RegistryEntry, ...]:
         """The entries not removed (paused ones included), by integration id."""
         return tuple(sorted((e for e in self._entries.values() if not e.removed), key=lambda e: e.integration))
@@ -261,10 +276,7 @@ class Registry(Mapping[str, RegistryEntry]):
     def fold(self, records: Iterable[TopicRecord], *, topic: str = "") -> tuple[Registry, tuple[RegistryChange, ...]]:
         """A new registry with ``records`` folded in, and what changed, one :class:`RegistryChange` per integration
         whose entry changed. ``topic`` only names the topic in the warning about a malformed record."""
-        folded = Registry()
-        folded._entries = dict(self._entries)
-        folded._seen = dict(self._seen)
-        folded._positions = dict(self._positions)
+        folded = self._copy()
         before: dict[str, RegistryEntry | None] = {}
         for record in records:
             if (integration := folded._fold_one(record, topic)) is not None and integration not in before:
