@@ -1,5 +1,5 @@
 """The ``relay`` command line: ``run``, ``simulate``, ``check-config``, ``tail``, ``schema``, ``asyncapi``,
-``materialize``.
+``materialize``, ``integrations``.
 
 Each subcommand lives in the module of its concept and exposes ``add_arguments(parser)`` and ``main(args) -> int``;
 this module only wires them together, so ``relay --help`` stays the single index of what the program can do.
@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "schema": ("relay.contract_schema", "print the JSON Schema of the events (or write every schema file)"),
     "asyncapi": ("relay.contract_asyncapi", "print the AsyncAPI document of the topics the configuration produces"),
     "materialize": ("relay.materialize", "keep a SQLite table per resource up to date from the events"),
+    "integrations": ("relay.registry_cli", "list, add, remove, pause and resume the integrations of the registry"),
 }
 
 

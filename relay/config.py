@@ -31,6 +31,7 @@ from relay.config_kinds import (
     SecretValue,
     Text,
     TopicTemplate,
+    is_integration_id,
     is_resource_path,
     shown,
 )
@@ -94,6 +95,10 @@ def _derive_control_topic(values: Mapping[str, Any]) -> str:
     return f"{values['topic_prefix']}.relay-control"
 
 
+def _derive_integrations_topic(values: Mapping[str, Any]) -> str:
+    return f"{values['topic_prefix']}.relay-integrations"
+
+
 def relay_identity(source_url: str, topic_prefix: str, state_topic: str) -> str:
     """The default transactional id and group id of the relay publishing from ``source_url`` to these topics."""
     identity = [source_url, topic_prefix, state_topic]
@@ -118,11 +123,6 @@ def _derive_group_id(values: Mapping[str, Any]) -> str:
     return _relay_identity(values)
 
 
-def _is_integration_id(text: str) -> bool:
-    # Kombo ids contain a colon (personio:8d1hpPsDu6Q5K1UnBDMXiUeGV); only what would break a list or a header is out.
-    return text.isprintable() and not any(char.isspace() or char == "," for char in text)
-
-
 _RESERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/status")
 
 
@@ -137,6 +137,14 @@ def _is_host_port(text: str) -> bool:
 
 def _is_topic_name(text: str) -> bool:
     return re.fullmatch(r"[a-zA-Z0-9._-]{1,249}", text) is not None and text not in (".", "..")
+
+
+def _category_resource(category: str) -> Text:
+    # An ATS integration has no HRIS endpoints: a resource of another category would only ever fail its polls.
+    def accepts(text: str) -> bool:
+        return is_resource_path(text) and text.startswith(f"{category}/")
+
+    return Text(f"a path like {category}/... (a-z, 0-9, _, - between slashes)", accepts)
 
 
 _TOPIC_NAME: Final = Text("a Kafka topic name (a-z, A-Z, 0-9, '.', '_', '-'; at most 249 characters)", _is_topic_name)
@@ -225,14 +233,27 @@ class Config:
     source_url: str = setting(HttpUrl(), "https://api.kombo.dev/v1", "Base URL of the Kombo-style API")
     api_key: Secret = setting(SecretValue(), REQUIRED, "API key for the source, sent as a Bearer token")
     integrations: tuple[str, ...] = setting(
-        Items(Text("an integration id (no spaces or commas)", _is_integration_id)),
+        Items(Text("an integration id (no spaces or commas)", is_integration_id)),
         REQUIRED,
-        "Integrations to poll, by id, like personio:8d1hpPsDu6Q5K1UnBDMXiUeGV",
+        "Integrations to poll, by id, like personio:8d1hpPsDu6Q5K1UnBDMXiUeGV; needed by relay run only (relay "
+        "integrations, tail and the others that talk only to Kafka do without)",
     )
     resources: tuple[str, ...] = setting(
         Items(Text("a path like hris/employees (a-z, 0-9, _, - between slashes)", is_resource_path)),
         ("ats/users",),
         "List endpoints polled for every integration",
+    )
+    resources_ats: tuple[str, ...] | None = setting(
+        Items(_category_resource("ats")),
+        None,
+        "List endpoints polled for an ATS integration of the registry that names none of its own; unset: "
+        "RELAY_RESOURCES",
+    )
+    resources_hris: tuple[str, ...] | None = setting(
+        Items(_category_resource("hris")),
+        None,
+        "List endpoints polled for an HRIS integration of the registry that names none of its own; unset: "
+        "RELAY_RESOURCES",
     )
     page_size: int = setting(Integer(1, 250), 250, "Records asked for per page")
     source_connect_timeout_seconds: float = setting(_SECONDS, 10.0, "Timeout for connecting to the source")
@@ -305,6 +326,12 @@ class Config:
         _TOPIC_NAME,
         Derived("{topic_prefix}.relay-control", _derive_control_topic),
         "Topic that carries webhook triggers to the replica owning the integration; partitioned like the state topic",
+    )
+    integrations_topic: str = setting(
+        _TOPIC_NAME,
+        Derived("{topic_prefix}.relay-integrations", _derive_integrations_topic),
+        "Compacted topic of the registry of integrations (relay integrations), keyed by integration id; created "
+        "with the partitions of the state topic",
     )
     topic_partitions: int = setting(Integer(1), 6, "Partitions of the event topics the relay creates")
     topic_replication_factor: int = setting(
@@ -399,9 +426,15 @@ class Config:
             raise ValueError(f"unknown event type {event!r}, expected one of {', '.join(EVENT_TYPES)}")
         return self.topic_template.format(prefix=self.topic_prefix, resource=resource.replace("/", "."), event=event)
 
+    def all_resources(self) -> tuple[str, ...]:
+        """Every resource an integration is polled for unless it names its own: RELAY_RESOURCES and those of each
+        category, each once, in order."""
+        by_category = (*(self.resources_ats or ()), *(self.resources_hris or ()))
+        return tuple(dict.fromkeys((*self.resources, *by_category)))
+
     def event_topics(self) -> tuple[str, ...]:
         """Every topic an event can be published to, each once, in order (not the state topic)."""
-        return tuple(dict.fromkeys(self.topic_for(r, e) for r in self.resources for e in EVENT_TYPES))
+        return tuple(dict.fromkeys(self.topic_for(r, e) for r in self.all_resources() for e in EVENT_TYPES))
 
     def kafka_client_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``AIOKafkaProducer`` / ``AIOKafkaConsumer``: brokers and security."""
@@ -449,22 +482,31 @@ SETTINGS: Final[tuple[Setting, ...]] = settings_of(Config)
 # --- Loading ------------------------------------------------------------------------------------------------------
 
 
+# What a command that talks only to Kafka (``relay tail``, ``relay integrations``, ...) has when these are not set: it
+# never calls the source, and the registry of integrations, not RELAY_INTEGRATIONS, says which integrations exist.
+_UNNEEDED_BY_KAFKA_COMMANDS: Final[Mapping[str, object]] = {"api_key": Secret(""), "integrations": ()}
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     *,
     warnings: list[str] | None = None,
+    kafka_only: bool = False,
 ) -> Config:
     """Load the configuration from ``path`` (default: ``$RELAY_CONFIG_FILE``, if set) and ``RELAY_*`` variables.
 
     Raises ``ConfigError`` with every problem found, one line each, naming the setting. ``warnings``, if given,
     receives a line for each setting accepted but unwise (a secret too short to be masked in the logs, a secret file
-    every user may read); the relay logs them at start-up, ``check-config`` prints them.
+    every user may read); the relay logs them at start-up, ``check-config`` prints them. ``kafka_only``: for a command
+    that talks only to Kafka, which needs neither RELAY_API_KEY (then an empty secret) nor RELAY_INTEGRATIONS (then
+    empty); they are still validated when set.
     """
     environ = os.environ if environ is None else environ
     if path is None:
         path = environ.get(CONFIG_FILE_ENV) or None
-    values = read_settings(SETTINGS, None if path is None else Path(path), environ, warnings)
+    optional = _UNNEEDED_BY_KAFKA_COMMANDS if kafka_only else {}
+    values = read_settings(SETTINGS, None if path is None else Path(path), environ, warnings, optional=optional)
     # Relations between settings are checked once each setting is valid on its own.
     config = assemble(Config, values)
     if problems := list(_relation_problems(config)):
@@ -490,6 +532,14 @@ def _topic_problems(config: Config) -> Iterator[str]:
         yield f"RELAY_STATE_TOPIC: {shown(config.state_topic)} is not {_TOPIC_NAME.description}"
     if config.state_topic in config.event_topics():
         yield f"RELAY_STATE_TOPIC: {config.state_topic} is also an event topic; the state needs a topic of its own"
+    others = {*config.event_topics(), config.state_topic, config.control_topic}
+    if not _is_topic_name(config.integrations_topic):  # derived from the prefix, so not checked by its kind
+        yield f"RELAY_INTEGRATIONS_TOPIC: {shown(config.integrations_topic)} is not {_TOPIC_NAME.description}"
+    elif config.integrations_topic in others:
+        yield (
+            f"RELAY_INTEGRATIONS_TOPIC: {config.integrations_topic} is also an event, state or control topic; the "
+            "registry of integrations needs a topic of its own"
+        )
 
 
 def _backoff_problems(config: Config) -> Iterator[str]:

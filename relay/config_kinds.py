@@ -336,3 +336,8 @@ class ModelMapOverrides:
 
 def is_resource_path(text: str) -> bool:
     return re.fullmatch(r"[a-z0-9_-]+(/[a-z0-9_-]+)*", text) is not None
+
+
+def is_integration_id(text: str) -> bool:
+    # Kombo ids contain a colon (personio:8d1hpPsDu6Q5K1UnBDMXiUeGV); only what would break a list or a header is out.
+    return text.isprintable() and not any(char.isspace() or char == "," for char in text)

@@ -18,8 +18,9 @@
     │   ├── PartitionLost           another replica owns the pair's state partition now: hand its pairs over
     │   ├── KafkaAuthorizationFailed  Kafka's ACLs refuse our principal a topic or the transactional id: stop
     │   └── KafkaAuthenticationFailed  Kafka refused our credentials or certificate, or we refused its: stop
-    └── StateError                  the state topic holds something this version cannot read, or state placed
-                                    by another RELAY_STATE_TOPIC_PARTITIONS
+    ├── StateError                  the state topic holds something this version cannot read, or state placed
+    │                               by another RELAY_STATE_TOPIC_PARTITIONS
+    └── UnknownIntegration          a command named an integration the registry does not hold (or holds as removed)
 
 Every error carries what an operator needs to find the cause (integration, resource, error code, the source's
 ``log_url``) and never a secret.
@@ -132,3 +133,12 @@ class KafkaAuthenticationFailed(SinkError):
 class StateError(RelayError):
     """A record in the state topic cannot be read by this version, or is not in the partition where
     ``RELAY_STATE_TOPIC_PARTITIONS`` places it (the state topic's partition count or the setting changed)."""
+
+
+class UnknownIntegration(RelayError):
+    """A command (pause, resume, remove) named an integration that the registry of integrations does not hold, or
+    holds as removed. ``integration`` is the id as given."""
+
+    def __init__(self, message: str, *, integration: str) -> None:
+        self.integration = integration
+        super().__init__(message)

@@ -169,14 +169,18 @@ def read_settings(
     path: Path | None,
     environ: Mapping[str, str],
     warnings: list[str] | None = None,
+    *,
+    optional: Mapping[str, object] | None = None,
 ) -> dict[str, Any]:
     """The value of every setting, keyed by ``Setting.field``, from ``environ``, else the file at ``path``, else the
     default (derived defaults computed last, in order, so that one may use one derived before it).
 
     Raises ``ConfigError`` with every problem found, one line each, naming the setting. ``warnings``, if given,
     receives a line for each value that is accepted but unwise (a secret too short to mask, a secret file every user
-    may read), naming the setting, never a secret.
+    may read), naming the setting, never a secret. ``optional`` maps the fields of required settings that this caller
+    does not need to the value they get when they are not given.
     """
+    optional = {} if optional is None else optional
     warnings = [] if warnings is None else warnings
     file_layer: _Layer = {}
     problems: list[str] = []
@@ -186,7 +190,8 @@ def read_settings(
     values: dict[str, object] = {}
     for each in settings:
         try:
-            values[each.field] = _resolve(each, _given(each, layers), warnings)
+            default = optional.get(each.field, each.default) if each.default is REQUIRED else each.default
+            values[each.field] = _resolve(each, _given(each, layers), warnings, default)
         except Invalid as problem:
             problems.append(str(problem))
     if problems:
@@ -273,11 +278,11 @@ def _given(setting: Setting, layers: Sequence[_Layer]) -> dict[str, _Raw]:
     return {}
 
 
-def _resolve(setting: Setting, given: Mapping[str, _Raw], warnings: list[str]) -> object:
+def _resolve(setting: Setting, given: Mapping[str, _Raw], warnings: list[str], default: object) -> object:
     if not given:
-        if setting.default is REQUIRED:
+        if default is REQUIRED:
             raise Invalid(f"{' or '.join(setting.env_names)}: required")
-        return setting.default
+        return default
     if len(given) > 1:
         raise Invalid(f"{' and '.join(raw.origin for raw in given.values())}: set only one of them")
     [(key, raw)] = given.items()

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 import time
@@ -81,12 +80,8 @@ def _resolve(args: argparse.Namespace) -> tuple[str, list[str], KafkaSecurity]:
 
 def load_reader_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
     """The configuration ``relay run`` would use (``--config`` and ``RELAY_*``), for commands that only read the
-    topics or describe them: those need no API key and no integrations, so placeholders stand in for them."""
-    environ = dict(os.environ if environ is None else environ)
-    if not environ.get("RELAY_API_KEY") and not environ.get("RELAY_API_KEY_FILE"):
-        environ["RELAY_API_KEY"] = "unused-by-tail"
-    environ.setdefault("RELAY_INTEGRATIONS", "unused-by-tail")
-    return load_config(path, environ)
+    topics or describe them: those need no API key and no integrations."""
+    return load_config(path, environ, kafka_only=True)
 
 
 async def tail(

@@ -52,6 +52,10 @@ CONTRACT = {
     "RELAY_CONTROL_TOPIC",
     "RELAY_GROUP_ID",
     "RELAY_GROUP_SESSION_TIMEOUT_SECONDS",
+    # The registry of integrations
+    "RELAY_INTEGRATIONS_TOPIC",
+    "RELAY_RESOURCES_ATS",
+    "RELAY_RESOURCES_HRIS",
     # Kombo webhooks (webhooks.*)
     "RELAY_KOMBO_WEBHOOK_SECRET_FILE",
     "RELAY_KOMBO_WEBHOOK_PATH",
@@ -88,7 +92,10 @@ def test_every_contract_setting_is_rendered_by_some_values(helm: Helm) -> None:
     rendered: set[str] = set()
     for values_files in [(), *((path,) for path in CI_VALUES)]:
         rendered |= set(relay_environment(helm.template(values_files)))
-    rendered |= set(relay_environment(helm.template(sets=['relay.integrations={"a:b"}', "kafka.stateTopic=s"])))
+    registry = ["kafka.integrationsTopic=r", "relay.resourcesAts={ats/users}", "relay.resourcesHris={hris/employees}"]
+    rendered |= set(
+        relay_environment(helm.template(sets=['relay.integrations={"a:b"}', "kafka.stateTopic=s", *registry]))
+    )
     assert sorted(CONTRACT - rendered) == []
 
 

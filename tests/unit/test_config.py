@@ -83,6 +83,8 @@ def no_relay_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 EXPECTED_DEFAULTS: dict[str, object] = {
     "source_url": "https://api.kombo.dev/v1",
     "resources": ["ats/users"],
+    "resources_ats": None,
+    "resources_hris": None,
     "page_size": 250,
     "source_connect_timeout_seconds": 10.0,
     "source_read_timeout_seconds": 60.0,
@@ -118,6 +120,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "topic_template": "{prefix}.{resource}",
     "state_topic": "kombo.relay-state",
     "control_topic": "kombo.relay-control",
+    "integrations_topic": "kombo.relay-integrations",
     "topic_partitions": 6,
     "topic_replication_factor": -1,
     "state_topic_partitions": 6,
@@ -188,6 +191,8 @@ OVERRIDES: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELAY_API_KEY", "other-key", "api_key", Secret("other-key"), {}),
     ("RELAY_INTEGRATIONS", "personio:a, bamboohr:b", "integrations", ("personio:a", "bamboohr:b"), {}),
     ("RELAY_RESOURCES", "hris/employees,ats/job_postings", "resources", ("hris/employees", "ats/job_postings"), {}),
+    ("RELAY_RESOURCES_ATS", "ats/users, ats/jobs", "resources_ats", ("ats/users", "ats/jobs"), {}),
+    ("RELAY_RESOURCES_HRIS", "hris/employees", "resources_hris", ("hris/employees",), {}),
     ("RELAY_PAGE_SIZE", "100", "page_size", 100, {}),
     ("RELAY_SOURCE_CONNECT_TIMEOUT_SECONDS", "2.5", "source_connect_timeout_seconds", 2.5, {}),
     ("RELAY_SOURCE_READ_TIMEOUT_SECONDS", "30", "source_read_timeout_seconds", 30.0, {}),
@@ -221,6 +226,7 @@ OVERRIDES: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELAY_TOPIC_TEMPLATE", "{prefix}.{resource}.{event}", "topic_template", "{prefix}.{resource}.{event}", {}),
     ("RELAY_STATE_TOPIC", "relay.state", "state_topic", "relay.state", {}),
     ("RELAY_CONTROL_TOPIC", "relay.control", "control_topic", "relay.control", {}),
+    ("RELAY_INTEGRATIONS_TOPIC", "relay.integrations", "integrations_topic", "relay.integrations", {}),
     ("RELAY_TOPIC_PARTITIONS", "12", "topic_partitions", 12, {}),
     ("RELAY_TOPIC_REPLICATION_FACTOR", "3", "topic_replication_factor", 3, {}),
     ("RELAY_STATE_TOPIC_PARTITIONS", "1", "state_topic_partitions", 1, {}),
@@ -396,6 +402,9 @@ INVALID: list[tuple[str, str, str]] = [
     ("RELAY_RESOURCES", "/ats/users", "has '/ats/users', which must be a path like hris/employees"),
     ("RELAY_RESOURCES", "ats/users/", "has 'ats/users/', which must be a path like hris/employees"),
     ("RELAY_RESOURCES", "ats//users", "has 'ats//users', which must be a path like hris/employees"),
+    ("RELAY_RESOURCES_ATS", "hris/employees", "has 'hris/employees', which must be a path like ats/..."),
+    ("RELAY_RESOURCES_ATS", "ats", "has 'ats', which must be a path like ats/..."),
+    ("RELAY_RESOURCES_HRIS", "ats/users,hris/employees", "has 'ats/users', which must be a path like hris/..."),
     ("RELAY_PAGE_SIZE", "0", "must be an integer from 1 to 250, got 0"),
     ("RELAY_PAGE_SIZE", "251", "must be an integer from 1 to 250, got 251"),
     ("RELAY_PAGE_SIZE", "ten", "must be an integer, got 'ten'"),
@@ -426,6 +435,7 @@ INVALID: list[tuple[str, str, str]] = [
     ("RELAY_TOPIC_TEMPLATE", "{resource!r}.{prefix:>9}", "has unknown placeholder {resource!r}, {prefix:>9}"),
     ("RELAY_TOPIC_TEMPLATE", "{prefix", "has unbalanced braces: '{prefix'"),
     ("RELAY_STATE_TOPIC", "relay state", "must be a Kafka topic name"),
+    ("RELAY_INTEGRATIONS_TOPIC", "relay/integrations", "must be a Kafka topic name"),
     ("RELAY_TOPIC_PARTITIONS", "0", "must be an integer >= 1, got 0"),
     ("RELAY_TOPIC_REPLICATION_FACTOR", "0", "must be -1 or an integer >= 1, got 0"),
     ("RELAY_STATE_TOPIC_PARTITIONS", "-1", "must be an integer >= 1, got -1"),
@@ -497,6 +507,16 @@ RELATIONS: list[tuple[dict[str, str], list[str]]] = [
         {"RELAY_STATE_TOPIC": "kombo.ats.users"},
         ["RELAY_STATE_TOPIC: kombo.ats.users is also an event topic; the state needs a topic of its own"],
     ),
+    *(
+        (
+            {"RELAY_INTEGRATIONS_TOPIC": topic},
+            [
+                f"RELAY_INTEGRATIONS_TOPIC: {topic} is also an event, state or control topic; the registry of "
+                "integrations needs a topic of its own"
+            ],
+        )
+        for topic in ("kombo.ats.users", "kombo.relay-state", "kombo.relay-control")
+    ),
 ]
 
 
@@ -535,6 +555,26 @@ def test_sasl_that_does_not_send_the_password_in_clear_needs_no_allowing(protoco
 def test_a_derived_state_topic_is_checked_too() -> None:
     problems = problems_with(RELAY_TOPIC_PREFIX="p" * 240)
     assert any(problem.startswith("RELAY_STATE_TOPIC: 'ppp") for problem in problems)
+    assert any(problem.startswith("RELAY_INTEGRATIONS_TOPIC: 'ppp") for problem in problems)
+
+
+def test_a_command_that_talks_only_to_kafka_needs_no_api_key_and_no_integrations(tmp_path: Path) -> None:
+    config = load_config(environ={}, kafka_only=True)
+    assert (config.integrations, config.api_key.reveal()) == ((), "")
+    assert config.secret_values() == ("",)  # too short for the log filter to mask anything with it
+    # Given, they are still read, and still checked: from the file as from the environment.
+    given = load_config(write(tmp_path / "relay.toml", 'integrations = ["a:1"]\n'), {}, kafka_only=True)
+    assert given.integrations == ("a:1",)
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={"RELAY_INTEGRATIONS": "a:1,a:1"}, kafka_only=True)
+    assert caught.value.problems == ["RELAY_INTEGRATIONS: lists 'a:1' more than once"]
+
+
+def test_the_resources_of_each_category_have_their_event_topics() -> None:
+    config = load(RELAY_RESOURCES_ATS="ats/users,ats/jobs", RELAY_RESOURCES_HRIS="hris/employees")
+    assert config.all_resources() == ("ats/users", "ats/jobs", "hris/employees")
+    assert "kombo.hris.employees" in config.event_topics()
+    assert load().all_resources() == ("ats/users",)
 
 
 # --- Secrets --------------------------------------------------------------------------------------------------------
@@ -745,6 +785,10 @@ def test_transactional_id_does_not_depend_on_the_integrations_or_resources() -> 
 def test_transactional_id_differs_for_relays_publishing_different_data(change: dict[str, str]) -> None:
     assert load(**change).transactional_id != load().transactional_id
     assert load(**change).group_id != load().group_id
+
+
+def test_integrations_topic_default_follows_the_prefix() -> None:
+    assert load(RELAY_TOPIC_PREFIX="acme").integrations_topic == "acme.relay-integrations"
 
 
 def test_control_topic_default_follows_the_prefix() -> None:

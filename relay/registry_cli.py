@@ -1,0 +1,299 @@
+"""Show and change the registry of integrations, kept in Kafka (RELAY_INTEGRATIONS_TOPIC, a compacted topic holding
+one record per integration):
+
+  relay integrations list [--json]
+  relay integrations add ID [--category ats|hris] [--resources R,R,...]
+  relay integrations remove ID
+  relay integrations pause ID
+  relay integrations resume ID
+
+Each talks only to Kafka, with the configuration of `relay run` (--config, RELAY_*), but needs neither RELAY_API_KEY
+nor RELAY_INTEGRATIONS. It creates the registry topic when it is missing, reads it to its end, writes at most one
+record (acknowledged by every in-sync replica) and prints what it did; --json prints it as JSON.
+
+An integration without resources of its own is polled for those of its category: RELAY_RESOURCES_ATS or
+RELAY_RESOURCES_HRIS, or RELAY_RESOURCES when that is unset or it has no category. `add` of an integration already
+there changes the category and resources given; of a removed one, adds it again. A removal is kept in the registry,
+so that RELAY_INTEGRATIONS, which seeds the registry, never adds it back. Doing what is done already (pausing a paused
+integration, ...) writes nothing and succeeds.
+
+Exit status:
+  0  done, or nothing to do
+  2  invalid configuration, or an invalid argument (an integration id, a resource)
+  6  Kafka's ACLs refuse this principal the registry topic (Describe, Read, Write; Create when it is missing)
+  7  Kafka refused the credentials or the client certificate, or the broker's certificate was refused
+  8  Kafka could not be reached, or did not answer, within --timeout
+  9  remove, pause or resume of an integration the registry does not hold; pause or resume of a removed one
+
+The running relay does not follow the registry yet: `relay run` still polls RELAY_INTEGRATIONS (issue 16).
+"""
+
+# What belongs here: the `relay integrations` command (this docstring is its --help description): arguments, output
+# and exit codes. The edits are relay.registry's, the Kafka work relay.registry_topic's.
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import socket
+import sys
+from collections.abc import Callable
+from typing import Final, TextIO
+
+import orjson
+
+from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
+from relay.config_kinds import Invalid, Items, Text, is_resource_path
+from relay.errors import (
+    KafkaAuthenticationFailed,
+    KafkaAuthorizationFailed,
+    KafkaUnavailable,
+    UnknownIntegration,
+)
+from relay.kafka_access import check_kafka_access
+from relay.registry import (
+    CATEGORIES,
+    MAX_BY_LENGTH,
+    Category,
+    DefaultResources,
+    Registry,
+    RegistryEntry,
+    add,
+    check_integration_id,
+    check_resources,
+    now_text,
+    pause,
+    remove,
+    resume,
+)
+from relay.registry_topic import DEFAULT_TIMEOUT_SECONDS, RegistryTopic
+
+PROG: Final = "relay integrations"
+EXIT_OK: Final = 0
+EXIT_INVALID: Final = 2  # as relay run's invalid configuration, and argparse's usage errors
+EXIT_KAFKA_AUTHORIZATION: Final = 6  # as relay run (relay.app)
+EXIT_KAFKA_AUTHENTICATION: Final = 7  # as relay run (relay.app)
+EXIT_KAFKA_UNAVAILABLE: Final = 8
+EXIT_UNKNOWN_INTEGRATION: Final = 9
+
+_RESOURCES: Final = Items(Text("a path like ats/users (a-z, 0-9, _, - between slashes)", is_resource_path))
+Edit = Callable[..., RegistryEntry | None]
+_EDITS: Final[dict[str, tuple[Edit, str]]] = {  # command -> (edit, what it did)
+    "add": (add, "added"),
+    "remove": (remove, "removed"),
+    "pause": (pause, "paused"),
+    "resume": (resume, "resumed"),
+}
+_ALREADY: Final = {
+    "add": "is in the registry already, as asked",
+    "remove": "is removed already",
+    "pause": "is paused already",
+    "resume": "is not paused",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    add_config_argument(common)
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    common.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"give up when Kafka has not answered within this long (exit 8; default {DEFAULT_TIMEOUT_SECONDS:g})",
+    )
+    editing = argparse.ArgumentParser(add_help=False, parents=[common])
+    editing.add_argument(
+        "--by",
+        metavar="WHO",
+        help="who the registry records as making the change (default: relay integrations (user@host))",
+    )
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser("list", parents=[common], help="print every integration of the registry, removed ones too")
+    adding = sub.add_parser("add", parents=[editing], help="add an integration (or change its category, resources)")
+    adding.add_argument("integration", metavar="ID", help="the integration id, like personio:8d1hpPsDu6Q5K1UnBDMXiUeGV")
+    adding.add_argument("--category", choices=CATEGORIES, help="its category, which gives its default resources")
+    adding.add_argument(
+        "--resources",
+        metavar="R,R,...",
+        help="resources of its own, like ats/users,ats/jobs (default: those of its category)",
+    )
+    for action, help_text in (
+        ("remove", "remove an integration: it is no longer polled (add brings it back)"),
+        ("pause", "stop polling an integration for now"),
+        ("resume", "poll a paused integration again"),
+    ):
+        command = sub.add_parser(action, parents=[editing], help=help_text)
+        command.add_argument("integration", metavar="ID", help="the integration id")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return seconds
+
+
+def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out
+    # aiokafka logs every failed connection attempt at ERROR; the command says what went wrong once, itself.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        config = load_config(args.config, kafka_only=True)
+    except ConfigError as error:
+        print_problems(error)
+        return EXIT_INVALID
+    try:
+        edit = None if args.action == "list" else _edit_of(args)
+    except ValueError as error:
+        print(f"{PROG} {args.action}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    return asyncio.run(_run(config, args, edit, out))
+
+
+def _edit_of(args: argparse.Namespace) -> Callable[[Registry], RegistryEntry | None]:
+    """The edit ``args`` ask for, as a function of the registry read; raises ValueError for an invalid argument."""
+    integration: str = args.integration
+    check_integration_id(integration)
+    by = args.by if args.by is not None else f"{PROG} ({_user()}@{socket.gethostname()})"
+    if not by or len(by) > MAX_BY_LENGTH or not by.isprintable():
+        raise ValueError(f"--by must be printable text of 1 to {MAX_BY_LENGTH} characters")
+    function, _ = _EDITS[args.action]
+    if args.action != "add":
+        return lambda registry: function(registry, integration, at=now_text(), by=by)
+    category: Category | None = args.category
+    resources = _resources(args.resources)
+    check_resources(category, resources)  # again with the registry's category, when only one of them is given
+    return lambda registry: function(
+        registry, integration, category=category, resources=resources, at=now_text(), by=by
+    )
+
+
+def _resources(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    try:
+        return _RESOURCES.parse(text)
+    except Invalid as problem:
+        raise ValueError(f"--resources {problem}") from None
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # a container user without a name
+        return "unknown"
+
+
+async def _run(
+    config: Config, args: argparse.Namespace, edit: Callable[[Registry], RegistryEntry | None] | None, out: TextIO
+) -> int:
+    try:
+        # Each step is bounded by the timeout, and so is the whole: an operator waits --timeout at most.
+        async with asyncio.timeout(args.timeout):
+            await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=args.timeout)
+            async with RegistryTopic(config, timeout_seconds=args.timeout) as topic:
+                await topic.ensure_topic()
+                registry = await topic.read()
+                if edit is None:
+                    _print_list(config, registry, json=args.json, out=out)
+                    return EXIT_OK
+                before = registry.get(args.integration)
+                entry = edit(registry)  # UnknownIntegration, or ValueError: a category its resources are not of
+                written = None if entry is None else (await topic.write([entry]))[0]
+    except TimeoutError:
+        error = KafkaUnavailable(
+            f"Kafka at {config.kafka_bootstrap_servers} did not answer within {args.timeout:g} s"
+            + ("" if edit is None else ": the change may still have been written; list the registry to see")
+        )
+        return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
+    except UnknownIntegration as error:
+        return _fail(args, error, EXIT_UNKNOWN_INTEGRATION)
+    except ValueError as error:
+        return _fail(args, error, EXIT_INVALID)
+    except KafkaAuthorizationFailed as error:
+        return _fail(args, error, EXIT_KAFKA_AUTHORIZATION)
+    except KafkaAuthenticationFailed as error:
+        return _fail(args, error, EXIT_KAFKA_AUTHENTICATION)
+    except KafkaUnavailable as error:
+        return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
+    _print_edit(config, args, before, written, out=out)
+    return EXIT_OK
+
+
+def _fail(args: argparse.Namespace, error: Exception, code: int) -> int:
+    print(f"{PROG} {args.action}: {error}", file=sys.stderr)
+    return code
+
+
+# --- Output ---------------------------------------------------------------------------------------------------------
+
+
+def _print_list(config: Config, registry: Registry, *, json: bool, out: TextIO) -> None:
+    defaults = DefaultResources.from_config(config)
+    entries = [registry[integration] for integration in sorted(registry)]
+    if json:
+        listed = [{**entry.as_json(), "effective_resources": list(defaults.resources_of(entry))} for entry in entries]
+        out.write(orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    if not entries:
+        print(f"no integrations in {config.integrations_topic}", file=out)
+        return
+    rows = [("INTEGRATION", "STATE", "CATEGORY", "RESOURCES", "ADDED", "UPDATED")]
+    rows += [
+        (
+            entry.integration,
+            entry.state,
+            entry.category or "-",
+            _resources_text(entry, defaults),
+            f"{entry.added_at} by {entry.added_by}",
+            f"{entry.updated_at} by {entry.updated_by}",
+        )
+        for entry in entries
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]), file=out)
+
+
+def _resources_text(entry: RegistryEntry, defaults: DefaultResources) -> str:
+    polled = ",".join(defaults.resources_of(entry))
+    return polled if entry.resources is not None else f"{polled} (default)"
+
+
+def _print_edit(
+    config: Config,
+    args: argparse.Namespace,
+    before: RegistryEntry | None,
+    written: RegistryEntry | None,
+    *,
+    out: TextIO,
+) -> None:
+    """What an edit did: ``written`` is the entry it wrote, None when there was nothing to do (``before`` stays)."""
+    _, did = _EDITS[args.action]
+    if args.action == "add" and before is not None and not before.removed:
+        did = "updated"
+    entry = before if written is None else written
+    if args.json:
+        document = {
+            "action": did if written is not None else "none",
+            "integration": args.integration,
+            "changed": written is not None,
+            "entry": None if entry is None else entry.as_json(),
+        }
+        out.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif written is None:
+        print(f"{args.integration} {_ALREADY[args.action]}: nothing written", file=out)
+    else:
+        defaults = DefaultResources.from_config(config)
+        print(
+            f"{did} {written.integration} in {config.integrations_topic} (revision {written.revision}): "
+            f"{written.state}, category {written.category or '-'}, resources {_resources_text(written, defaults)}",
+            file=out,
+        )
