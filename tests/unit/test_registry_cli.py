@@ -1,6 +1,6 @@
 """`relay integrations` without a broker: what it refuses before talking to Kafka (exit 2), and a Kafka that cannot be
 reached or does not answer, which ends the command within its --timeout (exit 8). The round trips through a real
-broker are in tests/integration/test_registry.py."""
+broker are in tests/integration/test_registry_topic.py."""
 
 from __future__ import annotations
 
