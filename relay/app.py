@@ -2,10 +2,13 @@
 change events to Kafka.
 
 Start-up: validate the configuration (stop with one line per problem), start the HTTP server (``/readyz`` says not
-ready yet), create missing topics, fence the producer of the releases before the fleet, join the group
-(``RELAY_GROUP_ID``), and for each state partition assigned fence its previous writer, restore its state, then poll
-its pairs. Alone in the group, a relay owns every partition. Until Kafka is reachable the relay keeps trying, with
-backoff, and stays not ready.
+ready yet), create missing topics, fence the producer of the releases before the fleet, read the registry of
+integrations (``RELAY_INTEGRATIONS_TOPIC``; seeded first with the ``RELAY_INTEGRATIONS`` it has never heard of), join
+the group (``RELAY_GROUP_ID``), and for each state partition assigned fence its previous writer, restore its state,
+then poll its pairs: those of the registry's integrations placed there. Alone in the group, a relay owns every
+partition. Until Kafka is reachable the relay keeps trying, with backoff, and stays not ready. While it runs, it
+follows the registry: an integration added to an owned partition is polled (within one poll interval), one removed no
+longer, one paused not until resumed.
 
 Exit codes: 0 after SIGTERM/SIGINT, 2 invalid configuration, 3 the source refused the API key, 5 the state topic holds
 records this version cannot read (or state placed by another RELAY_STATE_TOPIC_PARTITIONS), 6 Kafka's ACLs refuse the
@@ -24,6 +27,7 @@ import contextlib
 import functools
 import logging
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -57,6 +61,8 @@ from relay.metrics import Metrics
 from relay.netaddr import bound_port
 from relay.partition_sinks import PartitionSinks
 from relay.pipeline import Pipeline
+from relay.registry import MAX_BY_LENGTH, Registry
+from relay.registry_topic import RegistryTopic
 from relay.reload_gate import ReloadGate
 from relay.scheduler import PairStatus, Scheduler
 from relay.sink import authorization_failed
@@ -82,7 +88,7 @@ class Relay:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.metrics = Metrics(config.resources)
+        self.metrics = Metrics(config.all_resources())
         self.store = StateStore(config.state_topic_partitions)
         self.source = SourceClient(config, self.metrics)
         self.sink = PartitionSinks(config, self.metrics)
@@ -101,7 +107,10 @@ class Relay:
         self.membership: Membership | None = None  # in a fleet: this replica's seat in the consumer group
         self.control: ControlChannel | None = None  # in a fleet: webhook triggers to and from the owners
         self.metrics.state_partitions.set(config.state_topic_partitions)
-        for resource in config.resources:  # read at each scrape, from what is remembered: no pair can hide another
+        self.registry_topic = RegistryTopic(config)
+        # Read at each scrape, from what is remembered: no pair can hide another. The resources of RELAY_RESOURCES*;
+        # one that only an integration of the registry names (--resources) has no series of its own.
+        for resource in config.all_resources():
             self.metrics.watermark.labels(resource).set_function(functools.partial(self._oldest_watermark, resource))
         self.heartbeat = Heartbeat()
         webhook_settings = WebhookSettings.from_config(config)  # None: no secret, no endpoint
@@ -138,7 +147,24 @@ class Relay:
             "checks": checks,
             "fatal_error": self.fatal_error,
             "fleet": self._fleet_status(),
+            "registry": self._registry_status(),
             "pairs": pairs,
+        }
+
+    @property
+    def registry(self) -> Registry:
+        """The registry of integrations as this relay last applied it."""
+        return self.ownership.registry
+
+    def _registry_status(self) -> dict[str, Any]:
+        counts = {"active": 0, "paused": 0, "removed": 0}
+        for entry in self.registry.values():
+            counts[entry.state] += 1
+        return {
+            "topic": self.config.integrations_topic,
+            "integrations": counts,
+            # The integrations of the partitions this replica owns, as the registry holds them.
+            "owned": dict(sorted(self.ownership.owned_states().items())),
         }
 
     def _fleet_status(self) -> dict[str, Any]:
@@ -176,11 +202,57 @@ class Relay:
         self.restored = True
 
     async def _prepare_kafka(self) -> None:
-        """What comes before owning anything: Kafka lets this relay in, its topics exist, and the producer of the
-        releases before the fleet is fenced."""
+        """What comes before owning anything: Kafka lets this relay in, its topics exist, the producer of the
+        releases before the fleet is fenced, and the registry of integrations is read (seeded first with the
+        integrations of RELAY_INTEGRATIONS it has never heard of)."""
         await check_kafka_access(self.config.kafka_bootstrap_servers, self.config.kafka_security)
         await self.sink.ensure_topics()
         await fence_single_instance_writer(self.config, legacy_transactional_id(self.config))
+        await self.registry_topic.ensure_topic()
+        if self.config.integrations:
+            seeder = f"relay run ({socket.gethostname()})"[:MAX_BY_LENGTH]
+            await self.registry_topic.seed(self.config.integrations, by=seeder)
+        registry = await self.registry_topic.read()
+        await self.ownership.use_registry(registry)
+        counts = self._registry_status()["integrations"]
+        log.info("registry of integrations read", extra={"topic": self.config.integrations_topic, **counts})
+        if not counts["active"] and not counts["paused"]:
+            log.warning(
+                "the registry of integrations is empty: polling nothing until one is added (relay integrations add)",
+                extra={"topic": self.config.integrations_topic},
+            )
+
+    async def _follow_registry(self) -> None:
+        """Apply each change of the registry of integrations as it is written, until cancelled. Kafka errors are
+        retried with backoff (the registry applied stays what is polled meanwhile); nothing ends this but a stop."""
+        delay = 1.0
+        while not self._leaving.is_set():
+            try:
+                async with contextlib.aclosing(self.registry_topic.follow(self.ownership.registry)) as updates:
+                    async for update in updates:
+                        for change in update.changes:
+                            log.info(
+                                "registry changed",
+                                extra={
+                                    "integration": change.integration,
+                                    "change": change.kind,
+                                    "by": None if change.after is None else change.after.updated_by,
+                                },
+                            )
+                        await self.ownership.apply_registry(update.registry, update.changes)
+                        delay = 1.0
+                return  # the topic was closed: the relay is stopping
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # KafkaUnavailable, an ACL that refuses, or a bug: log, wait, follow again
+                log.warning(
+                    "cannot follow the registry of integrations; retrying",
+                    extra={"error": f"{type(error).__name__}: {error}", "retry_in": delay},
+                    exc_info=not isinstance(error, KafkaUnavailable | KafkaError | OSError),
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leaving.wait(), delay)
+            delay = min(delay * 2, 30.0)
 
     async def _retrying(self, step: Callable[[], Awaitable[None]]) -> bool:
         """Run ``step`` until it succeeds (True) or a stop is requested (False), with backoff while Kafka is not
@@ -222,11 +294,15 @@ class Relay:
             raise
         self.ownership.control = control
         if self.webhooks is not None:
-            self.webhooks.target = ForwardingTarget.from_config(control, self.config)
+            # Which integrations exist, with which resources, and which are paused: the registry as followed live.
+            self.webhooks.target = ForwardingTarget(
+                control, resources_of=self.ownership.resources_of, is_paused=self.ownership.is_paused
+            )
         self.restored = True  # nothing owned yet; readiness waits for the group's first assignment
         following = asyncio.create_task(
             control.follow(lambda action: apply_action(self.scheduler, action)), name="control topic"
         )
+        following_registry = asyncio.create_task(self._follow_registry(), name="registry topic")
         try:
             delay = 1.0
             while not self._leaving.is_set():
@@ -245,6 +321,7 @@ class Relay:
                     await asyncio.wait_for(self._leaving.wait(), delay)
                 delay = min(delay * 2, 30.0)
         finally:
+            await cancel_and_wait(following_registry)
             await control.stop()
             await cancel_and_wait(following)
 
@@ -297,7 +374,7 @@ class Relay:
         return min(watermarks) / 1000 if watermarks else 0.0
 
     def _update_entity_gauges(self) -> None:
-        for resource in self.config.resources:
+        for resource in self.config.all_resources():
             count = sum(len(state.entities) for (_, r), state in self.store.pairs() if r == resource)
             self.metrics.entities.labels(resource).set(count)
 
@@ -332,8 +409,9 @@ class Relay:
             log.info(
                 "relay started",
                 extra={
-                    "integrations": len(self.config.integrations),
-                    "resources": list(self.config.resources),
+                    "integrations": len(self.registry.active()),  # in the registry, paused ones included
+                    "registry_topic": self.config.integrations_topic,
+                    "resources": list(self.config.all_resources()),
                     "transactional_id": self.config.transactional_id,
                 },
             )
@@ -399,6 +477,7 @@ class Relay:
 
     async def close(self) -> None:
         await cancel_and_wait(self._probe)
+        await self.registry_topic.close()
         await self.sink.stop()
         await self.source.close()
         await self.heartbeat.stop()

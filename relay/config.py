@@ -234,9 +234,11 @@ class Config:
     api_key: Secret = setting(SecretValue(), REQUIRED, "API key for the source, sent as a Bearer token")
     integrations: tuple[str, ...] = setting(
         Items(Text("an integration id (no spaces or commas)", is_integration_id)),
-        REQUIRED,
-        "Integrations to poll, by id, like personio:8d1hpPsDu6Q5K1UnBDMXiUeGV; needed by relay run only (relay "
-        "integrations, tail and the others that talk only to Kafka do without)",
+        (),
+        "Integrations relay run adds to the registry of integrations (RELAY_INTEGRATIONS_TOPIC) at start if it has "
+        "never heard of them, by id, like personio:8d1hpPsDu6Q5K1UnBDMXiUeGV; the registry, not this list, says what "
+        "is polled (relay integrations add, remove, pause, resume change it while the relay runs), and one removed "
+        "there is not added back",
     )
     resources: tuple[str, ...] = setting(
         Items(Text("a path like hris/employees (a-z, 0-9, _, - between slashes)", is_resource_path)),
@@ -483,8 +485,8 @@ SETTINGS: Final[tuple[Setting, ...]] = settings_of(Config)
 
 
 # What a command that talks only to Kafka (``relay tail``, ``relay integrations``, ...) has when these are not set: it
-# never calls the source, and the registry of integrations, not RELAY_INTEGRATIONS, says which integrations exist.
-_UNNEEDED_BY_KAFKA_COMMANDS: Final[Mapping[str, object]] = {"api_key": Secret(""), "integrations": ()}
+# never calls the source. (RELAY_INTEGRATIONS is optional for every command: the registry says what is polled.)
+_UNNEEDED_BY_KAFKA_COMMANDS: Final[Mapping[str, object]] = {"api_key": Secret("")}
 
 
 def load_config(
@@ -499,8 +501,8 @@ def load_config(
     Raises ``ConfigError`` with every problem found, one line each, naming the setting. ``warnings``, if given,
     receives a line for each setting accepted but unwise (a secret too short to be masked in the logs, a secret file
     every user may read); the relay logs them at start-up, ``check-config`` prints them. ``kafka_only``: for a command
-    that talks only to Kafka, which needs neither RELAY_API_KEY (then an empty secret) nor RELAY_INTEGRATIONS (then
-    empty); they are still validated when set.
+    that talks only to Kafka, which does not need RELAY_API_KEY (then an empty secret); it is still validated when
+    set.
     """
     environ = os.environ if environ is None else environ
     if path is None:

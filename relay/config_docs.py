@@ -31,7 +31,7 @@ def _default_text(default: object) -> str:
 def _default_label(default: object, quote: Callable[[str], str]) -> str:
     if default is REQUIRED:
         return "required"
-    if default is None:
+    if default is None or default == ():
         return "unset"
     return quote(_default_text(default))
 

@@ -429,8 +429,9 @@ class ForwardingTarget:
     The receiver's calls (synchronous) only collect actions; :meth:`flush`, which the webhook handler awaits right
     after the receiver returned (with no await in between, so the collected actions are that webhook's), sends them
     and returns once Kafka acknowledged them, or raises KafkaUnavailable (the handler then answers 503 and Kombo
-    retries). ``resources_of`` answers from the configuration; ``is_paused`` from what the caller knows (by default
-    never paused): the owner is authoritative, and ignores a trigger for an integration it has paused.
+    retries). ``resources_of`` and ``is_paused`` answer from what the caller knows (the relay: the registry of
+    integrations as it follows it; by default never paused): the owner is authoritative, and ignores a trigger for an
+    integration it has paused.
     """
 
     def __init__(
@@ -446,13 +447,6 @@ class ForwardingTarget:
         self._is_paused = is_paused
         self._clock = clock
         self._pending: list[tuple[ActionKind, str, str | None, float]] = []  # kind, integration, resource, received
-
-    @classmethod
-    def from_config(cls, channel: ControlChannel, config: Config) -> ForwardingTarget:
-        """A target that knows the configured integrations and resources."""
-        integrations = frozenset(config.integrations)
-        resources = tuple(config.resources)
-        return cls(channel, resources_of=lambda integration: resources if integration in integrations else ())
 
     def resources_of(self, integration: str) -> tuple[str, ...]:
         return self._resources_of(integration)

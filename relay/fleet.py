@@ -39,7 +39,8 @@ from relay.errors import KafkaAuthenticationFailed, KafkaAuthorizationFailed, Ka
 from relay.metrics import Metrics
 from relay.partition_sinks import PartitionSinks
 from relay.pipeline import Pipeline
-from relay.scheduler import Scheduler
+from relay.registry import EMPTY, DefaultResources, EntryState, PairsPlan, Registry, RegistryChange, plan_change
+from relay.scheduler import BY_REGISTRY, Scheduler
 from relay.sink import authorization_failed
 from relay.state import StateStore
 
@@ -70,18 +71,92 @@ class Ownership:
         self._read_state = read_state
         self.owned: frozenset[int] = frozenset()
         self.control: ControlChannel | None = None  # in a fleet: the webhook triggers of the owned partitions
+        # The registry of integrations as this replica last applied it: what its partitions' pairs are. Changed only
+        # under the lock, by apply_registry (the relay's follower of the registry topic) or use_registry (at start).
+        self.registry: Registry = EMPTY
+        self._defaults = DefaultResources.from_config(config)
         self.settled = False  # the group assigned this replica its partitions (maybe none) and they are restored
         self._changing = asyncio.Lock()  # one change of ownership at a time: a claim, a handover, a loss
         self._losing: set[asyncio.Task[None]] = set()
 
     def pairs_of(self, partitions: Iterable[int]) -> list[tuple[str, str]]:
+        """The pairs of the integrations of the registry placed in ``partitions`` (removed ones have none; paused ones
+        do: they are owned, paused)."""
         wanted = set(partitions)
         return [
-            (integration, resource)
-            for integration in self._config.integrations
-            if self._store.partition_of(integration) in wanted
-            for resource in self._config.resources
+            (entry.integration, resource)
+            for entry in self.registry.active()
+            if self._store.partition_of(entry.integration) in wanted
+            for resource in self._defaults.resources_of(entry)
         ]
+
+    def resources_of(self, integration: str) -> tuple[str, ...]:
+        """The resources the registry says ``integration`` is polled for, wherever it is placed; empty when the
+        registry does not hold it or holds it as removed."""
+        entry = self.registry.get(integration)
+        return () if entry is None or entry.removed else self._defaults.resources_of(entry)
+
+    def is_paused(self, integration: str) -> bool:
+        """Whether the registry holds ``integration`` paused."""
+        entry = self.registry.get(integration)
+        return entry is not None and entry.paused
+
+    def owned_states(self) -> dict[str, EntryState]:
+        """The integrations of the owned partitions the registry holds (removed ones left out), and their state."""
+        return {
+            entry.integration: entry.state
+            for entry in self.registry.active()
+            if self._store.partition_of(entry.integration) in self.owned
+        }
+
+    def _paused(self) -> frozenset[str]:
+        return frozenset(entry.integration for entry in self.registry.active() if entry.paused)
+
+    async def use_registry(self, registry: Registry) -> None:
+        """Start from ``registry`` (read at start, before anything is owned; else as :meth:`apply_registry`)."""
+        await self.apply_registry(registry)
+
+    async def apply_registry(self, registry: Registry, changes: Iterable[RegistryChange] | None = None) -> PairsPlan:
+        """Make the registry ``registry``: for the integrations of the owned partitions, poll the pairs added, stop
+        those removed (as a handover of just those pairs does), pause and resume; for the others, only remember it,
+        so that a later claim polls what it says. ``changes``: the integrations that changed, if known (by default
+        every one is compared). Returns what it did."""
+        async with self._changing:
+            plan = plan_change(
+                self.registry,
+                registry,
+                self._defaults,
+                owned=lambda integration: self._store.partition_of(integration) in self.owned,
+                integrations=None if changes is None else (change.integration for change in changes),
+            )
+            self.registry = registry
+            if plan.disown:
+                integrations = {integration for integration, _ in plan.disown}
+                self._pipeline.halt(integrations)
+                try:
+                    await self._scheduler.disown(plan.disown, self._config.shutdown_grace_seconds)
+                finally:
+                    self._pipeline.unhalt(integrations)
+            if plan.own:
+                self._pipeline.unhalt(integration for integration, _ in plan.own)
+                self._scheduler.own(plan.own, paused=plan.paused)
+            for integration in plan.pause:
+                self._scheduler.pause(integration, by=BY_REGISTRY)
+            for integration in plan.resume:
+                self._scheduler.resume(integration, by=BY_REGISTRY)
+            if plan:
+                log.info(
+                    "registry applied",
+                    extra={
+                        "polled": sorted({i for i, _ in plan.own}),
+                        "stopped": sorted({i for i, _ in plan.disown}),
+                        "paused": list(plan.pause),
+                        "resumed": list(plan.resume),
+                        "pairs_added": len(plan.own),
+                        "pairs_removed": len(plan.disown),
+                    },
+                )
+            return plan
 
     async def claim(self, partitions: Iterable[int]) -> None:
         """Own ``partitions``: fence their previous owners, read their state, poll their pairs."""
@@ -103,7 +178,7 @@ class Ownership:
             pairs = self.pairs_of(fresh)
             self._pipeline.unhalt(integration for integration, _ in pairs)
             self.owned = self.owned | fresh
-            self._scheduler.own(pairs)
+            self._scheduler.own(pairs, paused=self._paused())
             if self.control is not None:
                 await self.control.own(fresh)
             self.settled = True
@@ -119,7 +194,8 @@ class Ownership:
             if not gone:
                 return
             grace = self._config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
-            pairs = self.pairs_of(gone)
+            # What the scheduler polls of them: the registry's pairs of these partitions, as applied.
+            pairs = [pair for pair in self._scheduler.status if self._store.partition_of(pair[0]) in gone]
             if self.control is not None:
                 await self.control.disown(gone)
             self._pipeline.halt(integration for integration, _ in pairs)
@@ -300,7 +376,12 @@ async def fence_single_instance_writer(config: Config, legacy_transactional_id: 
 
 def legacy_transactional_id(config: Config) -> str:
     """The transactional id the single instance of the releases before the fleet used: the one set by hand, or the
-    default derived then (it hashed the integrations and resources too)."""
+    default derived then (it hashed the integrations and resources too).
+
+    The integrations hashed are RELAY_INTEGRATIONS as set now: those releases required it, so a deployment upgrading
+    from one still sets it (and its first start seeds the registry from it). Unset, there is no such instance to
+    fence: the id hashes an empty list, which no relay of those releases used. So keep RELAY_INTEGRATIONS as it was
+    until the old instance is gone; dropping it afterwards changes nothing but this id, fencing nobody."""
     if config.transactional_id != relay_identity(config.source_url, config.topic_prefix, config.state_topic):
         return config.transactional_id  # set by hand: the fleet's producers are named after it
     identity: list[Any] = [

@@ -1,7 +1,8 @@
 """The registry of integrations, pure: its record (:class:`RegistryEntry` and its encoding), the fold of the registry
 topic's records into a :class:`Registry` (an immutable mapping of integration id to entry) with the changes it made,
 the edits an operator asks for (:func:`add`, :func:`remove`, :func:`pause`, :func:`resume`), seeding from
-``RELAY_INTEGRATIONS`` (:func:`seed`) and the resources an entry is polled for (:class:`DefaultResources`). No I/O:
+``RELAY_INTEGRATIONS`` (:func:`seed`), the resources an entry is polled for (:class:`DefaultResources`) and what the
+owner of an integration does when its entry changes (:func:`plan_change`). No I/O:
 :mod:`relay.registry_topic` reads and writes the topic, :mod:`relay.registry_cli` is ``relay integrations``.
 
 **Order is the registry's.** The topic (``RELAY_INTEGRATIONS_TOPIC``) is compacted and keyed by integration id, so all
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 
@@ -477,3 +478,60 @@ class DefaultResources:
         return tuple(
             (entry.integration, resource) for entry in registry.active() for resource in self.resources_of(entry)
         )
+
+
+# --- What a running relay does about a change -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PairsPlan:
+    """What the owner of some integrations does when the registry goes from one state to the next: the pairs to
+    start polling (``own``, paused for the integrations in ``paused``), those to stop polling (``disown``), and the
+    integrations whose pairs it keeps but pauses or resumes."""
+
+    own: tuple[tuple[str, str], ...] = ()
+    disown: tuple[tuple[str, str], ...] = ()
+    paused: frozenset[str] = frozenset()  # of the integrations of ``own``: those to own paused
+    pause: tuple[str, ...] = ()
+    resume: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.own or self.disown or self.pause or self.resume)
+
+
+def plan_change(
+    before: Registry,
+    after: Registry,
+    defaults: DefaultResources,
+    *,
+    owned: Callable[[str], bool],
+    integrations: Iterable[str] | None = None,
+) -> PairsPlan:
+    """What the owner of the integrations for which ``owned`` is true does when the registry goes from ``before`` to
+    ``after``: added pairs are owned, removed ones disowned (a removed integration loses all of them, a narrower
+    resource list some), a pause or resume applies to the pairs it keeps. ``integrations``: only these (those a
+    :class:`RegistryChange` names), by default every one of either registry."""
+    names = sorted(set(before) | set(after) if integrations is None else set(integrations))
+    own: list[tuple[str, str]] = []
+    disown: list[tuple[str, str]] = []
+    paused: set[str] = set()
+    pause_: list[str] = []
+    resume_: list[str] = []
+    for integration in names:
+        if not owned(integration):
+            continue
+        old, new = _polled(before.get(integration), defaults), _polled(after.get(integration), defaults)
+        own += [(integration, resource) for resource in new if resource not in old]
+        disown += [(integration, resource) for resource in old if resource not in new]
+        now_paused = (entry := after.get(integration)) is not None and entry.paused
+        if now_paused and any(resource not in old for resource in new):
+            paused.add(integration)
+        was_paused = (entry := before.get(integration)) is not None and entry.paused
+        if any(resource in old for resource in new) and now_paused != was_paused:
+            (pause_ if now_paused else resume_).append(integration)
+    return PairsPlan(tuple(own), tuple(disown), frozenset(paused), tuple(pause_), tuple(resume_))
+
+
+def _polled(entry: RegistryEntry | None, defaults: DefaultResources) -> tuple[str, ...]:
+    """The resources polled for ``entry``'s integration: none when it is not in the registry or removed."""
+    return () if entry is None or entry.removed else defaults.resources_of(entry)

@@ -25,7 +25,8 @@ Exit status:
   8  Kafka could not be reached, or did not answer, within --timeout
   9  remove, pause or resume of an integration the registry does not hold; pause or resume of a removed one
 
-The running relay does not follow the registry yet: `relay run` still polls RELAY_INTEGRATIONS (issue 16).
+A running relay follows the registry: it polls an integration added within one poll interval, stops polling one
+removed, and pauses and resumes with it, with no restart.
 """
 
 # What belongs here: the `relay integrations` command (this docstring is its --help description): arguments, output

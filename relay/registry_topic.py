@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -125,7 +125,7 @@ class RegistryTopic:
                 remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
         return registry.moved_to({tp.partition: end for tp, end in ends.items()})
 
-    async def follow(self, registry: Registry) -> AsyncIterator[RegistryUpdate]:
+    async def follow(self, registry: Registry) -> AsyncGenerator[RegistryUpdate, None]:
         """Yield an update each time records change the registry after ``registry`` (which :meth:`read` returned,
         or an update before), from the positions it was read to, until :meth:`close` or the iterator is closed.
         Kafka errors while following are logged and retried: the registry a relay polls by does not vanish when

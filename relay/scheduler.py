@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 # what an idle poll costs. RELAY_MAX_CONCURRENT_POLLS still bounds the burst, and a webhook's poll does not wait for
 # the grid.
 WAKE_GRID_SECONDS = 0.1
+# Who paused an integration: a pair polls only while nobody holds it paused. The registry of integrations (relay
+# integrations pause, kept across restarts) and Kombo's integration-state webhooks (RELAY_FOLLOW_INTEGRATION_STATE,
+# in memory) pause independently: a webhook's ACTIVE does not resume what an operator paused, nor the reverse.
+BY_REGISTRY = "registry"
+BY_WEBHOOK = "webhook"
 
 Clock = Callable[[], float]
 
@@ -118,7 +123,8 @@ class PairStatus:
     polls: int = 0
     next_poll_at: float | None = None
     polling: bool = False
-    paused: bool = False
+    paused: bool = False  # paused_by is not empty
+    paused_by: set[str] = field(default_factory=set)
     trigger: Wakeup = field(default_factory=Wakeup)
     # time.monotonic() of the first trigger (webhook) not yet served by a poll, for relay_webhook_to_event_seconds
     triggered_at: float | None = None
@@ -169,7 +175,10 @@ class Scheduler:
         self.fatal: BaseException | None = None
         if pairs is None:
             pairs = [(integration, resource) for integration in config.integrations for resource in config.resources]
-        self.status: dict[tuple[str, str], PairStatus] = {pair: PairStatus(*pair) for pair in pairs}
+        self.status: dict[tuple[str, str], PairStatus] = {}
+        self._by_integration: dict[str, dict[str, PairStatus]] = {}  # the same statuses, by integration and resource
+        for pair in pairs:
+            self._add_status(PairStatus(*pair))
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._running = False
 
@@ -190,14 +199,31 @@ class Scheduler:
             self.stop()
             await _end_within(list(self._tasks.values()), grace)
 
-    def own(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """Poll ``pairs`` from now on (their partition is this replica's now), each starting within its jitter."""
+    def own(self, pairs: Iterable[tuple[str, str]], *, paused: Container[str] = ()) -> None:
+        """Poll ``pairs`` from now on (their partition is this replica's now, or the registry added them), each
+        starting within its jitter; those of the integrations in ``paused`` are paused by the registry."""
         for pair in pairs:
             if pair not in self.status:
-                status = self.status[pair] = PairStatus(*pair)
+                status = PairStatus(*pair)
+                if pair[0] in paused:
+                    status.paused_by.add(BY_REGISTRY)
+                    status.paused = True
+                self._add_status(status)
                 if self._running and not self._stopping.is_set():
                     self._start_pair(status)
         self._update_health_gauge()
+
+    def _add_status(self, status: PairStatus) -> None:
+        self.status[(status.integration, status.resource)] = status
+        self._by_integration.setdefault(status.integration, {})[status.resource] = status
+
+    def _drop_status(self, status: PairStatus) -> None:
+        self.status.pop((status.integration, status.resource), None)
+        resources = self._by_integration.get(status.integration)
+        if resources is not None and resources.get(status.resource) is status:
+            del resources[status.resource]
+            if not resources:
+                del self._by_integration[status.integration]
 
     async def disown(self, pairs: Iterable[tuple[str, str]], grace_seconds: float) -> None:
         """Stop polling ``pairs``: no new poll starts, a poll in progress gets ``grace_seconds`` to end (the pipeline
@@ -210,7 +236,7 @@ class Scheduler:
             [task for s in statuses if (task := self._tasks.get((s.integration, s.resource)))], grace_seconds
         )
         for status in statuses:
-            self.status.pop((status.integration, status.resource), None)
+            self._drop_status(status)
             self._tasks.pop((status.integration, status.resource), None)
         self._update_health_gauge()
 
@@ -243,36 +269,46 @@ class Scheduler:
         return True
 
     def resources_of(self, integration: str) -> tuple[str, ...]:
-        """The resources polled for ``integration``; empty when it is not configured."""
-        return self._config.resources if (integration, self._config.resources[0]) in self.status else ()
+        """The resources polled for ``integration`` (each integration has its own); empty when it is not polled
+        here."""
+        return tuple(self._by_integration.get(integration, ()))
 
     def is_paused(self, integration: str) -> bool:
-        status = self.status.get((integration, self._config.resources[0]))  # pauses apply to all its pairs
-        return status is not None and status.paused
+        """Whether ``integration`` is paused (pauses apply to all its pairs), by anyone."""
+        return any(status.paused for status in self._pairs_of(integration))
 
-    def pause(self, integration: str) -> bool:
-        """Stop polling ``integration`` (a poll in progress finishes) until :meth:`resume`; False if unknown."""
-        pairs = self._pairs_of(integration)
-        for status in pairs:
-            status.paused = True
-        if pairs:
-            log.info("integration paused", extra={"integration": integration})
-        return bool(pairs)
-
-    def resume(self, integration: str) -> bool:
-        """Poll ``integration`` again, at once (to catch up on what changed while paused); False if unknown."""
+    def pause(self, integration: str, *, by: str = BY_WEBHOOK) -> bool:
+        """Stop polling ``integration`` (a poll in progress finishes) until :meth:`resume` by the same ``by``
+        (:data:`BY_WEBHOOK`, :data:`BY_REGISTRY`); False if it is not polled here."""
         pairs = self._pairs_of(integration)
         was_paused = any(s.paused for s in pairs)
         for status in pairs:
-            status.paused = False
-            if was_paused:
+            status.paused_by.add(by)
+            status.paused = True
+        if pairs and not was_paused:
+            log.info("integration paused", extra={"integration": integration, "by": by})
+        return bool(pairs)
+
+    def resume(self, integration: str, *, by: str = BY_WEBHOOK) -> bool:
+        """Lift ``by``'s pause of ``integration``; once nobody holds it paused, poll it again at once (to catch up on
+        what changed while paused). False if it is not polled here."""
+        pairs = self._pairs_of(integration)
+        was_paused = any(s.paused for s in pairs)
+        for status in pairs:
+            status.paused_by.discard(by)
+            status.paused = bool(status.paused_by)
+        resumed = was_paused and not any(s.paused for s in pairs)
+        if resumed:
+            for status in pairs:
                 self.trigger(integration, status.resource)
-        if was_paused:
-            log.info("integration resumed", extra={"integration": integration})
+            log.info("integration resumed", extra={"integration": integration, "by": by})
+        elif was_paused:
+            held = sorted({reason for s in pairs for reason in s.paused_by})
+            log.info("integration still paused", extra={"integration": integration, "by": by, "paused_by": held})
         return bool(pairs)
 
     def _pairs_of(self, integration: str) -> list[PairStatus]:
-        return [s for (i, _), s in self.status.items() if i == integration]
+        return list(self._by_integration.get(integration, {}).values())
 
     # ------------------------------------------------------------------------------------------- one pair's loop
 

@@ -279,7 +279,15 @@ def test_flags_accept_the_usual_words(word: str, expected: bool) -> None:
 
 def test_an_empty_variable_counts_as_unset() -> None:
     assert load(RELAY_PAGE_SIZE="", RELAY_TOPIC_PREFIX="  ").page_size == 250
-    assert problems_of({"RELAY_API_KEY": API_KEY, "RELAY_INTEGRATIONS": ""}) == ["RELAY_INTEGRATIONS: required"]
+    assert problems_of({"RELAY_INTEGRATIONS": "", "RELAY_API_KEY": " "}) == [
+        "RELAY_API_KEY or RELAY_API_KEY_FILE: required"
+    ]
+    assert load_config(environ={"RELAY_API_KEY": API_KEY, "RELAY_INTEGRATIONS": ""}).integrations == ()
+
+
+def test_integrations_are_optional_since_the_registry_says_what_is_polled() -> None:
+    assert load_config(environ={"RELAY_API_KEY": API_KEY}).integrations == ()
+    assert "| `RELAY_INTEGRATIONS` | unset |" in settings_markdown()
 
 
 def test_unknown_variables_are_ignored_and_typos_warned_about() -> None:
@@ -455,7 +463,7 @@ def test_an_invalid_value_is_one_problem_naming_the_variable(name: str, value: s
 
 
 def test_required_settings() -> None:
-    assert problems_of({}) == ["RELAY_API_KEY or RELAY_API_KEY_FILE: required", "RELAY_INTEGRATIONS: required"]
+    assert problems_of({}) == ["RELAY_API_KEY or RELAY_API_KEY_FILE: required"]
 
 
 def test_several_problems_give_one_line_each() -> None:
@@ -463,7 +471,6 @@ def test_several_problems_give_one_line_each() -> None:
     assert [problem.split(":")[0] for problem in problems] == [
         "RELAY_SOURCE_URL",
         "RELAY_API_KEY or RELAY_API_KEY_FILE",
-        "RELAY_INTEGRATIONS",
         "RELAY_PAGE_SIZE",
         "RELAY_LOG_LEVEL",
     ]
@@ -913,7 +920,6 @@ def test_check_config_reports_every_problem(
     assert err.splitlines() == [
         "relay: warning: RELAY_PAGESIZE is not a setting and is ignored (did you mean RELAY_PAGE_SIZE?)",
         "relay: invalid configuration",
-        "  RELAY_INTEGRATIONS: required",
         "  RELAY_PAGE_SIZE: must be an integer from 1 to 250, got 0",
     ]
     assert API_KEY not in err

@@ -177,12 +177,17 @@ def test_a_webhooks_triggers_become_one_action_per_integration() -> None:
     assert target.take("next") == []
 
 
-def test_the_forwarding_target_answers_from_the_configuration() -> None:
-    config = config_without_kafka(RELAY_INTEGRATIONS=ACME, RELAY_RESOURCES=f"{USERS},{JOBS}")
-    target = ForwardingTarget.from_config(channel(), config)
+def test_the_forwarding_target_answers_from_what_it_is_given() -> None:
+    # The relay gives it the registry of integrations as it follows it (relay.fleet.Ownership): live, not a list.
+    known = {ACME: (USERS, JOBS)}
+    target = ForwardingTarget(channel(), resources_of=lambda integration: known.get(integration, ()))
     assert target.resources_of(ACME) == (USERS, JOBS)
     assert target.resources_of("workday:unknown") == ()
-    assert not target.is_paused(ACME)  # the owner decides
+    known["workday:unknown"] = (USERS,)
+    assert target.resources_of("workday:unknown") == (USERS,)
+    assert not target.is_paused(ACME)  # by default the owner decides
+    paused = ForwardingTarget(channel(), resources_of=known.get, is_paused=lambda integration: integration == ACME)
+    assert paused.is_paused(ACME)
 
 
 def test_the_owner_applies_an_action_unless_the_integration_is_paused_there() -> None:
@@ -208,7 +213,9 @@ async def unreachable() -> AsyncIterator[tuple[str, Metrics]]:
     control = ControlChannel(config, metrics, partition_of=lambda _: 0, send_timeout_seconds=5)
     settings = WebhookSettings.from_config(config)
     assert settings is not None
-    receiver = WebhookReceiver(settings, ForwardingTarget.from_config(control, config))
+    receiver = WebhookReceiver(
+        settings, ForwardingTarget(control, resources_of=lambda integration: (USERS,) if integration == ACME else ())
+    )
     app = build_app(
         metrics, lambda: (True, {}), lambda: {}, Heartbeat(), webhook=(settings.path, make_handler(receiver, metrics))
     )

@@ -1,5 +1,6 @@
 """relay.registry without a broker: the record and its validation, the fold (any arrival order of the records folds to
-each integration's last by offset), the changes a fold reports, the edits, seeding and the resources of an entry."""
+each integration's last by offset), the changes a fold reports, the edits, seeding, the resources of an entry and what
+the owner of an integration does when its entry changes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from relay.registry import (
     EMPTY,
     NOT_WRITTEN,
     DefaultResources,
+    PairsPlan,
     Registry,
     RegistryChange,
     RegistryEntry,
@@ -25,6 +27,7 @@ from relay.registry import (
     add,
     fold,
     pause,
+    plan_change,
     remove,
     resume,
     seed,
@@ -378,3 +381,64 @@ def test_the_resources_of_an_entry_by_its_category() -> None:
         (ACME, "ats/users"),
         (ACME, "ats/jobs"),
     )
+
+
+# --- What the owner does about a change -----------------------------------------------------------------------------
+
+INITECH = "bamboohr:initech"
+ELSEWHERE = "workday:elsewhere"  # placed in a partition the owner does not own
+DEFAULTS = DefaultResources(("ats/users",), ats=("ats/users", "ats/jobs"), hris=("hris/employees",))
+
+
+def plan(before: Registry, after: Registry, **kwargs: Any) -> PairsPlan:
+    return plan_change(before, after, DEFAULTS, owned=lambda integration: integration != ELSEWHERE, **kwargs)
+
+
+def test_an_added_integration_is_owned_and_a_removed_one_disowned() -> None:
+    before = registry_of(entry(ACME), entry(GLOBEX, category="hris"))
+    after = registry_of(entry(ACME, removed=True), entry(GLOBEX, category="hris"), entry(INITECH, category="ats"))
+    assert plan(before, after) == PairsPlan(
+        own=((INITECH, "ats/users"), (INITECH, "ats/jobs")), disown=((ACME, "ats/users"),)
+    )
+    assert plan(after, after) == PairsPlan()
+    assert not plan(after, after)
+    # Forgotten (a tombstone) is removed too; added again after a removal is added.
+    assert plan(before, registry_of(entry(GLOBEX, category="hris"))).disown == ((ACME, "ats/users"),)
+    assert plan(after, before).own == ((ACME, "ats/users"),)
+
+
+def test_an_integration_not_owned_changes_nothing_here() -> None:
+    before = registry_of(entry(ACME))
+    after = registry_of(entry(ACME), entry(ELSEWHERE, category="ats"))
+    assert plan(before, after) == PairsPlan()
+    assert plan(after, before) == PairsPlan()
+    assert plan(after, registry_of(entry(ACME), entry(ELSEWHERE, paused=True))) == PairsPlan()
+
+
+def test_pauses_apply_to_kept_pairs_and_added_pairs_of_a_paused_integration_are_owned_paused() -> None:
+    active = registry_of(entry(ACME, category="ats"))
+    paused = registry_of(entry(ACME, category="ats", paused=True))
+    assert plan(active, paused) == PairsPlan(pause=(ACME,))
+    assert plan(paused, active) == PairsPlan(resume=(ACME,))
+    assert plan(EMPTY, paused) == PairsPlan(own=((ACME, "ats/users"), (ACME, "ats/jobs")), paused=frozenset({ACME}))
+    # Removed while paused: its pairs go, there is nothing left to pause.
+    assert plan(paused, registry_of(entry(ACME, category="ats", paused=True, removed=True))) == PairsPlan(
+        disown=((ACME, "ats/users"), (ACME, "ats/jobs"))
+    )
+
+
+def test_new_resources_own_and_disown_the_difference() -> None:
+    before = registry_of(entry(ACME, category="ats", paused=True))
+    after = registry_of(entry(ACME, category="ats", paused=True, resources=("ats/jobs", "ats/offers")))
+    assert plan(before, after) == PairsPlan(
+        own=((ACME, "ats/offers"),), disown=((ACME, "ats/users"),), paused=frozenset({ACME})
+    )
+    # A category of other defaults changes the pairs the same way.
+    assert plan(registry_of(entry(ACME)), registry_of(entry(ACME, category="hris"))) == PairsPlan(
+        own=((ACME, "hris/employees"),), disown=((ACME, "ats/users"),)
+    )
+
+
+def test_only_the_integrations_named_are_compared() -> None:
+    after = registry_of(entry(ACME), entry(GLOBEX))
+    assert plan(EMPTY, after, integrations=[GLOBEX]) == PairsPlan(own=((GLOBEX, "ats/users"),))

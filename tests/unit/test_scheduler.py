@@ -16,7 +16,7 @@ from relay.config import Config, load_config
 from relay.errors import AuthenticationError, KafkaUnavailable, StateError
 from relay.metrics import Metrics
 from relay.reload_gate import ReloadGate
-from relay.scheduler import Scheduler, Wakeup, next_on_grid
+from relay.scheduler import BY_REGISTRY, Scheduler, Wakeup, next_on_grid
 from relay.slots import sleep_without_slot
 from tests.unit.support import quiescent, wait_until
 
@@ -271,6 +271,58 @@ async def test_a_pair_waiting_on_the_source_does_not_hold_the_only_poll_slot() -
         assert poller.status[(ACME, USERS)].polling  # still waiting, without the slot
         waiting.set()
         await wait_until(lambda: not poller.status[(ACME, USERS)].polling, "the waiting poll to finish")
+    finally:
+        poller.stop()
+        await runner
+
+
+# --- Pairs of the registry: each integration its own resources, pauses by whoever paused -------------------------
+
+
+async def test_each_integration_has_the_resources_it_was_given() -> None:
+    poller = ScriptedPoller(config())
+    await poller.disown([(GLOBEX, USERS), (GLOBEX, EMPLOYEES)], 0)
+    poller.own([(GLOBEX, EMPLOYEES), ("bamboohr:initech", "hris/teams")])
+    assert poller.resources_of(ACME) == (USERS, EMPLOYEES)
+    assert poller.resources_of(GLOBEX) == (EMPLOYEES,)
+    assert poller.resources_of("bamboohr:initech") == ("hris/teams",)
+    assert poller.resources_of("workday:unknown") == ()
+    await poller.disown([(ACME, USERS), (ACME, EMPLOYEES)], 0)
+    assert poller.resources_of(ACME) == ()
+    assert not poller.pause(ACME)
+
+
+async def test_a_pause_of_the_registry_and_one_of_a_webhook_are_lifted_each_by_its_own_resume() -> None:
+    poller = ScriptedPoller(config())
+    runner = await start(poller)
+    try:
+        assert poller.pause(ACME, by=BY_REGISTRY)
+        assert poller.pause(ACME)  # a webhook's (INACTIVE)
+        assert poller.resume(ACME)  # the webhook's ACTIVE does not undo the operator's pause
+        assert poller.is_paused(ACME)
+        poller.trigger(ACME, USERS)
+        await quiescent()
+        assert poller.polled(ACME, USERS) == 1
+        assert poller.resume(ACME, by=BY_REGISTRY)  # nobody holds it now: polled at once
+        assert not poller.is_paused(ACME)
+        await wait_until(lambda: poller.polled(ACME, USERS) == 2 and poller.polled(ACME, EMPLOYEES) == 2, "resume")
+    finally:
+        poller.stop()
+        await runner
+
+
+async def test_pairs_owned_paused_wait_for_the_registry_to_resume_them() -> None:
+    poller = ScriptedPoller(config(integrations=ACME))
+    runner = await start(poller)
+    try:
+        poller.own([(GLOBEX, USERS)], paused={GLOBEX})
+        assert poller.is_paused(GLOBEX)
+        assert poller.status[(GLOBEX, USERS)].paused_by == {BY_REGISTRY}
+        poller.trigger(GLOBEX, USERS)
+        await quiescent()
+        assert poller.polled(GLOBEX, USERS) == 0
+        poller.resume(GLOBEX, by=BY_REGISTRY)
+        await wait_until(lambda: poller.polled(GLOBEX, USERS) == 1, "the resumed pair's poll")
     finally:
         poller.stop()
         await runner
