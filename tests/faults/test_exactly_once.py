@@ -103,18 +103,21 @@ def report(verdict: Verdict) -> None:
 
 
 async def finish(world: FaultWorld, oracle: Oracle, scenario: str, timeout: float = 120, **extra: object) -> Verdict:
-    """Stop churn and faults, let a relay publish every final state, stop it with SIGTERM, and judge."""
+    """Stop churn and faults, let the relays running (or a new one) publish every final state, stop them with SIGTERM,
+    and judge."""
     await world.sim.stop_churn()
     world.sim.faults.clear()
     async with world.collector() as events:
-        relay = next((p for p in reversed(world.processes) if p.alive()), None) or await world.relay()
+        relays = [p for p in world.processes if p.alive()] or [await world.relay()]
         try:
-            await converge(oracle, events, relay, timeout)
+            await converge(oracle, events, relays, timeout)
         except AssertionError as error:
             details = oracle.judge(events.events, scenario).details()
-            raise AssertionError(f"{error}\n{details}\n{relay.tail(40)}") from error
-        code, _ = await relay.terminate()
-        assert code == 0, relay.tail()
+            tails = "\n".join(f"{relay.name}:\n{relay.tail(40)}" for relay in relays)
+            raise AssertionError(f"{error}\n{details}\n{tails}") from error
+        for relay in relays:  # a fleet stops one replica after the other, each handing its partitions over
+            code, _ = await relay.terminate()
+            assert code == 0, relay.tail()
     verdict = oracle.judge(events.events, scenario)
     verdict.extra.update(extra)
     return verdict
@@ -174,8 +177,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
                 mode = rng.choice(("startup", "random", "fetch", "transaction"))
                 hit = await kill_moment(mode, relay, world, watcher, rng)
                 assert relay.alive(), f"the relay died by itself ({relay.returncode}):\n{relay.tail()}"
-                relay.kill()
-                assert await relay.wait_exit(10) == -9
+                await relay.kill_and_wait()
                 modes[mode if hit else f"{mode}-missed"] += 1
             verdict = await finish(world, oracle, "sigkill", kills=scale.kills, seed=seed)
         finally:
