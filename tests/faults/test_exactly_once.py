@@ -15,8 +15,10 @@ Scenarios (each prints ``scenario=... changes_expected=N events_seen=M lost=L du
 4. Replicas taking turns: each newcomer shares the state partitions with the replica running, which is then stopped
    by SIGTERM (its partitions move at once) or SIGKILL (they move once the group's session timeout expired).
 5. SIGTERM during a large snapshot: exit 0 within the grace period, resume from the committed cursor.
+6. A fleet: three replicas, SIGKILLs of random ones (steady, mid-transaction, mid-rebalance), each followed by a new
+   one, then scaled up to four and down to two by SIGTERM.
 
-Scenario 4 also checks that no state partition was committed by two replicas in one generation: from the
+Scenarios 4 and 6 also check that no state partition was committed by two replicas in one generation: from the
 replicas' ``/status`` while they run, and from the producer id and epoch of every committed record batch against
 each replica's claims in its log (``writers.py``).
 
@@ -86,15 +88,19 @@ class Scale:
     fault_seconds: float  # scenario 3
     handovers: int  # scenario 4 (SIGTERM and SIGKILL in turn)
     snapshot_users: int  # scenario 5
+    fleet_integrations: int  # scenario 6
+    fleet_users: int  # per integration, scenario 6
+    fleet_kills: int  # scenario 6
     timeout: float  # per test
 
 
 CI = Scale(
-    "ci", kills=20, users=200, churn=20, outages=1, fault_seconds=20, handovers=4, snapshot_users=20_000, timeout=280
-)
+    "ci", kills=20, users=200, churn=20, outages=1, fault_seconds=20, handovers=4, snapshot_users=20_000,
+    fleet_integrations=20, fleet_users=100, fleet_kills=10, timeout=280,
+)  # fmt: skip
 SOAK_SCALE = Scale(
     "soak", kills=200, users=1000, churn=50, outages=5, fault_seconds=300, handovers=20, snapshot_users=100_000,
-    timeout=4 * 3600,
+    fleet_integrations=60, fleet_users=1000, fleet_kills=60, timeout=4 * 3600,
 )  # fmt: skip
 SCALE = SOAK_SCALE if SOAK else CI
 # The size is chosen by the environment, so a run has exactly one variant of each scenario: nothing is skipped.
@@ -560,3 +566,95 @@ async def test_sigterm_during_a_large_snapshot_exits_in_time_and_resumes(
             resumed_at_page=checkpoint.in_progress.pages,
         )  # fmt: skip
     report(verdict)
+
+
+# ------------------------------------------------------------------------------------------------ 6. fleet
+
+
+@scaled
+@pytest.mark.timeout(SCALE.timeout)
+async def test_a_fleet_killed_and_rescaled_loses_and_duplicates_nothing(
+    scale: Scale, bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Three replicas, many integrations churning: replicas SIGKILLed at random moments, each followed by a new one;
+    then a fourth replica, then two stopped by SIGTERM. Besides the oracle: no two replicas ever owned a partition in
+    one generation (from their ``/status``), and every committed record was written by the one replica owning its
+    state partition at the time (``writers.py``, from the producer of every record batch)."""
+    seed, rng = seeded("fleet")
+    partitions = 6
+    integrations = spread_integrations(scale.fleet_integrations, partitions)
+    async with fault_world(
+        bootstrap_servers, topic_prefix, tmp_path, users=scale.fleet_users, integrations=integrations
+    ) as world:
+        world.env_overrides["RELAY_STATE_TOPIC_PARTITIONS"] = str(partitions)
+        oracle = Oracle(world.sim, world.integrations)
+        await world.ensure_topics()
+        watcher = UncommittedWatcher(bootstrap_servers, [world.state_topic], [])
+        await watcher.start()
+        moments: Counter[str] = Counter()
+        try:
+            world.sim.start_churn(scale.churn)
+            fleet = Fleet(partitions)
+            fleet.replicas.extend([await world.relay() for _ in range(3)])
+            await fleet.wait_settled()
+            for _ in range(scale.fleet_kills):
+                moment = rng.choice(("steady", "transaction", "rebalance"))
+                victim, hit = await _fleet_victim(moment, fleet, world, watcher, rng)
+                await victim.kill_and_wait()
+                moments[moment if hit else f"{moment}-missed"] += 1
+                fleet.replicas.remove(victim)
+                fleet.replicas.append(await world.relay())
+            await fleet.wait_settled()
+
+            fleet.replicas.append(await world.relay())  # scale up: 6 partitions over 4 replicas, none idle
+            await fleet.wait_settled()
+            for replica in fleet.replicas:
+                assert await fleet.owned_by(replica), f"{replica.name} owns no partition among 4 replicas"
+            for victim in rng.sample(fleet.replicas, 2):  # scale down to 2, by SIGTERM
+                code, _ = await victim.terminate()
+                assert code == 0, victim.tail()
+                fleet.replicas.remove(victim)
+                await fleet.wait_settled()
+            verdict = await finish(world, oracle, "fleet", kills=scale.fleet_kills, replicas=len(world.processes))
+        finally:
+            await watcher.stop()
+        writers = await who_wrote(world)
+    verdict.extra.update(
+        seed=seed,
+        moments=",".join(f"{k}:{v}" for k, v in sorted(moments.items())),
+        generations=fleet.generations,
+        ownership_conflicts=len(fleet.conflicts),
+        **writers.summary(),
+        fenced=fenced_count(world.processes),
+    )
+    assert not fleet.conflicts, fleet.conflicts
+    assert not writers.problems, "\n".join(writers.problems[:10])
+    report(verdict)
+
+
+async def _fleet_victim(
+    moment: str, fleet: Fleet, world: FaultWorld, watcher: UncommittedWatcher, rng: random.Random
+) -> tuple[RelayProcess, bool]:
+    """The replica to kill at ``moment``, once it came; and whether it came (else a random one, now):
+
+    * ``steady``: the group settled, a random replica once it finished a few more polls;
+    * ``transaction``: the group settled, the owner of the state partition a transaction just wrote to (its commit
+      may not have happened yet);
+    * ``rebalance``: a random replica at once, while the group may still be rebalancing after the last restart.
+    """
+    if moment == "rebalance":
+        return rng.choice(fleet.replicas), True
+    await fleet.wait_settled()
+    if moment == "steady":
+        victim = rng.choice(fleet.replicas)
+        await _wait_for_commits(victim, rng.randint(1, 4))
+        return victim, True
+    assert moment == "transaction"
+    owners = {p: replica for replica in fleet.replicas for p in await fleet.owned_by(replica)}
+    before = dict(watcher.by_partition)
+    if await watcher.wait_new_records(20, where=[(world.state_topic, p) for p in owners]):
+        written = [
+            p for p in owners if watcher.by_partition[world.state_topic, p] > before.get((world.state_topic, p), 0)
+        ]
+        return owners[written[0]], True
+    return rng.choice(fleet.replicas), False
