@@ -17,8 +17,10 @@ Scenarios (each prints ``scenario=... changes_expected=N events_seen=M lost=L du
 5. SIGTERM during a large snapshot: exit 0 within the grace period, resume from the committed cursor.
 6. A fleet: three replicas, SIGKILLs of random ones (steady, mid-transaction, mid-rebalance), each followed by a new
    one, then scaled up to four and down to two by SIGTERM.
+7. A zombie: a replica frozen (SIGSTOP) past its session timeout with work in flight while another takes its
+   partitions over, then woken (SIGCONT): it commits nothing, notices, and rejoins.
 
-Scenarios 4 and 6 also check that no state partition was committed by two replicas in one generation: from the
+Scenarios 4, 6 and 7 also check that no state partition was committed by two replicas in one generation: from the
 replicas' ``/status`` while they run, and from the producer id and epoch of every committed record batch against
 each replica's claims in its log (``writers.py``).
 
@@ -45,12 +47,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from relay.app import EXIT_FENCED, Relay
 from relay.errors import Fenced, RecordTooLarge
+from relay.partitioning import partition_for_key
 from relay.simulator import Fault, FaultKind
 from tests.faults.chaos import (
     ACME,
@@ -69,8 +73,8 @@ from tests.faults.chaos import (
     wait_for,
 )
 from tests.faults.oracle import SUMMARIES, Oracle, Verdict
-from tests.faults.writers import HANDED_OVER, fenced_count, who_wrote
-from tests.integration.harness import relay_config
+from tests.faults.writers import HANDED_OVER, fenced_count, read_written, who_wrote
+from tests.integration.harness import Collector, relay_config
 
 sys.path.insert(0, str(REPO / "deploy" / "local-kafka"))
 from local_kafka import LocalKafka
@@ -82,7 +86,7 @@ pytestmark = pytest.mark.kafka
 class Scale:
     name: str
     kills: int  # scenario 1
-    users: int  # per integration, scenarios 1-4
+    users: int  # per integration, scenarios 1-4 and 7
     churn: float  # mutations per second
     outages: int  # scenario 2
     fault_seconds: float  # scenario 3
@@ -91,16 +95,17 @@ class Scale:
     fleet_integrations: int  # scenario 6
     fleet_users: int  # per integration, scenario 6
     fleet_kills: int  # scenario 6
+    pauses: int  # scenario 7
     timeout: float  # per test
 
 
 CI = Scale(
     "ci", kills=20, users=200, churn=20, outages=1, fault_seconds=20, handovers=4, snapshot_users=20_000,
-    fleet_integrations=20, fleet_users=100, fleet_kills=10, timeout=280,
+    fleet_integrations=20, fleet_users=100, fleet_kills=10, pauses=1, timeout=280,
 )  # fmt: skip
 SOAK_SCALE = Scale(
     "soak", kills=200, users=1000, churn=50, outages=5, fault_seconds=300, handovers=20, snapshot_users=100_000,
-    fleet_integrations=60, fleet_users=1000, fleet_kills=60, timeout=4 * 3600,
+    fleet_integrations=60, fleet_users=1000, fleet_kills=60, pauses=5, timeout=4 * 3600,
 )  # fmt: skip
 SCALE = SOAK_SCALE if SOAK else CI
 # The size is chosen by the environment, so a run has exactly one variant of each scenario: nothing is skipped.
@@ -658,3 +663,125 @@ async def _fleet_victim(
         ]
         return owners[written[0]], True
     return rng.choice(fleet.replicas), False
+
+
+# ------------------------------------------------------------------------------------------------ 7. zombie
+
+
+@scaled
+@pytest.mark.timeout(SCALE.timeout)
+async def test_a_zombie_replica_commits_nothing_notices_and_rejoins(
+    scale: Scale, bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A replica frozen (SIGSTOP) past its session timeout with work in flight, a page the source is still sending it
+    (with a new record in it) and, when it comes in time, a transaction of its own; the other replica takes its
+    partitions over and publishes that record. Woken (SIGCONT), the zombie commits nothing (nothing it had in flight
+    reaches a read_committed consumer through it: its producers were fenced), notices (it hands its partitions over,
+    and its ``/status`` shows another generation and member id), and rejoins: it owns partitions again and publishes
+    their changes."""
+    seed, rng = seeded("zombie")
+    partitions = 4
+    integrations = spread_integrations(8, partitions)
+    async with fault_world(
+        bootstrap_servers, topic_prefix, tmp_path, users=scale.users, integrations=integrations
+    ) as world:
+        world.env_overrides["RELAY_STATE_TOPIC_PARTITIONS"] = str(partitions)
+        # A page held 3 s by the source is still in flight when the zombie is frozen, and no timeout on its side.
+        world.env_overrides["RELAY_SOURCE_READ_TIMEOUT_SECONDS"] = "10"
+        oracle = Oracle(world.sim, world.integrations)
+        await world.ensure_topics()
+        watcher = UncommittedWatcher(bootstrap_servers, [world.state_topic, *world.event_topics], world.event_topics)
+        await watcher.start()
+        held: list[tuple[str, float]] = []  # the key of the record in the held page, when the zombie was frozen
+        try:
+            world.sim.start_churn(scale.churn)
+            fleet = Fleet(partitions)
+            zombie, other = await world.relay(), await world.relay()
+            fleet.replicas.extend([zombie, other])
+            async with world.collector() as events:
+                for _ in range(scale.pauses):
+                    await fleet.wait_settled()
+                    before = await _fleet_of(zombie)
+                    owned = set(before["owned_partitions"])
+                    assert owned, "the zombie-to-be owns nothing"
+                    integration = rng.choice(
+                        [i for i in integrations if partition_for_key(i.encode(), partitions) in owned]
+                    )
+                    created = world.sim.create(integration, USERS)
+                    page = world.sim.faults.inject(FaultKind.LATENCY, count=1, latency=3.0, integration=integration)
+                    assert await fault_applied(page, timeout=30)
+                    # The moment a transaction of its own just wrote to the log: maybe still open, maybe committed.
+                    await watcher.wait_new_records(1.5, where=[(world.state_topic, p) for p in owned])
+                    zombie.pause()
+                    held.append((f"{integration}:{created['id']}", time.time()))
+                    fleet.replicas.remove(zombie)
+                    await fleet.wait_settled()  # the other owns everything: it claimed (fenced) the zombie's partitions
+                    await _published_or_gone(events, world, integration, created["id"])
+
+                    zombie.resume()
+                    resumed_at = zombie.resumed_at
+                    assert resumed_at is not None
+                    fleet.replicas.append(zombie)
+                    await fleet.wait_settled()
+                    after = await _fleet_of(zombie)
+                    assert after["generation"] > before["generation"], (before, after)
+                    assert after["member_id"] != before["member_id"], (before, after)
+                    assert after["owned_partitions"], "the zombie rejoined and owns nothing"
+                    handed = {
+                        p
+                        for entry in zombie.entries()
+                        if entry["event"] == HANDED_OVER and entry["at"] >= resumed_at
+                        for p in entry["partitions"]
+                    }
+                    assert owned <= handed, f"the zombie did not let go of {sorted(owned - handed)}"
+                    published = await zombie.metric("relay_events_published_total")
+
+                    async def publishing_again(before: float = published) -> bool:
+                        return await zombie.metric("relay_events_published_total") > before
+
+                    await wait_for(publishing_again, 60, "the zombie to publish again from its new partitions")
+            fenced = fenced_count([zombie])
+            verdict = await finish(world, oracle, "zombie", pauses=scale.pauses, seed=seed)
+        finally:
+            await watcher.stop()
+        writers = await who_wrote(world)
+        uncommitted = await read_written(
+            bootstrap_servers, [(world.state_topic, p) for p in range(partitions)], committed=False
+        )
+    assert not writers.problems, "\n".join(writers.problems[:10])
+    # Nothing the zombie had in flight was committed through it: no event of a held record was written by the producer
+    # session it was frozen in, and of what that session wrote, what was still open stayed uncommitted.
+    frozen = [t for t in writers.tenures if t.replica == zombie.name and any(t.start < at <= t.end for _, at in held)]
+    for key, _ in held:
+        for event in (e for e in writers.events if e.key == key.encode()):
+            assert writers.tenure_of(event) not in frozen, f"{key} was committed by the zombie's frozen producer"
+    sessions = {(r.producer_id, r.epoch) for r in writers.runs if r.tenure in frozen}
+    committed = {(w.partition, w.offset) for w in writers.state}
+    in_flight = [
+        w for w in uncommitted if (w.producer_id, w.epoch) in sessions and (w.partition, w.offset) not in committed
+    ]
+    verdict.extra.update(
+        **writers.summary(),
+        fenced_commits=fenced,
+        zombie_uncommitted_records=len(in_flight),
+    )
+    report(verdict)
+
+
+async def _fleet_of(relay: RelayProcess) -> dict[str, Any]:
+    status = await relay.status()
+    assert status is not None, f"{relay.name} does not answer:\n{relay.tail()}"
+    fleet: dict[str, Any] = status["fleet"]
+    return fleet
+
+
+async def _published_or_gone(events: Collector, world: FaultWorld, integration: str, entity: str) -> None:
+    """Wait until the entity's record was published, or no longer needs to be (the churn deleted it meanwhile)."""
+    key = f"{integration}:{entity}"
+
+    async def done() -> bool:
+        await events.drain()
+        record = world.sim.get(integration, USERS, entity)
+        return any(e.key == key for e in events.events) or record is None or record.get("remote_deleted_at") is not None
+
+    await wait_for(done, 60, f"{key} to be published by the new owner")
