@@ -4,13 +4,15 @@ simulator in the test's event loop, and readers of what reached Kafka."""
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from aiokafka import AIOKafkaConsumer
 
 from relay.config import load_config
 from relay.metrics import Metrics
+from relay.partitioning import partition_for_key
 from relay.simulator import Simulator, SimulatorServer
 from relay.sink import KafkaSink
 from relay.state import Checkpoint, StateStore
@@ -53,7 +56,16 @@ BASE_ENV = {
     "RELAY_HTTP_HOST": "127.0.0.1",
     "RELAY_LOG_FORMAT": "json",
     "RELAY_FATAL_EXIT_DELAY_SECONDS": "0",
+    # Every `relay run` is a replica of the fleet: one SIGKILLed keeps its partitions until the group's session timeout
+    # expires (its successor waits that long), so the suite uses the shortest the relay accepts.
+    "RELAY_GROUP_SESSION_TIMEOUT_SECONDS": "6",
 }
+
+
+def log_time(stamp: str) -> float:
+    """A relay log line's ``time`` (``2026-11-27T08:01:29.196Z``, UTC, milliseconds) in seconds since the epoch."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + int(fraction or 0) / 1000
 
 
 def free_port() -> int:
@@ -81,6 +93,14 @@ class RelayProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.base = f"http://127.0.0.1:{self.port}"
         self._http: aiohttp.ClientSession | None = None
+        # Wall-clock times (time.time(), the clock of the relay's log lines and of the records it writes).
+        self.exited_at: float | None = None  # seen dead after a SIGKILL: it wrote nothing after this
+        self.paused_at: float | None = None  # SIGSTOP
+        self.resumed_at: float | None = None  # SIGCONT
+
+    @property
+    def name(self) -> str:
+        return self.log_path.stem
 
     async def start(self) -> RelayProcess:
         log = self.log_path.open("ab")
@@ -103,6 +123,19 @@ class RelayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The relay's JSON log lines, parsed, with ``at`` (the line's time, in seconds since the epoch) added."""
+        entries = []
+        for line in self.log().splitlines():
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # not a log line (a Python warning, say)
+            if isinstance(entry, dict) and "time" in entry:
+                entry["at"] = log_time(entry["time"])
+                entries.append(entry)
+        return entries
 
     async def get(self, path: str) -> tuple[int, str] | None:
         """(status, body) of a GET to the relay's HTTP server, or None if it does not answer."""
@@ -143,10 +176,31 @@ class RelayProcess:
         answer = await self.get("/status")
         return None if answer is None else orjson.loads(answer[1])
 
+    def count_log(self, event: str, since: float = 0.0) -> int:
+        """How many log lines say ``event`` (at or after ``since``)."""
+        return sum(1 for entry in self.entries() if entry["event"] == event and entry["at"] >= since)
+
     def kill(self) -> None:
         if self.alive():
             assert self.process is not None
             self.process.send_signal(signal.SIGKILL)
+
+    async def kill_and_wait(self, timeout: float = 10) -> None:
+        """SIGKILL, and wait until it is gone (``exited_at``: nothing it wrote is later than this)."""
+        self.kill()
+        assert await self.wait_exit(timeout) == -signal.SIGKILL
+        self.exited_at = time.time()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stays, frozen (no heartbeats, no commits) until :meth:`resume`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        self.paused_at = time.time()
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.resumed_at = time.time()
+        self.process.send_signal(signal.SIGCONT)
 
     async def terminate(self, timeout: float = 30) -> tuple[int, float]:
         """SIGTERM; returns (exit code, seconds it took to exit)."""
@@ -162,7 +216,7 @@ class RelayProcess:
 
     async def close(self) -> None:
         if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
+            self.process.send_signal(signal.SIGKILL)  # a stopped (SIGSTOP) process dies of it too
         if self.process is not None:
             await self.process.wait()
         if self._http is not None:
@@ -227,9 +281,13 @@ class FaultWorld:
         config = load_config(None, self.env())
         await KafkaSink(config, Metrics(config.resources)).ensure_topics()
 
+    @property
+    def state_partitions(self) -> int:
+        return int(self.env()["RELAY_STATE_TOPIC_PARTITIONS"])
+
     async def committed_state(self) -> StateStore:
         """The state as a restarting relay would restore it (read_committed, to the end of the state topic)."""
-        store = StateStore(2)
+        store = StateStore(self.state_partitions)
         await restore(store, self.state_topic, {"bootstrap_servers": self.bootstrap_servers})
         return store
 
@@ -288,6 +346,7 @@ class UncommittedWatcher:
         )
         self._event_topics = set(event_topics)
         self.records = 0
+        self.by_partition: Counter[tuple[str, int]] = Counter()  # records seen per (topic, partition)
         self.event_ids: list[str] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -305,14 +364,20 @@ class UncommittedWatcher:
             for records in batches.values():
                 for record in records:
                     self.records += 1
+                    self.by_partition[record.topic, record.partition] += 1
                     if record.topic in self._event_topics and record.value is not None:
                         self.event_ids.append(str(orjson.loads(record.value)["id"]))
 
-    async def wait_new_records(self, timeout: float) -> bool:
-        """True once a record arrives that was not there when called; False after ``timeout``."""
-        before = self.records
+    async def wait_new_records(self, timeout: float, where: Collection[tuple[str, int]] | None = None) -> bool:
+        """True once a record arrives that was not there when called (in one of the partitions ``where``, if given);
+        False after ``timeout``."""
+
+        def seen() -> int:
+            return self.records if where is None else sum(self.by_partition[tp] for tp in where)
+
+        before = seen()
         deadline = time.monotonic() + timeout
-        while self.records == before:
+        while seen() == before:
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.002)
@@ -327,13 +392,15 @@ class UncommittedWatcher:
 
 
 async def converge(
-    oracle: Oracle, events: Collector, relay: RelayProcess, timeout: float, quiet_seconds: float = 2.0
+    oracle: Oracle, events: Collector, relays: Sequence[RelayProcess], timeout: float, quiet_seconds: float = 2.0
 ) -> None:
-    """Wait until every entity's final state has been published, then until nothing more arrives."""
+    """Wait until every entity's final state has been published (by ``relays``, the replicas running), then until
+    nothing more arrives."""
 
     async def caught_up() -> bool:
-        if not relay.alive():
-            raise AssertionError(f"the relay exited with {relay.returncode}:\n{relay.tail()}")
+        for relay in relays:
+            if not relay.alive():
+                raise AssertionError(f"{relay.name} exited with {relay.returncode}:\n{relay.tail()}")
         before = len(events.events)
         await events.drain(timeout_ms=500)
         # The oracle's check is not cheap with many records, and the simulator shares this event loop: only judge
@@ -342,3 +409,74 @@ async def converge(
 
     await wait_for(caught_up, timeout, "the relay to publish every final state", interval=0.2)
     await events.settle(quiet_seconds)
+
+
+def spread_integrations(count: int, partitions: int, prefix: str = "personio:fleet") -> list[str]:
+    """``count`` integration ids spread evenly over the state partitions (the relay places an integration in
+    ``murmur2(id) % partitions``), so that every replica of a fleet has integrations to poll."""
+    quota = {p: count // partitions + (1 if p < count % partitions else 0) for p in range(partitions)}
+    chosen: list[str] = []
+    number = 0
+    while len(chosen) < count:
+        candidate = f"{prefix}{number}"
+        number += 1
+        partition = partition_for_key(candidate.encode(), partitions)
+        if quota[partition] > 0:
+            quota[partition] -= 1
+            chosen.append(candidate)
+    return chosen
+
+
+class Fleet:
+    """The replicas of a scenario that are running, as their ``/status`` shows them.
+
+    Every look also records which replica said it owned each partition in each generation of the group: two
+    replicas owning one partition in one generation is a ``conflict`` (the group assigns a partition to one member
+    per generation, and a replica's claim or handover happens inside one).
+    """
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.replicas: list[RelayProcess] = []
+        self.owners: dict[int, dict[int, str]] = {}  # generation -> partition -> replica
+        self.conflicts: list[str] = []
+
+    async def look(self) -> list[dict[str, Any] | None]:
+        statuses = await asyncio.gather(*(replica.status() for replica in self.replicas))
+        for replica, status in zip(self.replicas, statuses, strict=True):
+            fleet = None if status is None else status["fleet"]
+            if fleet is None or fleet["generation"] is None:
+                continue
+            owners = self.owners.setdefault(fleet["generation"], {})
+            for partition in fleet["owned_partitions"]:
+                owner = owners.setdefault(partition, replica.name)
+                if owner != replica.name:
+                    self.conflicts.append(
+                        f"generation {fleet['generation']}: partition {partition} owned by {owner} and {replica.name}"
+                    )
+        return statuses
+
+    async def settled(self) -> bool:
+        """Every replica is ready, all are in one generation, and they own every partition once between them."""
+        for replica in self.replicas:
+            if not replica.alive():
+                raise AssertionError(f"{replica.name} exited with {replica.returncode}:\n{replica.tail()}")
+        statuses = await self.look()
+        if any(status is None or not status["ready"] for status in statuses):
+            return False
+        fleets = [status["fleet"] for status in statuses if status is not None]
+        if len({fleet["generation"] for fleet in fleets}) != 1 or fleets[0]["generation"] is None:
+            return False
+        owned = [p for fleet in fleets for p in fleet["owned_partitions"]]
+        return sorted(owned) == list(range(self.partitions))
+
+    async def wait_settled(self, timeout: float = 90) -> None:
+        await wait_for(self.settled, timeout, "the replicas to split every state partition between them", 0.2)
+
+    async def owned_by(self, replica: RelayProcess) -> set[int]:
+        status = await replica.status()
+        return set() if status is None else set(status["fleet"]["owned_partitions"])
+
+    @property
+    def generations(self) -> int:
+        return len(self.owners)
