@@ -154,7 +154,6 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{COMMAND}{quick} --only profile",
             )
         )
-    rows += _floor_targets(bench, quick)
     webhooks = bench.get("webhooks")
     if webhooks:
         latency, goal = webhooks["latency_seconds"], webhooks["targets"]
@@ -170,6 +169,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{COMMAND}{quick} --only webhooks",
             )
         )
+    rows += _floor_targets(bench, quick)
     return rows
 
 
