@@ -35,6 +35,7 @@ Records hold whatever JSON the source sent, including integers beyond 64 bits: t
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Final, Literal, NamedTuple, get_args
 from urllib.parse import quote
@@ -71,6 +72,8 @@ HEADER_TYPE: Final = "ce_type"
 HEADER_ID: Final = "ce_id"
 KEY_SEPARATOR: Final = ":"
 _EVENT_START: Final = b'{"specversion":%s,"id":' % encode_json(SPEC_VERSION)
+_dumps: Final = orjson.dumps
+_CONTENT_TYPE_HEADER: Final = (HEADER_CONTENT_TYPE, CONTENT_TYPE)
 
 
 class Change(NamedTuple):  # immutable, and several times faster to build than a frozen dataclass
@@ -100,12 +103,25 @@ def event_id(integration: str, resource: str, entity_id: str, version: int, kind
     hash input is a JSON array, which keeps the parts unambiguous whatever characters they contain. The result is
     shaped as a UUIDv8 (RFC 9562: version and variant bits set, the rest is hash).
     """
-    material = orjson.dumps([integration, resource, entity_id, version, kind, content])
-    digest = bytearray(hashlib.blake2b(material, digest_size=16, person=b"relay.event-id").digest())
-    digest[6] = (digest[6] & 0x0F) | 0x80
-    digest[8] = (digest[8] & 0x3F) | 0x80
+    # The array's first two items are the same for every event of a pair: they are hashed once (_pair_hasher), and
+    # each event hashes the rest, ``"entity",version,"kind",content]``, into a copy. Same bytes, same digest.
+    hasher = _pair_hasher(integration, resource).copy()
+    hasher.update(_dumps([entity_id, version, kind, content])[1:])
+    digest = hasher.digest()
     h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # RFC 9562: the version nibble (the 13th hex digit) is 8; the variant, the top two bits of byte 8, is 0b10.
+    return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{_VARIANT_DIGITS[(digest[8] >> 4) & 3]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT_DIGITS: Final = "89ab"
+
+
+@lru_cache(maxsize=4096)
+def _pair_hasher(integration: str, resource: str) -> Any:
+    """The event id's hash of a pair with ``[integration,resource,`` fed in: copied, never updated itself."""
+    hasher = hashlib.blake2b(digest_size=16, person=b"relay.event-id")
+    hasher.update(_dumps([integration, resource])[:-1] + b",")
+    return hasher
 
 
 class KafkaMessage(NamedTuple):  # immutable, and several times faster to build than a frozen dataclass
@@ -129,9 +145,10 @@ def _type_prefix(resource: str) -> str:
 
 
 @lru_cache(maxsize=1024)
-def _types(resource: str, kind: ChangeKind) -> tuple[str, bytes]:
+def _types(resource: str, kind: ChangeKind) -> tuple[str, tuple[str, bytes]]:
+    """The event type, and its Kafka header."""
     kind_type = event_type(resource, kind)
-    return kind_type, kind_type.encode()
+    return kind_type, (HEADER_TYPE, kind_type.encode())
 
 
 @lru_cache(maxsize=4096)
@@ -150,7 +167,7 @@ def to_kafka_message(change: Change, *, integration: str, resource: str, detecte
 
     Raises InvalidPage if the record cannot be encoded as JSON (which :func:`relay.diff.diff_page` already checked).
     """
-    kind_type, kind_type_bytes = _types(resource, change.kind)
+    kind_type, type_header = _types(resource, change.kind)
     try:
         value = _event_json(change, integration, resource, detected_at_ms)
         key = kafka_key(integration, change.entity_id)
@@ -159,38 +176,45 @@ def to_kafka_message(change: Change, *, integration: str, resource: str, detecte
         raise InvalidPage(
             problem, code="RELAY.UNENCODABLE_RECORD", integration=integration, resource=resource
         ) from None
-    headers = [
-        (HEADER_CONTENT_TYPE, CONTENT_TYPE),
-        (HEADER_TYPE, kind_type_bytes),
-        (HEADER_ID, change.event_id.encode()),
-    ]
-    return KafkaMessage(key=key, value=value, headers=headers, type=kind_type)
+    headers = [_CONTENT_TYPE_HEADER, type_header, (HEADER_ID, change.event_id.encode())]
+    return KafkaMessage(key, value, headers, kind_type)
 
 
 def _event_json(change: Change, integration: str, resource: str, detected_at_ms: int) -> bytes:
     """The event as JSON: the bytes ``encode_json`` gives for the CloudEvent object (attributes in the order of the
     module docstring's table), assembled from pieces. What is the same for every event of a pair and kind is encoded
-    once (:func:`_event_pieces`): encoding a whole object per event was a large share of the relay's CPU per record."""
+    once (:func:`_event_pieces`): encoding a whole object per event was a large share of the relay's CPU per record.
+    The pieces that vary are encoded by orjson directly; what it refuses (an integer beyond 64 bits in ``remote_id``,
+    a lone surrogate) takes :func:`encode_json`'s exact way, or fails the same."""
+    try:
+        return _assemble(change, integration, resource, detected_at_ms, _dumps)
+    except orjson.JSONEncodeError:
+        return _assemble(change, integration, resource, detected_at_ms, encode_json)
+
+
+def _assemble(
+    change: Change, integration: str, resource: str, detected_at_ms: int, encode: Callable[[Any], bytes]
+) -> bytes:
     head, middle = _event_pieces(integration, resource, change.kind)
     record = change.record
     time_text = change.time_text or format_timestamp_ms(detected_at_ms if change.time_ms is None else change.time_ms)
-    subject = encode_json(change.entity_id)
+    subject = encode(change.entity_id)
     return b"".join(
         (
             _EVENT_START,
-            encode_json(change.event_id),
+            encode(change.event_id),
             head,
             subject,
             b',"time":',
-            encode_json(time_text),
+            encode(time_text),
             middle,
             subject,
             b',"remote_id":',
-            b"null" if record is None else encode_json(record.get("remote_id")),
+            b"null" if record is None else encode(record.get("remote_id")),
             b',"record":',
             encode_json(record) if change.record_json is None else change.record_json,
             b',"changed_fields":',
-            encode_json(change.changed_fields),
+            encode(change.changed_fields),
             _event_tail(change.snapshot, change.restored, change.reason),
         )
     )

@@ -123,6 +123,12 @@ class PageMaker:
             # pair's next transaction, or within CHECKPOINT_DEFER_SECONDS. A persisted watermark that lags is safe:
             # after a restart the pair re-fetches a little more, and the diff drops what it already announced.
             return None
+        if prepared.kind == "reconcile" and prepared.changes_nothing and prepared.checkpoint.in_progress is not None:
+            # A page of a reconciliation, not its last, that changed nothing: its checkpoint only says where the poll
+            # got to, and a reconciliation never resumes from there (it needs every id of one whole fetch). So it is
+            # kept in memory only; the last page commits the poll's outcome. A transaction per page cost the broker
+            # and the relay more than re-fetching the page itself.
+            return None
         state_records = self._store.records_for(
             self.integration,
             self.resource,

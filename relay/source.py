@@ -436,8 +436,7 @@ class SourceClient:
                 code="RELAY.INVALID_PAGE",
                 **where,
             )
-        for index, record in enumerate(results):
-            _validate_record(record, index, page_number, where)
+        _validate_records(results, page_number, where)
         if results:  # an idle poll's page is empty: no lock taken to add 0
             self._metrics.for_resource(resource).records_fetched.inc(len(results))
         return Page(records=results, next_cursor=next_cursor, source_time_ms=_date_header_ms(headers))
@@ -505,6 +504,29 @@ def _unwrap_envelope(document: Any, page_number: int, where: dict[str, Any]) -> 
             **where,
         )
     return results, next_cursor
+
+
+def _validate_records(results: list[Any], page_number: int, where: dict[str, Any]) -> None:
+    """Every record of a page as :func:`_validate_record` wants it, the usual case checked in one loop: an object with
+    an ``id`` string, a ``changed_at`` string and a ``remote_deleted_at`` null or string that parse. The first record
+    that is anything else goes the long way, which raises the error naming its problem. (A function call per record
+    and its loop over the two fields were a third of the cost of validating a page.)"""
+    parse = parse_timestamp_ms
+    for index, record in enumerate(results):
+        if type(record) is dict:
+            entity_id, changed_at, deleted_at = (
+                record.get("id"),
+                record.get("changed_at"),
+                record.get("remote_deleted_at"),
+            )
+            if type(entity_id) is str and entity_id and type(changed_at) is str:
+                try:
+                    parse(changed_at)
+                    if deleted_at is None or (type(deleted_at) is str and parse(deleted_at) is not None):
+                        continue
+                except ValueError:
+                    pass
+        _validate_record(record, index, page_number, where)
 
 
 def _validate_record(record: Any, index: int, page_number: int, where: dict[str, Any]) -> None:

@@ -1,8 +1,10 @@
-"""Run the benchmarks: ``python -m tests.benchmarks [--quick] [--only NAME ...] [--runs R] [--kafka-port P]``.
+"""Run the benchmarks: ``python -m tests.benchmarks [--quick] [--only NAME ...] [--runs R] [--size N ...]``.
 
 ``--quick`` uses small sizes (N up to 10k, 100 integrations, short windows) for development; without it the full
 set runs (N up to 1M, 1,000 and 5,000 integrations), which takes the better part of an hour on 2 cores. ``--only``
-runs some benchmarks and merges their figures into the existing ``results/latest.json``.
+runs some benchmarks and merges their figures into the existing ``results/latest.json``. ``--size`` sets the N of the
+snapshot benchmark (repeatable) and the records of the profile (the largest N): ``--only profile`` takes a few minutes
+at its default 100k, ``--only profile --size 1000000`` the same measures at 1M.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ FULL: dict[str, dict[str, Any]] = {
     "snapshot": {"sizes": [10_000, 100_000, 1_000_000], "runs": 3},
     "latency": {"users": 100_000, "windows": 3, "window_seconds": 60.0},
     "fleet": {"fleet_sizes": [1_000, 5_000], "windows": 3, "window_seconds": 60.0},
-    "profile": {"users": 50_000, "runs": 5},
+    "profile": {"users": 100_000, "runs": 5},
     "webhooks": {"changes": 120, "rate": 2.0},
 }
 
@@ -89,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run only this benchmark (repeatable); the others' figures are kept from results/latest.json",
     )
     parser.add_argument("--runs", type=int, help="runs (or windows) per figure, overriding the default")
+    parser.add_argument(
+        "--size",
+        type=int,
+        action="append",
+        help="N of the snapshot benchmark (repeatable) and records of the profile (the largest N)",
+    )
     parser.add_argument("--kafka-port", type=int, default=19095, help="port of the benchmarks' own broker")
     parser.add_argument("--report", action="store_true", help="only render latest.md and the plots from latest.json")
     args = parser.parse_args(argv)
@@ -117,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         params = dict(settings[name])
         if args.runs:
             params["runs" if "runs" in params else "windows"] = args.runs
+        if args.size and name == "snapshot":
+            params["sizes"] = sorted(set(args.size))
+        if args.size and name == "profile":
+            params["users"] = max(args.size)
         log(f"=== {name} {params} (load {load_average()})")
         started = time.monotonic()
         load_before = load_average()

@@ -9,9 +9,26 @@ all of them with the relay's own code, timed on its own:
 * ``diff``: the rest of ``diff_page`` for a snapshot that emits: the ``Change`` and its deterministic event id;
 * ``serialize``: the CloudEvents message (``to_kafka_message``) and the state-topic records (``records_for``);
 * ``produce``: ``KafkaSink.commit`` of each page's messages to the real broker, with up to ``MAX_PAGES_IN_FLIGHT``
-  pages in flight as the pipeline sends them, so that the sink groups them into transactions as in a snapshot; wall
-  time, and ``produce (CPU)``, this process's CPU time in it (the rest is waiting for the broker);
+  pages in flight as the pipeline sends them, so that the sink groups them into transactions as in a snapshot; this
+  process's CPU time in it, and ``produce (wall)`` (the rest of which is waiting for the broker);
 * ``noop re-fetch``: ``diff_page`` of records identical to those remembered (the overlap of incremental polls).
+
+Every stage is CPU time of this process (``time.process_time``), not wall time: the simulator and the broker share the
+machine's cores, and wall time counts their turns too; ``produce (wall)`` is the one wall-clock figure.
+
+The two floors of issue 19, measured in every run with the same data:
+
+* ``fetch-only``: a bare aiohttp session pages the simulator and decodes each body with ``orjson.loads``, nothing
+  else (CPU of this process; the simulator is another process);
+* ``produce-only``: a bare transactional aiokafka producer with the relay's producer settings sends the very messages
+  the relay's code made of those pages, grouped into transactions as the relay's sink groups them
+  (:func:`tests.benchmarks.bench_snapshot.produce_only`); CPU of this process while it sends.
+
+Against them, the relay's own code over the same data: ``relay fetch`` (``SourceClient.fetch_page`` paging the
+simulator: request, decode, validate), then the stages above. ``snapshot`` is relay fetch + fingerprint + diff +
+serialize + produce (CPU), the CPU per record of a snapshot; ``re-fetch`` is relay fetch + noop re-fetch, the CPU per
+record of records fetched again unchanged. The targets: snapshot <= 1.5 x (fetch-only + produce-only), re-fetch <= 1.5
+x fetch-only, each ratio taken within a run and the median reported.
 
 A ``cProfile`` of the whole path (one pass) lists the functions where the time goes.
 """
@@ -40,11 +57,16 @@ from relay.pipeline import MAX_PAGES_IN_FLIGHT
 from relay.sink import KafkaSink, OutMessage
 from relay.source import Page, SourceClient
 from relay.state import Checkpoint, StateStore
+from tests.benchmarks.bench_snapshot import OutTuple, fetch_pages, produce_only
 from tests.benchmarks.support import API_KEY, RESOURCE, SimulatorProcess, broker, log, median
 from tests.unit.support import apply_result
 
 INTEGRATION = "bench:profile"
 STAGES = ("parse", "fingerprint", "diff", "serialize", "produce")
+# CPU per record: the relay's snapshot and re-fetch against the floors of issue 19 (see the module docstring).
+CPU_FIGURES = ("relay fetch", "snapshot", "re-fetch", "fetch-only", "produce-only")
+SNAPSHOT_TARGET = 1.5  # snapshot <= 1.5 x (fetch-only + produce-only)
+REFETCH_TARGET = 1.5  # re-fetch of unchanged records <= 1.5 x fetch-only
 
 
 async def _bodies(url: str) -> list[tuple[bytes, CIMultiDictProxy[str]]]:
@@ -68,7 +90,7 @@ def _pass(
     """One timed pass of every stage but produce; returns seconds per stage, the messages, records, the state."""
     seconds = dict.fromkeys(STAGES, 0.0)
     seconds["noop re-fetch"] = 0.0
-    clock = time.perf_counter
+    clock = time.process_time
     started = clock()
     pages: list[Page] = [
         source._parse_page(body, headers, INTEGRATION, RESOURCE, i) for i, (body, headers) in enumerate(bodies)
@@ -136,59 +158,100 @@ async def run(users: int, runs: int, kafka_port: int) -> dict[str, Any]:
         try:
             await sim.wait_serving()
             bodies = await _bodies(sim.url)
+            for r in range(runs + 1):  # the first pass warms up (and is the one profiled)
+                prefix = f"prof{tag}r{r}"
+                config = load_config(
+                    None,
+                    {
+                        "RELAY_API_KEY": API_KEY,
+                        "RELAY_SOURCE_URL": sim.url,
+                        "RELAY_INTEGRATIONS": INTEGRATION,
+                        "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+                        "RELAY_TOPIC_PREFIX": prefix,
+                    },
+                )
+                metrics = Metrics([RESOURCE])
+                source = SourceClient(config, metrics)
+                sink = KafkaSink(config, metrics)
+                await sink.ensure_topics()
+                await sink.start()
+                try:
+                    floors = {"fetch-only": await _fetch_only_cpu(sim.url)}
+                    profiler = cProfile.Profile() if r == 0 else None
+                    if profiler is not None:
+                        profiler.enable()
+                    seconds = {"relay fetch": await _relay_fetch_cpu(source)}
+                    stages, pages, records, _ = _pass(source, bodies, config, prefix)
+                    seconds.update(stages)
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                    await _commit_as_the_pipeline_does(sink, pages)
+                    seconds["produce (wall)"] = time.perf_counter() - started
+                    seconds["produce"] = time.process_time() - cpu_started
+                    if profiler is not None:
+                        profiler.disable()
+                        stream = io.StringIO()
+                        pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(25)
+                        profile_text = _trim_profile(stream.getvalue())
+                    floors["produce-only"] = await _produce_only_cpu(kafka.bootstrap_servers, pages, config, tag, r)
+                finally:
+                    await sink.stop()
+                    await source.close()
+                if r == 0:
+                    continue
+                us = {stage: s / records * 1e6 for stage, s in seconds.items()}
+                us.update({name: s / records * 1e6 for name, s in floors.items()})
+                us["snapshot"] = us["relay fetch"] + us["fingerprint"] + us["diff"] + us["serialize"] + us["produce"]
+                us["re-fetch"] = us["relay fetch"] + us["noop re-fetch"]
+                us["snapshot / floor"] = us["snapshot"] / (us["fetch-only"] + us["produce-only"])
+                us["re-fetch / floor"] = us["re-fetch"] / us["fetch-only"]
+                per_run.append(us)
+                figures = ", ".join(f"{name} {value:.2f}" for name, value in us.items())
+                log(f"profile run {r}: {figures} us/record (ratios: times)")
         finally:
             sim.stop()
-        for r in range(runs + 1):  # the first pass warms up (and is the one profiled)
-            prefix = f"prof{tag}r{r}"
-            config = load_config(
-                None,
-                {
-                    "RELAY_API_KEY": API_KEY,
-                    "RELAY_INTEGRATIONS": INTEGRATION,
-                    "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-                    "RELAY_TOPIC_PREFIX": prefix,
-                },
-            )
-            metrics = Metrics([RESOURCE])
-            source = SourceClient(config, metrics)
-            sink = KafkaSink(config, metrics)
-            await sink.ensure_topics()
-            await sink.start()
-            try:
-                profiler = cProfile.Profile() if r == 0 else None
-                if profiler is not None:
-                    profiler.enable()
-                seconds, pages, records, _ = _pass(source, bodies, config, prefix)
-                started, cpu_started = time.perf_counter(), time.process_time()
-                await _commit_as_the_pipeline_does(sink, pages)
-                seconds["produce"] = time.perf_counter() - started
-                seconds["produce (CPU)"] = time.process_time() - cpu_started
-                if profiler is not None:
-                    profiler.disable()
-                    stream = io.StringIO()
-                    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(25)
-                    profile_text = _trim_profile(stream.getvalue())
-                else:
-                    per_run.append({stage: s / records * 1e6 for stage, s in seconds.items()})
-                    log(
-                        "profile run "
-                        + str(r)
-                        + ": "
-                        + ", ".join(f"{stage} {us:.1f}" for stage, us in per_run[-1].items())
-                        + " us/record"
-                    )
-            finally:
-                await sink.stop()
-                await source.close()
-    stages = {stage: median(run[stage] for run in per_run) for stage in per_run[0]}
+    figures = {name: median(run[name] for run in per_run) for name in per_run[0]}
+    ratios = {name: figures.pop(name) for name in ("snapshot / floor", "re-fetch / floor")}
     return {
         "users": users,
         "runs": runs,
         "records": records,
-        "us_per_record": stages,
-        "total_us_per_record": sum(stages[s] for s in STAGES),
+        "us_per_record": {name: figures[name] for name in (*STAGES, "produce (wall)", "noop re-fetch")},
+        "total_us_per_record": sum(figures[s] for s in STAGES),
+        "cpu_us_per_record": {name: figures[name] for name in CPU_FIGURES},
+        "ratios": ratios,
+        "targets": {"snapshot / floor": SNAPSHOT_TARGET, "re-fetch / floor": REFETCH_TARGET},
         "profile": profile_text,
     }
+
+
+async def _fetch_only_cpu(url: str) -> float:
+    """CPU seconds of this process to page the simulator with bare aiohttp + orjson (the fetch-only floor)."""
+    started = time.process_time()
+    await fetch_pages(url, INTEGRATION)
+    return time.process_time() - started
+
+
+async def _relay_fetch_cpu(source: SourceClient) -> float:
+    """CPU seconds of this process to page the simulator with the relay's SourceClient (request, decode, validate)."""
+    started = time.process_time()
+    cursor, number = None, 0
+    while True:
+        page = await source.fetch_page(INTEGRATION, RESOURCE, updated_after=None, cursor=cursor, page_number=number)
+        cursor, number = page.next_cursor, number + 1
+        if cursor is None:
+            return time.process_time() - started
+
+
+async def _produce_only_cpu(
+    bootstrap_servers: str, pages: list[list[OutMessage]], config: Any, tag: str, run: int
+) -> float:
+    """CPU seconds of this process for a bare transactional producer with the relay's settings to send ``pages``."""
+    events = config.topic_for(RESOURCE, "created")
+    converted: list[list[OutTuple]] = [
+        [(0 if m.topic == events else 1, m.partition, m.key, m.value or b"", m.headers) for m in page] for page in pages
+    ]
+    _, cpu = await produce_only(bootstrap_servers, converted, f"limit{tag}r{run}")
+    return cpu
 
 
 async def _commit_as_the_pipeline_does(sink: KafkaSink, pages: list[list[OutMessage]]) -> None:

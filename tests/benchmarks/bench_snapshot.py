@@ -96,6 +96,19 @@ class Run:
     fetch_simulator_cpu_seconds: float
     fetch_client_cpu_seconds: float
     produce_broker_cpu_seconds: float  # includes the topic creation and the 2 s wait for leaders
+    produce_client_cpu_seconds: float = 0.0  # the bare producer's own CPU (this process), while it sends
+    refetch_cpu_seconds: float = 0.0  # the relay's, for a reconciliation of the N records, all unchanged
+
+    @property
+    def refetch_floor_ratio(self) -> float:
+        """Issue 19, target 2: the relay's CPU per record re-fetching unchanged records over fetch-only's."""
+        return self.refetch_cpu_seconds / self.fetch_client_cpu_seconds
+
+    @property
+    def cpu_floor_ratio(self) -> float:
+        """Issue 19, target 1: the relay's CPU per record over the two floors', fetch-only plus produce-only (their
+        clients' CPU: this process's, while each ran alone)."""
+        return self.relay_cpu_seconds / (self.fetch_client_cpu_seconds + self.produce_client_cpu_seconds)
 
     @property
     def relay_rps(self) -> float:
@@ -137,6 +150,8 @@ class Run:
             "bytes_per_entity",
             "cpu_us_per_record",
             "two_core_rps",
+            "cpu_floor_ratio",
+            "refetch_floor_ratio",
         ):
             data[name] = getattr(self, name)
         return data
@@ -199,8 +214,9 @@ async def prepare_messages(url: str, integration: str) -> list[list[OutTuple]]:
     return out
 
 
-async def produce_only(bootstrap_servers: str, pages: list[list[OutTuple]], prefix: str) -> float:
-    """Send ``pages`` with a bare transactional producer, grouped as the relay would; return the seconds taken."""
+async def produce_only(bootstrap_servers: str, pages: list[list[OutTuple]], prefix: str) -> tuple[float, float]:
+    """Send ``pages`` with a bare transactional producer, grouped as the relay would; return the seconds taken and
+    this process's CPU seconds meanwhile (the topics' creation and the wait for their leaders left out)."""
     event_topic, state_topic = f"{prefix}.ats.users", f"{prefix}.relay-state"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
@@ -221,7 +237,7 @@ async def produce_only(bootstrap_servers: str, pages: list[list[OutTuple]], pref
     try:
         topics = (event_topic, state_topic)
         counts = [len(await producer.partitions_for(topic)) for topic in topics]
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for group in _transactions(pages):
             await producer.begin_transaction()
             batches: dict[tuple[str, int], Any] = {}
@@ -246,7 +262,7 @@ async def produce_only(bootstrap_servers: str, pages: list[list[OutTuple]], pref
                 batch.close()
                 await producer.send_batch(batch, topic, partition=partition)
             await producer.commit_transaction()
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu_started
     finally:
         await producer.stop()
 
@@ -357,19 +373,32 @@ async def relay_snapshot(
 
 async def relay_restore(
     sim: SimulatorProcess, bootstrap_servers: str, integration: str, prefix: str
-) -> tuple[float, int]:
-    """Start a relay whose state topic holds the snapshot; return (seconds from start to ready, RSS when ready)."""
+) -> tuple[float, int, float]:
+    """Start a relay whose state topic holds the snapshot; return (seconds from start to ready, RSS when ready, CPU
+    seconds of its first poll). That poll is a reconciliation (``RELAY_RECONCILE_INTERVAL_SECONDS`` is 1): a full
+    re-fetch of records all unchanged since the snapshot, which issue 19 bounds by 1.5 x the fetch-only floor."""
     settings = RelaySettings(
         bootstrap_servers=bootstrap_servers,
         source_url=sim.url,
         integrations=[integration],
         topic_prefix=prefix,
-        extra={"RELAY_POLL_INTERVAL_SECONDS": "3600", "RELAY_POLL_JITTER_FRACTION": "0"},
+        extra={
+            "RELAY_POLL_INTERVAL_SECONDS": "3600",
+            "RELAY_POLL_JITTER_FRACTION": "0",
+            "RELAY_RECONCILE_INTERVAL_SECONDS": "1",
+        },
     )
     relay = RelayProcess(settings, name=f"restore-{prefix}")
     try:
         seconds = await relay.wait_ready(timeout=600)
-        return seconds, relay.rss_bytes()
+        cpu_ready, rss = relay.cpu_seconds(), relay.rss_bytes()
+
+        async def reconciled() -> bool:
+            relay.check_alive()
+            return (await relay.metrics()).sum("relay_polls_total", kind="reconcile", outcome="success") >= 1
+
+        await wait_for(reconciled, 3600, "the reconciliation after the restore", interval=0.2)
+        return seconds, rss, relay.cpu_seconds() - cpu_ready
     finally:
         relay.stop()
 
@@ -412,7 +441,7 @@ async def run(sizes: list[int], runs: int, kafka_port: int) -> dict[str, Any]:
                 for r in range(runs):
                     prefix = f"b{tag}n{n}r{r}"
                     snap = await relay_snapshot(sim, kafka, integration, prefix, live)
-                    restore_seconds, restore_rss = await relay_restore(
+                    restore_seconds, restore_rss, refetch_cpu = await relay_restore(
                         sim, kafka.bootstrap_servers, integration, prefix
                     )
                     sim_cpu_before, client_cpu_before = cpu_seconds(sim.pid), time.process_time()
@@ -421,7 +450,9 @@ async def run(sizes: list[int], runs: int, kafka_port: int) -> dict[str, Any]:
                     fetch_client_cpu = time.process_time() - client_cpu_before
                     assert fetched == records, (fetched, records)
                     broker_cpu_before = cpu_seconds(kafka.process.pid)
-                    produce_seconds = await produce_only(kafka.bootstrap_servers, pages, f"limit{tag}n{n}r{r}")
+                    produce_seconds, produce_client_cpu = await produce_only(
+                        kafka.bootstrap_servers, pages, f"limit{tag}n{n}r{r}"
+                    )
                     produce_broker_cpu = cpu_seconds(kafka.process.pid) - broker_cpu_before
                     result = Run(
                         n=n,
@@ -443,6 +474,8 @@ async def run(sizes: list[int], runs: int, kafka_port: int) -> dict[str, Any]:
                         fetch_simulator_cpu_seconds=fetch_sim_cpu,
                         fetch_client_cpu_seconds=fetch_client_cpu,
                         produce_broker_cpu_seconds=produce_broker_cpu,
+                        produce_client_cpu_seconds=produce_client_cpu,
+                        refetch_cpu_seconds=refetch_cpu,
                     )
                     results.append(result)
                     us = {
@@ -454,12 +487,16 @@ async def run(sizes: list[int], runs: int, kafka_port: int) -> dict[str, Any]:
                             ("fetch-only simulator", fetch_sim_cpu),
                             ("fetch-only client", fetch_client_cpu),
                             ("produce-only broker", produce_broker_cpu),
+                            ("produce-only client", produce_client_cpu),
+                            ("relay re-fetch", refetch_cpu),
                         )
                     }
                     log(
                         f"N={n} run {r}: relay {result.relay_rps:,.0f}/s, fetch-only {result.fetch_rps:,.0f}/s, "
                         f"produce-only {result.produce_rps:,.0f}/s, ratio {result.ratio:.2f}, "
-                        f"{result.bytes_per_entity:.0f} B/entity, restore {restore_seconds:.2f}s, relay CPU "
+                        f"relay CPU / floors {result.cpu_floor_ratio:.2f}, re-fetch CPU / fetch-only "
+                        f"{result.refetch_floor_ratio:.2f}, {result.bytes_per_entity:.0f} B/entity, "
+                        f"restore {restore_seconds:.2f}s, relay CPU "
                         f"{snap.cpu_seconds / snap.seconds:.0%}, in the relay: fetch {snap.fetch_ms_per_page:.1f} "
                         f"ms/page, commit {snap.commit_ms_per_transaction:.1f} ms/transaction; CPU us/record {us}; "
                         f"two-core bound {result.two_core_rps:,.0f}/s"
@@ -498,8 +535,12 @@ def summarize(results: list[Run], runs: int) -> dict[str, Any]:
                     "fetch_only_simulator": median(1e6 * r.fetch_simulator_cpu_seconds / r.records for r in group),
                     "fetch_only_client": median(1e6 * r.fetch_client_cpu_seconds / r.records for r in group),
                     "produce_only_broker": median(1e6 * r.produce_broker_cpu_seconds / r.records for r in group),
+                    "produce_only_client": median(1e6 * r.produce_client_cpu_seconds / r.records for r in group),
+                    "relay_refetch": median(1e6 * r.refetch_cpu_seconds / r.records for r in group),
                     "total": median(r.cpu_us_per_record for r in group),
                 },
+                "cpu_floor_ratio": median(r.cpu_floor_ratio for r in group),
+                "refetch_floor_ratio": median(r.refetch_floor_ratio for r in group),
                 "two_core_rps": median(r.two_core_rps for r in group),
                 "relay_share_of_two_core": median(r.relay_rps / r.two_core_rps for r in group),
                 "bytes_per_entity": median(r.bytes_per_entity for r in group),

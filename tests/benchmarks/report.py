@@ -169,6 +169,64 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{COMMAND}{quick} --only webhooks",
             )
         )
+    rows += _floor_targets(bench, quick)
+    return rows
+
+
+def _floor_targets(bench: dict[str, Any], quick: str) -> list[tuple[str, str, str, str]]:
+    """Issue 19's targets: the relay's CPU per record against the floors, fetch-only and produce-only, measured in the
+    same run with the same data; by the snapshot benchmark (the relay as a process) and by the profile (its code in
+    the benchmark's own process)."""
+    rows: list[tuple[str, str, str, str]] = []
+    snapshot = [s for s in bench.get("snapshot", {}).get("sizes", []) if "cpu_floor_ratio" in s]
+    profile = bench.get("profile") if "ratios" in bench.get("profile", {}) else None
+    snapshot_parts, refetch_parts, snapshot_ok, refetch_ok = [], [], [], []
+    for s in snapshot:
+        us = s["cpu_us_per_record"]
+        floor = us["fetch_only_client"] + us["produce_only_client"]
+        snapshot_parts.append(
+            f"N={s['n']:,} (relay process): **{s['cpu_floor_ratio']:.2f} x** (relay {us['relay']:.1f} us; fetch-only "
+            f"{us['fetch_only_client']:.1f} + produce-only {us['produce_only_client']:.1f} = {floor:.1f} us)"
+        )
+        refetch_parts.append(
+            f"N={s['n']:,} (relay process, a reconciliation): **{s['refetch_floor_ratio']:.2f} x** (relay "
+            f"{us['relay_refetch']:.1f} us; fetch-only {us['fetch_only_client']:.1f} us)"
+        )
+        snapshot_ok.append(s["cpu_floor_ratio"] <= 1.5)
+        refetch_ok.append(s["refetch_floor_ratio"] <= 1.5)
+    if profile is not None:
+        us, ratios = profile["cpu_us_per_record"], profile["ratios"]
+        snapshot_parts.append(
+            f"{profile['records']:,} records (profile, in process): **{ratios['snapshot / floor']:.2f} x** (relay "
+            f"{us['snapshot']:.1f} us; fetch-only {us['fetch-only']:.1f} + produce-only {us['produce-only']:.1f} us)"
+        )
+        refetch_parts.append(
+            f"{profile['records']:,} records (profile, in process): **{ratios['re-fetch / floor']:.2f} x** (relay "
+            f"{us['re-fetch']:.1f} us; fetch-only {us['fetch-only']:.1f} us)"
+        )
+        snapshot_ok.append(ratios["snapshot / floor"] <= profile["targets"]["snapshot / floor"])
+        refetch_ok.append(ratios["re-fetch / floor"] <= profile["targets"]["re-fetch / floor"])
+    # The table puts the command in backquotes: two commands are joined inside them.
+    commands = "` and `".join(
+        f"{COMMAND}{quick} --only {name}" for name, present in (("snapshot", snapshot), ("profile", profile)) if present
+    )
+    if snapshot_parts:
+        rows.append(
+            (
+                "8. Snapshot CPU per record <= 1.5 x (fetch-only + produce-only CPU per record), same run, same data",
+                "; ".join(snapshot_parts),
+                _met(all(snapshot_ok)),
+                commands,
+            )
+        )
+        rows.append(
+            (
+                "9. Re-fetch of unchanged records: CPU per record <= 1.5 x fetch-only",
+                "; ".join(refetch_parts),
+                _met(all(refetch_ok)),
+                commands,
+            )
+        )
     return rows
 
 
@@ -284,6 +342,22 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         lines += [f"| {stage} | {us:.1f} |" for stage, us in profile["us_per_record"].items()]
         lines += [f"| **total** (parse to produce) | **{profile['total_us_per_record']:.1f}** |"]
+        if "cpu_us_per_record" in profile:
+            us, ratios = profile["cpu_us_per_record"], profile["ratios"]
+            lines += [
+                "",
+                "CPU per record against the floors (this process's CPU; medians over the runs, ratios taken within "
+                "each run): *relay fetch* is the relay's SourceClient paging the simulator (request, decode, "
+                "validate); *snapshot* is relay fetch + fingerprint + diff + serialize + produce; *re-fetch* is relay "
+                "fetch + noop re-fetch; *fetch-only* is bare aiohttp + orjson; *produce-only* a bare transactional "
+                "producer with the relay's settings sending the same messages, grouped as the relay groups them.",
+                "",
+                "| relay fetch | snapshot | re-fetch | fetch-only | produce-only | snapshot / (fetch-only + "
+                "produce-only) | re-fetch / fetch-only |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+                f"| {us['relay fetch']:.1f} | {us['snapshot']:.1f} | {us['re-fetch']:.1f} | {us['fetch-only']:.1f} | "
+                f"{us['produce-only']:.1f} | {ratios['snapshot / floor']:.2f} | {ratios['re-fetch / floor']:.2f} |",
+            ]
         lines += ["", "cProfile of one pass (by own time):", "", "```", profile["profile"], "```"]
     webhooks = bench.get("webhooks")
     if webhooks:

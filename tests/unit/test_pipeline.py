@@ -123,6 +123,27 @@ async def test_pages_ready_during_a_transaction_share_the_next_and_are_remembere
     assert pair.checkpoint.in_progress is None
 
 
+async def test_a_reconciliation_that_changes_nothing_commits_its_last_page_alone() -> None:
+    pipeline, _, sink, store = relay(RELAY_RECONCILE_INTERVAL_SECONDS="0.01")
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
+    await asyncio.gather(poll, release_each_transaction(sink, poll))
+    snapshot = store.pair(ACME, USERS).checkpoint
+    sink.pages.clear()
+    await asyncio.sleep(0.02)
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
+    await asyncio.gather(poll, release_each_transaction(sink, poll))
+    outcome = poll.result()
+    assert outcome.kind == "reconcile"
+    assert (outcome.pages, outcome.records, outcome.events) == (PAGES, PAGES * PAGE_SIZE, 0)
+    # Its other pages' checkpoints only said where it got to, which a reconciliation never resumes from.
+    assert sink.pages == [["done"]]
+    checkpoint = store.pair(ACME, USERS).checkpoint
+    assert checkpoint.in_progress is None
+    assert checkpoint.last_reconcile_ms is not None
+    assert snapshot.last_reconcile_ms is not None
+    assert checkpoint.last_reconcile_ms > snapshot.last_reconcile_ms
+
+
 async def test_a_failed_transaction_leaves_memory_at_the_last_committed_page() -> None:
     pipeline, _, sink, store = relay(fail=2)
     poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
