@@ -29,6 +29,7 @@ one unmeasured round warms the broker's JVM up.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 import uuid
@@ -69,8 +70,14 @@ RELAY_SETTINGS = {
 
 def balanced_integrations(count: int, partitions: int = PARTITIONS) -> list[str]:
     """``count`` integration ids placed evenly over the state partitions (murmur2 of the id, as the relay places
-    them): each partition gets ``count // partitions`` of them, the first ``count % partitions`` one more."""
-    quota = [count // partitions + (1 if p < count % partitions else 0) for p in range(partitions)]
+    them): each partition gets ``count // partitions`` of them, and the ``count % partitions`` left over go to the
+    two halves of the partitions in turn (0, 3, 1, 4, ... of 6), since two replicas are assigned a half each (40:
+    7, 7, 6, 7, 7, 6, so 20 and 20)."""
+    half = (partitions + 1) // 2
+    turns = [p for pair in itertools.zip_longest(range(half), range(half, partitions)) for p in pair if p is not None]
+    quota = [count // partitions] * partitions
+    for partition in turns[: count % partitions]:
+        quota[partition] += 1
     chosen: list[str] = []
     candidate = 0
     while len(chosen) < count:
