@@ -4,6 +4,7 @@ scaling curve (matplotlib, from the ``bench`` extra; without it the PNGs are ski
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -245,23 +246,42 @@ def _fleet_scale_section(scale: dict[str, Any]) -> list[str]:
         "of each process over that span (what each spends idle around it left out), per record: each relay's per "
         "record it published, the simulator's and the broker's per record in all. *two-core bound*: the throughput "
         "at which that CPU per record would keep both cores busy. *others*: CPU that other processes on this machine "
-        "took from the same two cores meanwhile, as a share of them.",
+        "took from the same two cores meanwhile, as a share of them. *bound, cores left*: the two-core bound scaled "
+        "to what the others left of the cores (two-core bound x (1 - others)), and *rec/s / that*: how much of it "
+        "was used.",
         "",
         "| replicas | rec/s | vs 1 replica (per run) | relay us/record (each) | relay CPU, share of a core (each) | "
-        "records (each) | simulator us | broker us | total us | two-core bound rec/s | rec/s / bound | others |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "records (each) | simulator us | broker us | total us | two-core bound rec/s | rec/s / bound | others | "
+        "bound, cores left | rec/s / that |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in snap["configs"]:
         n = c["replicas"]
         ratios = snap["ratios"].get(str(n))
         vs = "1" if n == base else f"**{snap['ratio'][str(n)]:.2f}x** ({', '.join(f'{r:.2f}' for r in ratios)})"
+        rounds = [r for r in snap["raw"] if r["replicas"] == n]
+        left = [r["two_core_rps"] * (1 - r["others_share"]) for r in rounds]
         lines.append(
             f"| {n} | {_fmt(c['rps'])} | {vs} | {' / '.join(f'{us:.1f}' for us in c['relay_us_per_record'])} | "
             f"{' / '.join(f'{s:.0%}' for s in c['relay_cpu_share'])} | "
             f"{' / '.join(_fmt(r) for r in c['relay_records'])} | {c['simulator_us_per_record']:.1f} | "
             f"{c['broker_us_per_record']:.1f} | {c['total_us_per_record']:.1f} | {_fmt(c['two_core_rps'])} | "
-            f"{c['share_of_two_core']:.0%} | {c['others_share']:.0%} |"
+            f"{c['share_of_two_core']:.0%} | {c['others_share']:.0%} | {_fmt(statistics.median(left))} | "
+            f"{statistics.median(r['rps'] / b for r, b in zip(rounds, left, strict=True)):.0%} |"
         )
+    lines += [
+        "",
+        "Each run (rec/s; relay CPU as a share of a core; others' share of the cores):",
+        "",
+    ]
+    for run in sorted({r["run"] for r in snap["raw"]}):
+        parts = [
+            f"{_plural(r['replicas'], 'replica')} {_fmt(r['rps'])} rec/s, relays at "
+            f"{' / '.join(f'{s:.0%}' for s in r['relay_cpu_share'])}, others {r['others_share']:.0%}"
+            for r in snap["raw"]
+            if r["run"] == run
+        ]
+        lines.append(f"- run {run}: {'; '.join(parts)}")
     lines += [
         "",
         f"## Fleet: idle over replicas ({idle['integrations']:,} integrations of {idle['users_per_integration']} "
