@@ -550,10 +550,18 @@ def plots(results: dict[str, Any], folder: Path = RESULTS) -> list[Path]:
         xs = range(len(labels))
         left.bar(xs, [c["rps"] for c in snap["configs"]], label="relays (first to last event)")
         left.plot(xs, [c["two_core_rps"] for c in snap["configs"]], "r_", markersize=40, mew=2, label="two-core bound")
+        left_bounds = [
+            statistics.median(
+                r["two_core_rps"] * (1 - r["others_share"]) for r in snap["raw"] if r["replicas"] == c["replicas"]
+            )
+            for c in snap["configs"]
+        ]
+        left.plot(xs, left_bounds, "k_", markersize=40, mew=2, label="that bound x cores others left")
+        left.set_ylim(0, 1.45 * max(c["two_core_rps"] for c in snap["configs"]))
         left.set_xticks(list(xs), labels)
         left.set_ylabel("records per second")
         left.set_title(f"Snapshot, {snap['integrations']} x {snap['users_per_integration']:,} users")
-        left.legend(loc="lower right")
+        left.legend(loc="upper left")
         left.grid(alpha=0.3, axis="y")
         labels = [_plural(p["replicas"], "replica") for p in idle["phases"]]
         bottoms = [0.0] * len(labels)
@@ -566,7 +574,7 @@ def plots(results: dict[str, Any], folder: Path = RESULTS) -> list[Path]:
         right.set_xticks(range(len(labels)), labels)
         right.set_ylabel("% of one core")
         right.set_title(f"Idle, {idle['integrations']:,} integrations, poll {idle['poll_interval_seconds']:g} s")
-        right.legend(loc="lower right")
+        right.legend(loc="upper left")
         right.grid(alpha=0.3, axis="y")
         save(fig, "fleet_scale.png")
 
