@@ -66,9 +66,12 @@ dashboard-png: venv kafka-fetch ## the live alert test, then each dashboard pane
 	$(BIN)/python deploy/tools/render_dashboard.py $(DASHBOARD_RUN)/panels.json $(DASHBOARD_RUN)/png
 	cp $(DASHBOARD_RUN)/png/poll-outcomes.png deploy/grafana/poll-outcomes.png
 
-bench: venv kafka-fetch ## benchmarks (long): figures into tests/benchmarks/results/
+# make's own options come first on its command line: the benchmarks' go in BENCH_ARGS, e.g.
+# `make bench BENCH_ARGS="--only fleet-scale"` (`python -m tests.benchmarks --help` lists them).
+BENCH_ARGS ?=
+bench: venv kafka-fetch ## benchmarks (long): figures into tests/benchmarks/results/ (BENCH_ARGS="--only fleet-scale")
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	$(BIN)/python -m tests.benchmarks
+	$(BIN)/python -m tests.benchmarks $(BENCH_ARGS)
 
 soak: venv kafka-fetch ## the exactly-once fault suite at soak size (200 SIGKILLs, long runs); summaries at the end
 	RELAY_SOAK=1 $(BIN)/pytest tests/faults -p no:cacheprovider -o addopts="" -q -rA

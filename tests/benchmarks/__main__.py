@@ -4,7 +4,9 @@
 set runs (N up to 1M, 1,000 and 5,000 integrations), which takes the better part of an hour on 2 cores. ``--only``
 runs some benchmarks and merges their figures into the existing ``results/latest.json``. ``--size`` sets the N of the
 snapshot benchmark (repeatable) and the records of the profile (the largest N): ``--only profile`` takes a few minutes
-at its default 100k, ``--only profile --size 1000000`` the same measures at 1M.
+at its default 100k, ``--only profile --size 1000000`` the same measures at 1M. ``fleet-scale`` (about 15 minutes)
+snapshots 40 integrations of 5,000 users with 1 replica and with 2 (``--scale-integrations``, ``--scale-users``), then
+idles 1,000 integrations over 1 replica and over 3.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import orjson
 
 from tests.benchmarks import (
     bench_fleet,
+    bench_fleet_scale,
     bench_latency,
     bench_profile,
     bench_snapshot,
@@ -30,7 +33,7 @@ from tests.benchmarks import (
 )
 from tests.benchmarks.support import REPO, RESULTS, load_average, log
 
-BENCHMARKS = ("snapshot", "latency", "fleet", "profile", "webhooks")
+BENCHMARKS = ("snapshot", "latency", "fleet", "profile", "webhooks", "fleet-scale")
 ALIASES = {"throughput": "snapshot", "memory": "snapshot", "restore": "snapshot", "idle": "fleet"}
 
 QUICK: dict[str, dict[str, Any]] = {
@@ -39,6 +42,16 @@ QUICK: dict[str, dict[str, Any]] = {
     "fleet": {"fleet_sizes": [100], "windows": 3, "window_seconds": 20.0},
     "profile": {"users": 10_000, "runs": 3},
     "webhooks": {"changes": 30, "rate": 2.0},
+    "fleet-scale": {
+        "integrations": 12,
+        "users": 1_000,
+        "replicas": [1, 2],
+        "runs": 1,
+        "idle_integrations": 100,
+        "idle_replicas": [1, 3],
+        "windows": 2,
+        "window_seconds": 20.0,
+    },
 }
 FULL: dict[str, dict[str, Any]] = {
     "snapshot": {"sizes": [10_000, 100_000, 1_000_000], "runs": 3},
@@ -46,6 +59,16 @@ FULL: dict[str, dict[str, Any]] = {
     "fleet": {"fleet_sizes": [1_000, 5_000], "windows": 3, "window_seconds": 60.0},
     "profile": {"users": 100_000, "runs": 5},
     "webhooks": {"changes": 120, "rate": 2.0},
+    "fleet-scale": {
+        "integrations": 40,
+        "users": 5_000,
+        "replicas": [1, 2],
+        "runs": 3,
+        "idle_integrations": 1_000,
+        "idle_replicas": [1, 3],
+        "windows": 3,
+        "window_seconds": 60.0,
+    },
 }
 
 
@@ -76,6 +99,18 @@ async def run_one(name: str, params: dict[str, Any], kafka_port: int) -> dict[st
         return await bench_latency.run(params["users"], params["windows"], params["window_seconds"], kafka_port)
     if name == "fleet":
         return await bench_fleet.run(params["fleet_sizes"], params["windows"], params["window_seconds"], kafka_port)
+    if name == "fleet-scale":
+        return await bench_fleet_scale.run(
+            params["integrations"],
+            params["users"],
+            params["replicas"],
+            params["runs"],
+            params["idle_integrations"],
+            params["idle_replicas"],
+            params["windows"],
+            params["window_seconds"],
+            kafka_port,
+        )
     if name == "webhooks":  # starts a broker of its own, on a free port
         return await bench_webhook_latency.run(params["changes"], params["rate"])
     return await bench_profile.run(params["users"], params["runs"], kafka_port)
@@ -98,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         help="N of the snapshot benchmark (repeatable) and records of the profile (the largest N)",
     )
     parser.add_argument("--kafka-port", type=int, default=19095, help="port of the benchmarks' own broker")
+    parser.add_argument(
+        "--scale-integrations",
+        type=int,
+        help="fleet-scale: integrations in the snapshot over replicas (default 40; --quick 12)",
+    )
+    parser.add_argument(
+        "--scale-users", type=int, help="fleet-scale: users per integration in that snapshot (default 5,000)"
+    )
     parser.add_argument("--report", action="store_true", help="only render latest.md and the plots from latest.json")
     args = parser.parse_args(argv)
     if args.report:
@@ -129,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             params["sizes"] = sorted(set(args.size))
         if args.size and name == "profile":
             params["users"] = max(args.size)
+        if name == "fleet-scale":
+            params["integrations"] = args.scale_integrations or params["integrations"]
+            params["users"] = args.scale_users or params["users"]
         log(f"=== {name} {params} (load {load_average()})")
         started = time.monotonic()
         load_before = load_average()

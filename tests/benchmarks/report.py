@@ -4,6 +4,7 @@ scaling curve (matplotlib, from the ``bench`` extra; without it the PNGs are ski
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             )
         )
     rows += _floor_targets(bench, quick)
+    scale = bench.get("fleet-scale")
+    if scale:
+        rows += _fleet_scale_targets(scale, f"{COMMAND}{quick} --only fleet-scale")
     return rows
 
 
@@ -228,6 +232,141 @@ def _floor_targets(bench: dict[str, Any], quick: str) -> list[tuple[str, str, st
             )
         )
     return rows
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _fleet_scale_targets(scale: dict[str, Any], command: str) -> list[tuple[str, str, str, str]]:
+    rows = []
+    snap, idle = scale["snapshot"], scale["idle"]
+    base = snap["replica_counts"][0]
+    ratio = ", ".join(f"{n} vs {base}: **{r:.2f}x**" for n, r in snap["ratio"].items())
+    parts = "; ".join(
+        f"{_plural(c['replicas'], 'replica')} {_fmt(c['rps'])} rec/s, relay CPU "
+        f"{' / '.join(f'{us:.0f}' for us in c['relay_us_per_record'])} us/record, two-core bound "
+        f"{_fmt(c['two_core_rps'])} rec/s"
+        for c in snap["configs"]
+    )
+    counts = " vs ".join(str(n) for n in snap["replica_counts"])
+    rows.append(
+        (
+            f"10. Fleet snapshot over replicas ({snap['integrations']} integrations x "
+            f"{snap['users_per_integration']:,} users, {counts} replicas): throughput ratio, with the CPU of every process (below)",
+            f"{ratio} ({parts})",
+            "n/a",
+            command,
+        )
+    )
+    phases = idle["phases"]
+    tolerance = idle["cpu_tolerance"]
+    parts = "; ".join(
+        f"{_plural(p['replicas'], 'replica')}: {p['cpu_share']:.1%} of a core"
+        + (f" (**{p['cpu_vs_first'] - 1:+.0%}**)" if p is not phases[0] else "")
+        + f", {p['requests_per_pair_per_interval']:.3f} requests/pair/interval at the simulator (each pair "
+        f"{p['per_pair_min']} to {p['per_pair_max']} per {idle['window_seconds']:.0f} s), "
+        f"{p['transactions']:.0f} transactions, end offsets +{p['end_offsets_moved']}"
+        for p in phases
+    )
+    verdicts = ", ".join(
+        f"{name} {_met(ok)}"
+        for name, ok in (
+            ("CPU", all(p["cpu_vs_first"] <= 1 + tolerance for p in phases)),
+            ("requests", all(p["one_request_per_pair"] for p in phases)),
+            ("transactions", all(p["no_idle_transaction"] for p in phases)),
+        )
+    )
+    rows.append(
+        (
+            f"11. Fleet idle over replicas ({idle['integrations']:,} integrations, poll "
+            f"{idle['poll_interval_seconds']:g} s): the replicas' CPU together within {tolerance:.0%} of one "
+            "replica's; 1 request per pair per interval; no transaction",
+            f"{parts}. {verdicts}",
+            _met(idle["pass"]),
+            command,
+        )
+    )
+    return rows
+
+
+def _fleet_scale_section(scale: dict[str, Any]) -> list[str]:
+    snap, idle = scale["snapshot"], scale["idle"]
+    base = snap["replica_counts"][0]
+    lines = [
+        "",
+        f"## Fleet: one snapshot over replicas ({snap['integrations']} integrations x "
+        f"{snap['users_per_integration']:,} users = {snap['records']:,} records, median of {snap['runs']} runs)",
+        "",
+        "Real `relay run` replicas of one consumer group, one simulator process, one broker, on the machine's "
+        f"{snap['partitions']} state partitions (integrations placed evenly over them). *rec/s*: created events "
+        "read back `read_committed` (one per user, none twice), from the first event's timestamp to the last's. CPU "
+        "of each process over that span (what each spends idle around it left out), per record: each relay's per "
+        "record it published, the simulator's and the broker's per record in all. *two-core bound*: the throughput "
+        "at which that CPU per record would keep both cores busy. *others*: CPU that other processes on this machine "
+        "took from the same two cores meanwhile, as a share of them. *bound, cores left*: the two-core bound scaled "
+        "to what the others left of the cores (two-core bound x (1 - others)), and *rec/s / that*: how much of it "
+        "was used.",
+        "",
+        "| replicas | rec/s | vs 1 replica (per run) | relay us/record (each) | relay CPU, share of a core (each) | "
+        "records (each) | simulator us | broker us | total us | two-core bound rec/s | rec/s / bound | others | "
+        "bound, cores left | rec/s / that |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in snap["configs"]:
+        n = c["replicas"]
+        ratios = snap["ratios"].get(str(n))
+        vs = "1" if n == base else f"**{snap['ratio'][str(n)]:.2f}x** ({', '.join(f'{r:.2f}' for r in ratios)})"
+        rounds = [r for r in snap["raw"] if r["replicas"] == n]
+        left = [r["two_core_rps"] * (1 - r["others_share"]) for r in rounds]
+        lines.append(
+            f"| {n} | {_fmt(c['rps'])} | {vs} | {' / '.join(f'{us:.1f}' for us in c['relay_us_per_record'])} | "
+            f"{' / '.join(f'{s:.0%}' for s in c['relay_cpu_share'])} | "
+            f"{' / '.join(_fmt(r) for r in c['relay_records'])} | {c['simulator_us_per_record']:.1f} | "
+            f"{c['broker_us_per_record']:.1f} | {c['total_us_per_record']:.1f} | {_fmt(c['two_core_rps'])} | "
+            f"{c['share_of_two_core']:.0%} | {c['others_share']:.0%} | {_fmt(statistics.median(left))} | "
+            f"{statistics.median(r['rps'] / b for r, b in zip(rounds, left, strict=True)):.0%} |"
+        )
+    lines += [
+        "",
+        "Each run (rec/s; relay CPU as a share of a core; others' share of the cores):",
+        "",
+    ]
+    for run in sorted({r["run"] for r in snap["raw"]}):
+        parts = [
+            f"{_plural(r['replicas'], 'replica')} {_fmt(r['rps'])} rec/s, relays at "
+            f"{' / '.join(f'{s:.0%}' for s in r['relay_cpu_share'])}, others {r['others_share']:.0%}"
+            for r in snap["raw"]
+            if r["run"] == run
+        ]
+        lines.append(f"- run {run}: {'; '.join(parts)}")
+    lines += [
+        "",
+        f"## Fleet: idle over replicas ({idle['integrations']:,} integrations of {idle['users_per_integration']} "
+        f"users, poll interval {idle['poll_interval_seconds']:g} s, {idle['windows']} windows of "
+        f"{idle['window_seconds']:g} s per replica count, medians)",
+        "",
+        "CPU as a share of one core. *Requests* are counted at the simulator (its own request ids, and which "
+        "integration each was for): per pair and interval, and how many pairs made how many requests in a window. "
+        "*Transactions*: the replicas' `relay_kafka_transaction_duration_seconds_count`; *end offsets*: the state, "
+        "event and control topics' (read_uncommitted), which any transaction moves; both summed over the windows.",
+        "",
+        "| replicas | partitions | relay CPU (each) | vs 1 replica | broker CPU | simulator CPU | "
+        "requests/pair/interval | requests per window: pairs | requests/poll (relay) | transactions | "
+        "end offsets moved | rebalances | failed polls | relays' RSS |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in idle["phases"]:
+        histogram = ", ".join(f"{n}: {pairs}" for w in p["windows"][:1] for n, pairs in w["per_pair_requests"].items())
+        lines.append(
+            f"| {p['replicas']} | {' '.join(','.join(map(str, owned)) for owned in p['partitions'])} | "
+            f"{p['cpu_share']:.2%} ({' / '.join(f'{s:.2%}' for s in p['relay_cpu_shares'])}) | "
+            f"{p['cpu_vs_first']:.0%} | {p['broker_cpu_share']:.2%} | {p['simulator_cpu_share']:.2%} | "
+            f"{p['requests_per_pair_per_interval']:.3f} | {histogram} (first window) | {p['requests_per_poll']:.3f} | "
+            f"{p['transactions']:.0f} | {p['end_offsets_moved']} | {p['rebalances']:.0f} | {p['failed_polls']:.0f} | "
+            f"{p['rss_mb']:.0f} MB |"
+        )
+    return lines
 
 
 def _webhook_setting(webhooks: dict[str, Any], name: str) -> Any:
@@ -362,6 +501,9 @@ def markdown(results: dict[str, Any]) -> str:
     webhooks = bench.get("webhooks")
     if webhooks:
         lines += _webhooks_section(webhooks)
+    scale = bench.get("fleet-scale")
+    if scale:
+        lines += _fleet_scale_section(scale)
     if meta.get("plots_skipped"):
         lines += ["", f"Plots skipped: {meta['plots_skipped']}"]
     return "\n".join(lines) + "\n"
@@ -473,6 +615,42 @@ def plots(results: dict[str, Any], folder: Path = RESULTS) -> list[Path]:
         ax.legend()
         ax.grid(alpha=0.3)
         save(fig, "fleet_idle_cpu.png")
+
+    scale = bench.get("fleet-scale")
+    if scale:
+        snap, idle = scale["snapshot"], scale["idle"]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        labels = [_plural(c["replicas"], "replica") for c in snap["configs"]]
+        xs = range(len(labels))
+        left.bar(xs, [c["rps"] for c in snap["configs"]], label="relays (first to last event)")
+        left.plot(xs, [c["two_core_rps"] for c in snap["configs"]], "r_", markersize=40, mew=2, label="two-core bound")
+        left_bounds = [
+            statistics.median(
+                r["two_core_rps"] * (1 - r["others_share"]) for r in snap["raw"] if r["replicas"] == c["replicas"]
+            )
+            for c in snap["configs"]
+        ]
+        left.plot(xs, left_bounds, "k_", markersize=40, mew=2, label="that bound x cores others left")
+        left.set_ylim(0, 1.45 * max(c["two_core_rps"] for c in snap["configs"]))
+        left.set_xticks(list(xs), labels)
+        left.set_ylabel("records per second")
+        left.set_title(f"Snapshot, {snap['integrations']} x {snap['users_per_integration']:,} users")
+        left.legend(loc="upper left")
+        left.grid(alpha=0.3, axis="y")
+        labels = [_plural(p["replicas"], "replica") for p in idle["phases"]]
+        bottoms = [0.0] * len(labels)
+        for i in range(max(p["replicas"] for p in idle["phases"])):
+            shares = [100 * p["relay_cpu_shares"][i] if i < p["replicas"] else 0.0 for p in idle["phases"]]
+            right.bar(range(len(labels)), shares, bottom=bottoms, label=f"replica {i + 1}")
+            bottoms = [b + v for b, v in zip(bottoms, shares, strict=True)]
+        first = 100 * idle["phases"][0]["cpu_share"]
+        right.axhline(first * (1 + idle["cpu_tolerance"]), color="red", linestyle=":", label="one replica's + 10%")
+        right.set_xticks(range(len(labels)), labels)
+        right.set_ylabel("% of one core")
+        right.set_title(f"Idle, {idle['integrations']:,} integrations, poll {idle['poll_interval_seconds']:g} s")
+        right.legend(loc="upper left")
+        right.grid(alpha=0.3, axis="y")
+        save(fig, "fleet_scale.png")
 
     latency = bench.get("latency")
     if latency:

@@ -26,6 +26,8 @@ from typing import Any, TextIO
 
 import aiohttp
 import orjson
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +50,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the machine's cores have spent busy since boot, summed over the cores (``/proc/stat``: every state
+    but idle and iowait; guest time is already inside user time). Over a window, that minus what the benchmark's own
+    processes used is what other processes on the machine took from the same cores."""
+    with open("/proc/stat") as f:
+        fields = [int(value) for value in f.readline().split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / CLOCK_TICKS
 
 
 def load_average() -> str:
@@ -106,6 +117,22 @@ def broker(port: int) -> Any:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+async def topic_partitions(bootstrap_servers: str, topics: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of ``topics``, which must exist (a consumer's ``end_offsets`` waits forever for one that
+    does not)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    found = {t["topic"]: sorted(p["partition"] for p in t["partitions"]) for t in described if not t["error_code"]}
+    missing = [topic for topic in topics if not found.get(topic)]
+    if missing:
+        raise RuntimeError(f"no such topic: {', '.join(missing)}")
+    return [TopicPartition(topic, partition) for topic in topics for partition in found[topic]]
+
+
 # -------------------------------------------------------------------------------------------------- processes
 
 
@@ -142,6 +169,12 @@ class Process:
         if not self.alive():
             tail = "\n".join(self.output().splitlines()[-30:])
             raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{tail}")
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting: stopping several processes at once, then :meth:`stop` each."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.alive():
@@ -268,11 +301,46 @@ class RelayProcess(Process):
         async with aiohttp.ClientSession() as session, session.get(f"{self.base_url}/metrics") as response:
             return Metrics.parse(await response.text())
 
+    async def status(self) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session, session.get(f"{self.base_url}/status") as response:
+            return dict(orjson.loads(await response.read()))
+
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
 
     def rss_bytes(self) -> int:
         return rss_bytes(self.pid)
+
+
+def stop_all(processes: Iterable[Process]) -> None:
+    """SIGTERM to every process first, then wait for each: replicas of a fleet stop together, instead of each one's
+    partitions moving to the others while they wait for their turn."""
+    processes = list(processes)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.stop()
+
+
+async def fleet_settled(relays: Sequence[RelayProcess], partitions: int) -> list[dict[str, Any]] | None:
+    """Each replica's ``/status`` once the group has settled, else None: every replica ready (its assigned partitions
+    restored), all in one generation, and the partitions they own disjoint and all of them (``fleet.owned_partitions``
+    summing to the partition count)."""
+    statuses = []
+    for relay in relays:
+        relay.check_alive()
+        try:
+            status = await relay.status()
+        except (aiohttp.ClientError, OSError):
+            return None
+        if not status.get("ready"):
+            return None
+        statuses.append(status)
+    owned = sorted(p for status in statuses for p in status["fleet"]["owned_partitions"])
+    generations = {status["fleet"]["generation"] for status in statuses}
+    if owned != list(range(partitions)) or len(generations) != 1 or None in generations:
+        return None
+    return statuses
 
 
 @dataclass
