@@ -253,7 +253,8 @@ def _fleet_scale_targets(scale: dict[str, Any], command: str) -> list[tuple[str,
     rows.append(
         (
             f"10. Fleet snapshot over replicas ({snap['integrations']} integrations x "
-            f"{snap['users_per_integration']:,} users, {counts} replicas): throughput ratio, with the CPU of every process (below)",
+            f"{snap['users_per_integration']:,} users, {counts} replicas): throughput ratio, with the CPU of every "
+            "process (below)",
             f"{ratio} ({parts})",
             "n/a",
             command,
