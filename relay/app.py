@@ -286,12 +286,10 @@ class Relay:
         """Hold a seat in the group until a stop; join again when the seat is lost to a Kafka error. Raises what a
         claim met that no retry mends (:data:`~relay.fleet.FATAL_CLAIM_ERRORS`)."""
         self.sink.in_fleet(on_lost=self.ownership.lost)
-        control = self.control = ControlChannel(self.config, self.metrics, partition_of=self.store.partition_of)
-        try:
-            await control.start()
-        except BaseException:
-            await control.stop()  # what it started before it failed (a StateError for too few partitions, say)
-            raise
+        if not await self._retrying(self._start_control):
+            return
+        control = self.control
+        assert control is not None
         self.ownership.control = control
         if self.webhooks is not None:
             # Which integrations exist, with which resources, and which are paused: the registry as followed live.
@@ -324,6 +322,17 @@ class Relay:
             await cancel_and_wait(following_registry)
             await control.stop()
             await cancel_and_wait(following)
+
+    async def _start_control(self) -> None:
+        """Start the control channel, or stop what it started before it failed (a StateError for too few
+        partitions, Kafka unreachable): a stopped channel cannot be started again, the next try makes a new one."""
+        control = ControlChannel(self.config, self.metrics, partition_of=self.store.partition_of)
+        try:
+            await control.start()
+        except BaseException:
+            await control.stop()
+            raise
+        self.control = control
 
     async def reload_state(self) -> None:
         """Forget what is in memory and read the owned partitions of the state topic again (after a commit whose
