@@ -63,6 +63,7 @@ from relay.partition_sinks import PartitionSinks
 from relay.pipeline import Pipeline
 from relay.registry import MAX_BY_LENGTH, Registry
 from relay.registry_topic import RegistryTopic
+from relay.registry_webhooks import RegistryFollower
 from relay.reload_gate import ReloadGate
 from relay.scheduler import PairStatus, Scheduler
 from relay.sink import authorization_failed
@@ -115,6 +116,8 @@ class Relay:
         self.heartbeat = Heartbeat()
         webhook_settings = WebhookSettings.from_config(config)  # None: no secret, no endpoint
         self.webhooks = None if webhook_settings is None else WebhookReceiver(webhook_settings, self.scheduler)
+        if self.webhooks is not None and config.follow_integrations:  # integration webhooks write the registry
+            self.webhooks.integrations = RegistryFollower(lambda: self.ownership.registry, self.registry_topic.write)
         self.restored = False
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None

@@ -421,6 +421,14 @@ class Config:
         "Pause polling an integration on Kombo's integration-state-changed (INACTIVE, INVALID) and "
         "integration-deleted webhooks; resume on ACTIVE",
     )
+    follow_integrations: bool = setting(
+        Flag(),
+        False,
+        "Kombo's integration webhooks change the registry of integrations (RELAY_INTEGRATIONS_TOPIC): "
+        "integration-created adds (ATS, HRIS), integration-deleted removes, integration-state-changed pauses "
+        "(INACTIVE, INVALID) and resumes (ACTIVE); a webhook older than the entry's last change changes nothing "
+        "(README: Webhooks)",
+    )
 
     def topic_for(self, resource: str, event: str) -> str:
         """The topic an ``event`` (created, updated, deleted) about a record of ``resource`` is published to."""

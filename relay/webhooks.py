@@ -69,6 +69,9 @@ MAX_WEBHOOKS_IN_FLIGHT: Final = 64
 RETRY_AFTER_SECONDS: Final = 1
 _EMPTY_BODY_STATUSES: Final = (401, 408, 413, 503)  # no detail for a caller who may not even be Kombo
 MAX_ID_LENGTH: Final = 256
+# An integration webhook (RELAY_FOLLOW_INTEGRATIONS) is answered once the registry acknowledged its record (acks=all:
+# milliseconds), or with a 503 after this long, so that Kombo retries it.
+REGISTRY_WRITE_TIMEOUT_SECONDS: Final = 5.0
 
 
 # --- Signatures ---------------------------------------------------------------------------------------------------
@@ -116,6 +119,7 @@ class IntegrationStateChanged:
     id: str
     integration_id: str
     state: str
+    updated_at: str | None = None  # Kombo's time of the change (data.updated_at), as sent
     type: str = "integration-state-changed"
 
 
@@ -123,7 +127,18 @@ class IntegrationStateChanged:
 class IntegrationDeleted:
     id: str
     integration_id: str
+    deleted_at: str | None = None  # Kombo's time of the deletion (data.deleted_at), as sent
     type: str = "integration-deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrationCreated:
+    """Acted on only with RELAY_FOLLOW_INTEGRATIONS (relay.registry_webhooks); labelled ``other`` in the metrics."""
+
+    id: str
+    integration_id: str  # data.id; empty when the body has none (then nothing is done)
+    category: str  # data.category: ATS, HRIS, ASSESSMENT, LMS
+    type: str = "integration-created"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +149,8 @@ class OtherWebhook:
     type: str
 
 
-Webhook = DataChanged | SyncFinished | IntegrationStateChanged | IntegrationDeleted | OtherWebhook
+IntegrationWebhook = IntegrationCreated | IntegrationDeleted | IntegrationStateChanged
+Webhook = DataChanged | SyncFinished | IntegrationStateChanged | IntegrationDeleted | IntegrationCreated | OtherWebhook
 
 
 def type_label(raw_type: object) -> str:
@@ -173,10 +189,15 @@ def parse_webhook(body: bytes) -> Webhook:
         )
     if kind == "integration-state-changed":
         return IntegrationStateChanged(
-            ident, _text(data, "integration_id", "data.integration_id"), _text(data, "state", "data.state")
+            ident,
+            _text(data, "integration_id", "data.integration_id"),
+            _text(data, "state", "data.state"),
+            _optional_text(data, "updated_at"),
         )
     if kind == "integration-deleted":
-        return IntegrationDeleted(ident, _text(data, "id", "data.id"))
+        return IntegrationDeleted(ident, _text(data, "id", "data.id"), _optional_text(data, "deleted_at"))
+    if kind == "integration-created":
+        return IntegrationCreated(ident, _optional_text(data, "id") or "", _optional_text(data, "category") or "")
     if kind in OTHER_KOMBO_TYPES:
         return OtherWebhook(ident, kind)
     raise InvalidWebhook("unknown webhook type")
@@ -187,6 +208,11 @@ def _text(obj: Mapping[str, Any], key: str, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidWebhook(f"{name} must be a non-empty string")
     return value
+
+
+def _optional_text(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def _changed_models(data: Mapping[str, Any]) -> tuple[str, ...]:
@@ -359,6 +385,7 @@ class WebhookSettings:
     model_map: ModelMap
     dedup_seconds: float
     follow_integration_state: bool
+    follow_integrations: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> WebhookSettings | None:
@@ -372,6 +399,7 @@ class WebhookSettings:
             model_map=ModelMap(config.kombo_webhook_model_map or ()),
             dedup_seconds=config.kombo_webhook_dedup_seconds,
             follow_integration_state=config.follow_integration_state,
+            follow_integrations=config.follow_integrations,
         )
 
 
@@ -384,6 +412,7 @@ class Reply:
     webhook_id: str | None = None
     integration: str | None = None
     polls: tuple[str, ...] = field(default=())
+    follow: IntegrationWebhook | None = None  # for the registry (RELAY_FOLLOW_INTEGRATIONS): make_handler applies it
 
     def body(self) -> bytes:
         if self.status in _EMPTY_BODY_STATUSES:
@@ -397,15 +426,25 @@ class Reply:
         assert self.outcome in WEBHOOK_OUTCOMES, self.outcome
 
 
+class IntegrationFollower(Protocol):
+    """What applies Kombo's integration webhooks to the registry (:class:`relay.registry_webhooks.RegistryFollower`):
+    returns the answer's status and outcome; raises when the registry could not be written."""
+
+    async def apply(self, webhook: IntegrationWebhook) -> tuple[int, str]: ...
+
+
 class WebhookReceiver:
     """Verifies, parses, de-duplicates and acts on one webhook at a time. No I/O and no waiting: acting is setting
-    flags on the scheduler, whose loops do the polling."""
+    flags on the scheduler, whose loops do the polling. With RELAY_FOLLOW_INTEGRATIONS, an integration webhook is
+    handed back in :attr:`Reply.follow`, for :func:`make_handler` to apply to the registry through
+    :attr:`integrations`."""
 
     def __init__(
         self, settings: WebhookSettings, target: PollTarget, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.settings = settings
         self.target = target
+        self.integrations: IntegrationFollower | None = None  # set by the relay when settings.follow_integrations
         self.dedup = DedupWindow(settings.dedup_seconds, clock=clock)
         self._clock = clock
 
@@ -431,10 +470,17 @@ class WebhookReceiver:
             webhook_id=webhook.id,
             integration=integration,
             polls=reply.polls,
+            follow=reply.follow,
         )
 
     def _act(self, webhook: Webhook, received_at: float) -> Reply:
         if isinstance(webhook, OtherWebhook):
+            return Reply(200, "ignored")
+        if isinstance(webhook, IntegrationWebhook) and self.settings.follow_integrations:
+            if self.dedup.seen(webhook.id):
+                return Reply(200, "duplicate")
+            return Reply(200, "accepted", follow=webhook)  # applied to the registry by make_handler
+        if isinstance(webhook, IntegrationCreated):
             return Reply(200, "ignored")
         resources = self.target.resources_of(webhook.integration_id)
         if not resources:
@@ -498,6 +544,7 @@ def make_handler(
     *,
     body_timeout: float = BODY_READ_TIMEOUT_SECONDS,
     max_in_flight: int = MAX_WEBHOOKS_IN_FLIGHT,
+    registry_timeout: float = REGISTRY_WRITE_TIMEOUT_SECONDS,
 ) -> Handler:
     """The aiohttp handler of ``POST {RELAY_KOMBO_WEBHOOK_PATH}``. It answers without waiting for any poll; when the
     target has an ``async def flush(webhook_id)`` (it forwards the actions to another replica), after it returned.
@@ -530,9 +577,24 @@ def make_handler(
         else:
             reply = receiver.receive(body, request.headers.get(SIGNATURE_HEADER), received_at=received_at)
             flush: Callable[[str | None], Awaitable[None]] | None = getattr(receiver.target, "flush", None)
-            if flush is not None:
+            if reply.follow is not None:
+                reply = await _followed(reply, reply.follow)
+            elif flush is not None:
                 reply = await _flushed(flush, reply)
         return _answer(metrics, reply, request, received_at)
+
+    async def _followed(reply: Reply, webhook: IntegrationWebhook) -> Reply:
+        follower = receiver.integrations
+        if follower is None:  # not wired (a relay that follows no registry): nothing to do
+            return Reply(200, "ignored", reply.type, webhook_id=reply.webhook_id, integration=reply.integration)
+        try:
+            async with asyncio.timeout(registry_timeout):
+                status, outcome = await follower.apply(webhook)
+        except Exception as error:  # not written, whatever the reason (a timeout too): Kombo retries a 503
+            receiver.dedup.forget(webhook.id)  # so that Kombo's retry is acted on
+            detail = f"the registry was not written: {type(error).__name__}: {error}"
+            return Reply(503, "unavailable", reply.type, detail, reply.webhook_id, reply.integration)
+        return Reply(status, outcome, reply.type, webhook_id=reply.webhook_id, integration=reply.integration)
 
     async def _flushed(flush: Callable[[str | None], Awaitable[None]], reply: Reply) -> Reply:
         # Right after receive(), with no await in between: what the target collected is this webhook's.

@@ -63,6 +63,7 @@ CONTRACT = {
     "RELAY_KOMBO_WEBHOOK_MODEL_MAP",
     "RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS",
     "RELAY_FOLLOW_INTEGRATION_STATE",
+    "RELAY_FOLLOW_INTEGRATIONS",
 }
 # Secrets the relay could also take as plain values: the chart must only ever render their *_FILE variants.
 DIRECT_SECRETS = (

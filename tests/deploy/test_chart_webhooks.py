@@ -21,6 +21,7 @@ WEBHOOK_SETTINGS = {
     "RELAY_KOMBO_WEBHOOK_MODEL_MAP",
     "RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS",
     "RELAY_FOLLOW_INTEGRATION_STATE",
+    "RELAY_FOLLOW_INTEGRATIONS",
 }
 BY_NAME = {name: setting for setting in SETTINGS for name in setting.env_names}
 INLINE = ["webhooks.enabled=true", "webhooks.secret.value=not-a-real-webhook-secret"]
@@ -99,6 +100,7 @@ def test_the_relay_accepts_what_webhooks_values_renders(helm: Helm, tmp_path: Pa
     assert config.kombo_webhook_model_map == (("ats_application_stages", ("ats/applications",)), ("ats_tags", ()))
     assert config.kombo_webhook_dedup_seconds == 7200
     assert config.follow_integration_state is True
+    assert config.follow_integrations is True
     assert config.poll_interval_seconds == 600
 
 

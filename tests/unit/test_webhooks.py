@@ -28,11 +28,11 @@ from relay.webhooks import (
     SIGNATURE_HEADER,
     DataChanged,
     DedupWindow,
+    IntegrationCreated,
     IntegrationDeleted,
     IntegrationStateChanged,
     InvalidWebhook,
     ModelMap,
-    OtherWebhook,
     SyncFinished,
     WebhookReceiver,
     WebhookSettings,
@@ -140,11 +140,21 @@ def test_the_spec_examples_parse(kombo_spec_path: Path) -> None:
     finished = parse_webhook(body_of(spec_example(kombo_spec_path, "sync-finished")))
     assert finished == SyncFinished("Cbfk5sHtDxrSrJBRjsDtbaN9", "personio:CBNMt7dSNCzBdnRTx87dev4E", "SUCCEEDED")
     state = parse_webhook(body_of(spec_example(kombo_spec_path, "integration-state-changed")))
-    assert state == IntegrationStateChanged("Cbfk5sHtDxrSrJBRjsDtbaN9", "personio:CBNMt7dSNCzBdnRTx87dev4E", "ACTIVE")
+    assert isinstance(state, IntegrationStateChanged)
+    assert (state.id, state.integration_id, state.state) == (
+        "Cbfk5sHtDxrSrJBRjsDtbaN9",
+        "personio:CBNMt7dSNCzBdnRTx87dev4E",
+        "ACTIVE",
+    )
+    assert state.updated_at is not None
     deleted = parse_webhook(body_of(spec_example(kombo_spec_path, "integration-deleted")))
-    assert deleted == IntegrationDeleted("Cbfk5sHtDxrSrJBRjsDtbaN9", "personio:CBNMt7dSNCzBdnRTx87dev4E")
+    assert isinstance(deleted, IntegrationDeleted)
+    assert (deleted.id, deleted.integration_id) == ("Cbfk5sHtDxrSrJBRjsDtbaN9", "personio:CBNMt7dSNCzBdnRTx87dev4E")
+    assert deleted.deleted_at is not None
     created = parse_webhook(body_of(spec_example(kombo_spec_path, "integration-created")))
-    assert created == OtherWebhook("Cbfk5sHtDxrSrJBRjsDtbaN9", "integration-created")
+    assert isinstance(created, IntegrationCreated)
+    assert created.integration_id == "personio:CBNMt7dSNCzBdnRTx87dev4E"
+    assert created.category in ("ATS", "HRIS", "ASSESSMENT", "LMS")
 
 
 def test_the_types_known_are_the_specs(kombo_spec_path: Path) -> None:
