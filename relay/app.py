@@ -37,8 +37,9 @@ from aiokafka.errors import KafkaError
 
 from relay import __version__
 from relay.check_config import add_arguments as add_arguments  # `relay run` takes what check-config takes
+from relay.commands import CommandApplier
 from relay.config import Config, ConfigError, environment_warnings, load_config, print_problems
-from relay.control import ControlChannel, ForwardingTarget, apply_action
+from relay.control import COMMAND_KINDS, ControlAction, ControlChannel, ForwardingTarget, apply_action
 from relay.errors import (
     AuthenticationError,
     Fenced,
@@ -97,7 +98,7 @@ class Relay:
         self.pipeline = Pipeline(config, self.source, self.sink, self.store, self.metrics, heap=self.heap)
         self.scheduler = Scheduler(
             config,
-            ReloadGate(self.pipeline.poll_once, self.reload_state),
+            ReloadGate(self.pipeline.poll_once, self.reload_state, self.pipeline.reset),
             self.metrics,
             on_stop=self.pipeline.stop,
             pairs=(),  # none until this relay owns their state partitions
@@ -300,9 +301,15 @@ class Relay:
                 control, resources_of=self.ownership.resources_of, is_paused=self.ownership.is_paused
             )
         self.restored = True  # nothing owned yet; readiness waits for the group's first assignment
-        following = asyncio.create_task(
-            control.follow(lambda action: apply_action(self.scheduler, action)), name="control topic"
-        )
+        commands = CommandApplier(self.scheduler, control.send)  # relay resnapshot, reconcile, state reset
+
+        def on_action(action: ControlAction) -> None:
+            if action.kind in COMMAND_KINDS:
+                commands.apply(action)
+            else:
+                apply_action(self.scheduler, action)
+
+        following = asyncio.create_task(control.follow(on_action), name="control topic")
         following_registry = asyncio.create_task(self._follow_registry(), name="registry topic")
         try:
             delay = 1.0
@@ -323,6 +330,7 @@ class Relay:
                 delay = min(delay * 2, 30.0)
         finally:
             await cancel_and_wait(following_registry)
+            await commands.close()
             await control.stop()
             await cancel_and_wait(following)
 

@@ -1,5 +1,5 @@
 """The ``relay`` command line: ``run``, ``simulate``, ``check-config``, ``tail``, ``schema``, ``asyncapi``,
-``materialize``, ``integrations``, ``state``.
+``materialize``, ``integrations``, ``resnapshot``, ``reconcile``, ``state``.
 
 Each subcommand lives in the module of its concept and exposes ``add_arguments(parser)`` and ``main(args) -> int``;
 this module only wires them together, so ``relay --help`` stays the single index of what the program can do.
@@ -24,7 +24,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "asyncapi": ("relay.contract_asyncapi", "print the AsyncAPI document of the topics the configuration produces"),
     "materialize": ("relay.materialize", "keep a SQLite table per resource up to date from the events"),
     "integrations": ("relay.registry_cli", "list, add, remove, pause and resume the integrations of the registry"),
-    "state": ("relay.state_cli", "show what the relay remembers of an integration (state topic), and its owner"),
+    "resnapshot": ("relay.commands_cli", "ask the owner to re-announce every live record of an integration"),
+    "reconcile": ("relay.commands_cli", "ask the owner to reconcile an integration now (find hard deletes)"),
+    "state": (
+        "relay.state_cli",
+        "show what the relay remembers of an integration and its owner, or reset it (forget it)",
+    ),
 }
 
 

@@ -108,7 +108,12 @@ def event_schema(resource: str | None = None, openapi: Mapping[str, Any] | None 
         },
         "snapshot": {"type": "boolean", "description": "Announced by a (re-)snapshot, not by a change seen live."},
         "restored": {"type": "boolean", "description": "A created for an entity announced deleted before."},
-        "reason": {"enum": [*REASONS, None], "description": "vanished: deleted because a full listing lacked it."},
+        "reason": {
+            "enum": [*REASONS, None],
+            "description": "vanished: deleted because a full listing lacked it. resnapshot: a created re-announcing a "
+            "live record because an operator asked for a resnapshot (relay resnapshot); snapshot is true. Null "
+            "otherwise, the initial snapshot's events included.",
+        },
     }
     assert tuple(properties) == ENVELOPE_ATTRIBUTES  # the names events.py writes, in its order
     assert tuple(data) == DATA_FIELDS
@@ -126,6 +131,15 @@ def event_schema(resource: str | None = None, openapi: Mapping[str, Any] | None 
                 "if": {"properties": {"type": {"pattern": r"\.updated$"}}},
                 "then": {"properties": {"data": {"properties": {"changed_fields": {"type": "array"}}}}},
                 "else": {"properties": {"data": {"properties": {"changed_fields": {"type": "null"}}}}},
+            },
+            {  # a resnapshot re-announces a live record: a created, flagged snapshot
+                "if": {"properties": {"data": {"properties": {"reason": {"const": "resnapshot"}}}}},
+                "then": {
+                    "properties": {
+                        "type": {"pattern": r"\.created$"},
+                        "data": {"properties": {"snapshot": {"const": True}, "record": {"type": "object"}}},
+                    }
+                },
             },
             {  # a vanished entity is a delete without record
                 "if": {"properties": {"data": {"properties": {"reason": {"const": "vanished"}}}}},

@@ -39,8 +39,14 @@ from relay.webhooks import PollTarget
 
 log = logging.getLogger(__name__)
 
-ActionKind = Literal["trigger", "pause", "resume"]
+ActionKind = Literal["trigger", "pause", "resume", "resnapshot", "reconcile", "reset", "ack"]
 ACTION_KINDS: Final[tuple[str, ...]] = get_args(ActionKind)
+# An operator's commands (relay resnapshot, relay reconcile, relay state reset): each carries a command id, and the
+# owner answers it with an "ack" record (same key and partition) once its work committed, or failed.
+COMMAND_KINDS: Final = frozenset({"resnapshot", "reconcile", "reset"})
+ACK_OUTCOMES: Final = ("ok", "error")
+MAX_COMMAND_ID: Final = 128
+MAX_ACK_MESSAGE: Final = 2000
 RECORD_VERSION: Final = 1
 # How long a send may take before the webhook is answered 503 (Kombo retries it): far above a healthy broker's few
 # milliseconds, below the patience of an HTTP client.
@@ -63,20 +69,37 @@ class ControlAction(NamedTuple):
     integration: str
     resources: tuple[str, ...]  # for a trigger: the resources to poll; empty otherwise
     webhook_id: str | None  # the de-duplication key (Kombo's webhook id); None: never a duplicate
-    received_at_ms: int  # when the webhook arrived (Unix time, ms), for the webhook-to-event latency
+    received_at_ms: int  # when the webhook arrived (Unix time, ms), for the webhook-to-event latency; command: sent
+    # A command (COMMAND_KINDS) and its ack: the command's id, its de-duplication key. For a command, ``resources``
+    # holds the one resource asked for, or none (every resource of the integration).
+    command_id: str | None = None
+    outcome: str | None = None  # ack only: "ok" or "error"
+    message: str | None = None  # ack only: what the owner did, or why it failed
+
+    @property
+    def dedup_key(self) -> str | None:
+        """What makes a second record of the same action a duplicate: the webhook id, or the command id."""
+        if self.kind in COMMAND_KINDS:
+            return f"command:{self.command_id}"
+        return None if self.kind == "ack" else self.webhook_id
 
     def encode(self) -> bytes:
-        """The record value: compact JSON with a version field."""
-        return orjson.dumps(
-            {
-                "v": RECORD_VERSION,
-                "kind": self.kind,
-                "integration": self.integration,
-                "resources": list(self.resources),
-                "webhook_id": self.webhook_id,
-                "received_at_ms": self.received_at_ms,
-            }
-        )
+        """The record value: compact JSON with a version field (a command's fields only for commands and acks)."""
+        document: dict[str, Any] = {
+            "v": RECORD_VERSION,
+            "kind": self.kind,
+            "integration": self.integration,
+            "resources": list(self.resources),
+            "webhook_id": self.webhook_id,
+            "received_at_ms": self.received_at_ms,
+        }
+        if self.command_id is not None:
+            document["command_id"] = self.command_id
+        if self.outcome is not None:
+            document["outcome"] = self.outcome
+        if self.message is not None:
+            document["message"] = self.message
+        return orjson.dumps(document)
 
     @classmethod
     def decode(cls, value: bytes | None) -> ControlAction:
@@ -97,7 +120,7 @@ class ControlAction(NamedTuple):
         webhook_id = document.get("webhook_id")
         received_at_ms = document.get("received_at_ms")
         if kind not in ACTION_KINDS:
-            raise UnreadableAction(f"unknown kind {str(kind)[:40]!r}")
+            raise UnreadableAction(f"unknown kind {str(kind)[:40]!r} (written by a newer version?)")
         if not isinstance(integration, str) or not integration:
             raise UnreadableAction("integration must be a non-empty string")
         if (
@@ -110,7 +133,22 @@ class ControlAction(NamedTuple):
             raise UnreadableAction("webhook_id must be a non-empty string or null")
         if not isinstance(received_at_ms, int) or isinstance(received_at_ms, bool) or received_at_ms < 0:
             raise UnreadableAction("received_at_ms must be a non-negative integer")
-        return cls(kind, integration, tuple(resources), webhook_id, received_at_ms)
+        command_id, outcome, message = document.get("command_id"), document.get("outcome"), document.get("message")
+        if kind in COMMAND_KINDS or kind == "ack":
+            if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_COMMAND_ID:
+                raise UnreadableAction(f"a {kind} needs a command_id of 1 to {MAX_COMMAND_ID} characters")
+            if len(resources) > 1:
+                raise UnreadableAction(f"a {kind} names one resource at most")
+        else:
+            command_id = None
+        if kind == "ack":
+            if outcome not in ACK_OUTCOMES:
+                raise UnreadableAction(f"an ack's outcome must be one of {', '.join(ACK_OUTCOMES)}")
+            if message is not None and (not isinstance(message, str) or len(message) > MAX_ACK_MESSAGE):
+                raise UnreadableAction(f"an ack's message must be text of {MAX_ACK_MESSAGE} characters at most")
+        else:
+            outcome = message = None
+        return cls(kind, integration, tuple(resources), webhook_id, received_at_ms, command_id, outcome, message)
 
 
 def wall_ms_of(monotonic_at: float, *, now: float | None = None, wall_now: float | None = None) -> int:
@@ -395,12 +433,15 @@ class ControlChannel:
                     extra={"topic": self._topic, "partition": partition, "offset": record.offset, "error": str(exc)},
                 )
             return
-        duplicate = action.webhook_id is not None and window.seen(action.webhook_id, record.timestamp)
+        if action.kind == "ack":  # this owner's own answers (or a former owner's): for `relay` commands to read
+            return
+        key = action.dedup_key
+        duplicate = key is not None and window.seen(key, record.timestamp)
         if not deliver:
             return
         if duplicate:
             self._metrics.control_actions.labels(action.kind, "duplicate").inc()
-            log.debug("duplicate control action", extra={"integration": action.integration, "id": action.webhook_id})
+            log.debug("duplicate control action", extra={"integration": action.integration, "id": key})
             return
         self._metrics.control_actions.labels(action.kind, "delivered").inc()
         try:

@@ -37,6 +37,10 @@ Why these rules:
   above 0).
 * In snapshot mode (the first full fetch of a pair) events carry ``snapshot=True``; with ``emit_snapshot=False``
   the snapshot only builds the memory and emits nothing (counted in ``snapshot_skipped``).
+* In resnapshot mode (an operator's ``relay resnapshot``) the rules above apply as usual, and then every live record
+  the page leaves remembered with its own content is announced once more: a ``created`` with ``snapshot=True`` and
+  reason ``resnapshot``, after the entity's real change if it had one. A stale record is not re-announced (what is
+  remembered is newer than it), nor a deleted one.
 
 Memory: per entity we keep a *fingerprint*, one immutable ``bytes`` (layout below), not the record. Field names
 are kept once per distinct record *shape* (sorted tuple of top-level keys) in a :class:`ShapeTable`. Field names are
@@ -327,6 +331,7 @@ def diff_page(
     resource: str,
     snapshot: bool,
     emit_snapshot: bool = True,
+    resnapshot: bool = False,
 ) -> DiffResult:
     """The events for one page of records and the fingerprints to remember once they are committed.
 
@@ -335,7 +340,13 @@ def diff_page(
     record compared with the earlier. Raises InvalidPage if a record cannot be encoded as JSON.
     """
     page = PageDiff(
-        state, shapes, integration=integration, resource=resource, snapshot=snapshot, emit_snapshot=emit_snapshot
+        state,
+        shapes,
+        integration=integration,
+        resource=resource,
+        snapshot=snapshot,
+        emit_snapshot=emit_snapshot,
+        resnapshot=resnapshot,
     )
     page.feed(records)
     return page.result()
@@ -357,8 +368,10 @@ class PageDiff:
         resource: str,
         snapshot: bool,
         emit_snapshot: bool = True,
+        resnapshot: bool = False,
     ) -> None:
         self.state = state
+        self.resnapshot = resnapshot
         self.shapes = shapes
         self.integration = integration
         self.resource = resource
@@ -399,10 +412,44 @@ class PageDiff:
             # The hot path: most records of an overlapping poll are exactly what we remember. A vanished entity
             # coming back unchanged is the exception: it has the remembered hash but must be announced again.
             if previous is not None and previous.startswith(digest) and not previous[_FLAGS_OFFSET] & _VANISHED:
-                suppressed += 1
+                if self.resnapshot:
+                    self._reannounce(record, entity_id, record_json, digest)
+                else:
+                    suppressed += 1
                 continue
             self._changed(record, entity_id, record_json, digest, previous)
+            if self.resnapshot:
+                self._reannounce(record, entity_id, record_json, digest)
         self.suppressed += suppressed
+
+    def _reannounce(self, record: dict[str, Any], entity_id: str, record_json: bytes, digest: bytes) -> None:
+        """Resnapshot mode: announce a live record once more, if memory holds it with this very content."""
+        current = self.delta.get(entity_id)
+        if current is None:
+            current = self.state.get(entity_id)
+        if current is None or not current.startswith(digest) or current[_FLAGS_OFFSET] & _DELETED:
+            return  # stale (memory is newer), or deleted: nothing live to re-announce
+        version = _HEADER.unpack_from(current)[2] + 1
+        changed_at = self._timestamp(record, "changed_at", entity_id)
+        self._remember(record, entity_id, digest, changed_at, version=version, deleted=False)
+        content = int.from_bytes(digest, "little")
+        self.changes.append(
+            Change(
+                kind="created",
+                entity_id=entity_id,
+                record=record,
+                changed_fields=None,
+                snapshot=True,
+                restored=False,
+                reason="resnapshot",
+                version=version,
+                content_hash=content,
+                time_ms=changed_at,
+                event_id=event_id(self.integration, self.resource, entity_id, version, "created", content),
+                record_json=record_json,
+                time_text=formatted_text(record.get("changed_at")),
+            )
+        )
 
     def _changed(
         self, record: dict[str, Any], entity_id: str, record_json: bytes, digest: bytes, previous: bytes | None

@@ -21,7 +21,7 @@ attribute          value
 ``data``           ``integration_id``, ``resource``, ``id``, ``remote_id`` (null for vanished entities),
                    ``record`` (as received, keys sorted; null for vanished entities, whose record is not kept),
                    ``changed_fields`` (sorted top-level names for ``updated``, else null), ``snapshot``,
-                   ``restored``, ``reason`` (``"vanished"`` or null)
+                   ``restored``, ``reason`` (``"vanished"``, ``"resnapshot"`` or null)
 =================  ============================================================================================
 
 Kafka key: ``{integration}:{entity id}`` in UTF-8, so all events of an entity keep their order in one partition.
@@ -65,7 +65,7 @@ DATA_FIELDS: Final = (
     "restored",
     "reason",
 )
-Reason = Literal["vanished"]
+Reason = Literal["vanished", "resnapshot"]
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 HEADER_CONTENT_TYPE: Final = "content-type"
 HEADER_TYPE: Final = "ce_type"

@@ -7,7 +7,8 @@ applied. Query the current state with e.g. ``sqlite3 view.db "select * from ats_
 Read it as the example to copy; the rules every consumer of change-relay needs are these:
 
 * Read with ``isolation.level=read_committed``, or aborted transactions' events show up.
-* created / updated: upsert the record (a ``snapshot`` or ``restored`` created is an upsert like any other).
+* created / updated: upsert the record (a ``snapshot``, ``restored`` or ``reason: "resnapshot"`` created is an
+  upsert like any other).
   deleted: mark the row deleted; ``reason: "vanished"`` deletes carry no record, so the last one is kept.
 * Apply each event exactly once: a batch of events and the position reached in each partition (topic, partition,
   next offset) are written in ONE SQLite transaction, and Kafka offsets are committed only after it. A crash

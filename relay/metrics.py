@@ -19,7 +19,7 @@ from relay.webhook_labels import WEBHOOK_OUTCOMES, WEBHOOK_TYPES
 
 # A poll succeeds, restarts after its cursor was rejected, or ends as its error's verdict says.
 POLL_OUTCOMES = ("success", "cursor_rejected", *dict.fromkeys(verdict.outcome for _, verdict in VERDICTS))
-POLL_KINDS = ("snapshot", "incremental", "reconcile")
+POLL_KINDS = ("snapshot", "incremental", "reconcile", "resnapshot")
 EVENT_TYPES: tuple[str, ...] = CHANGE_KINDS
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")
 SUPPRESSED_REASONS = ("noop", "stale", "deleted", "snapshot_skipped")
@@ -33,9 +33,9 @@ POLL_TRIGGERS = ("webhook", "schedule")
 # A handover reads a partition's state: well under a second for a small one, tens of seconds for millions of entities.
 HANDOVER_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # relay_control_actions_total: the kinds of relay.control.ControlAction (unknown: an unreadable record), and what
-# became of them: sent by this replica, delivered to this owner, a duplicate of a webhook id within the window,
-# unreadable (skipped).
-CONTROL_KINDS = ("trigger", "pause", "resume", "unknown")
+# became of them: sent by this replica, delivered to this owner, a duplicate of a webhook id (or a command id) within
+# the window, unreadable (skipped). Operators' commands (resnapshot, reconcile, reset) count too, and their acks sent.
+CONTROL_KINDS = ("trigger", "pause", "resume", "resnapshot", "reconcile", "reset", "ack", "unknown")
 CONTROL_OUTCOMES = ("sent", "delivered", "duplicate", "unreadable")
 
 

@@ -84,6 +84,7 @@ class PageMaker:
             resource=self.resource,
             snapshot=self.kind == "snapshot",
             emit_snapshot=self._config.initial_snapshot == "emit",
+            resnapshot=self.kind == "resnapshot",
         )
         # Diffed and serialized in slices, yielding in between: a page's work holds the event loop long enough to
         # matter, and the previous page's transaction needs the loop for each of its round trips to Kafka.

@@ -13,9 +13,16 @@ A poll is one of three kinds:
 * ``incremental``: ``updated_after`` = the source's time at the start of the last completed poll minus
   ``RELAY_OVERLAP_SECONDS``. The overlap makes late commits on the source's side safe; the diff makes the re-fetched
   records free of duplicates.
-* ``reconcile``: every ``RELAY_RECONCILE_INTERVAL_SECONDS``, a full fetch that also finds remembered entities that
-  vanished outright (hard deletes) and emits ``deleted`` (reason ``vanished``) for them, unless the fetch was
-  incomplete or too many would vanish at once.
+* ``reconcile``: every ``RELAY_RECONCILE_INTERVAL_SECONDS`` (or at once, asked by ``relay reconcile``), a full
+  fetch that also finds remembered entities that vanished outright (hard deletes) and emits ``deleted`` (reason
+  ``vanished``) for them, unless the fetch was incomplete or too many would vanish at once.
+* ``resnapshot``: asked by ``relay resnapshot``; a reconciliation that also re-announces every live record (a
+  ``created`` flagged ``snapshot``, reason ``resnapshot``: see :mod:`relay.diff`). Unlike a reconciliation it resumes
+  after a restart from its last committed page (then without looking for hard deletes: the ids of the pages before
+  are not known any more).
+
+An operator's ``relay state reset`` is no poll but runs like one (:meth:`Pipeline.reset`): the pair's entities and
+checkpoint are forgotten, by tombstones committed on the state topic, so that its next poll is a snapshot.
 
 Each page is one unit of work: its events, the state it changes and the pair's checkpoint (including the cursor of
 the next page, so a restart resumes a long snapshot where it stopped) go to Kafka in one transaction, and only then
@@ -38,7 +45,7 @@ from relay.heap import HeapTrimmer
 from relay.metrics import Metrics
 from relay.pages import DeferredCheckpoints, PageMaker
 from relay.pending import Prepared, Unapplied
-from relay.sink import Committer
+from relay.sink import Committer, OutMessage
 from relay.source import Page, SourceClient
 from relay.state import Checkpoint, InProgress, PollKind, StateStore
 from relay.tasks import retrieve
@@ -118,9 +125,15 @@ class Pipeline:
         if interrupted is not None and not interrupted.done():
             interrupted.set_result(None)
 
-    def next_kind(self, checkpoint: Checkpoint) -> PollKind:
+    def next_kind(self, checkpoint: Checkpoint, requested: PollKind | None = None) -> PollKind:
+        """The kind of a pair's next poll: ``requested`` by an operator's command (``reconcile``, ``resnapshot``)
+        once the pair has a snapshot; a resnapshot in progress (resumed after a restart); or as scheduled."""
         if not checkpoint.snapshot_done:
             return "snapshot"
+        if requested is not None:
+            return requested
+        if checkpoint.in_progress is not None and checkpoint.in_progress.kind == "resnapshot":
+            return "resnapshot"
         interval = self.config.reconcile_interval_seconds
         if interval > 0 and (
             checkpoint.last_reconcile_ms is None
@@ -129,12 +142,15 @@ class Pipeline:
             return "reconcile"
         return "incremental"
 
-    async def poll_once(self, integration: str, resource: str, published: Published = _ignore) -> PollOutcome:
+    async def poll_once(
+        self, integration: str, resource: str, published: Published = _ignore, kind: PollKind | None = None
+    ) -> PollOutcome:
         """Run one whole poll of a pair (all its pages); raise the error that stopped it, if any.
 
-        ``published`` is told the number of events of each page as soon as that page is remembered (committed)."""
+        ``published`` is told the number of events of each page as soon as that page is remembered (committed).
+        ``kind``: the kind an operator's command asks for (see :meth:`next_kind`)."""
         checkpoint = self.store.pair(integration, resource).checkpoint
-        outcome = PollOutcome(self.next_kind(checkpoint))
+        outcome = PollOutcome(self.next_kind(checkpoint, kind))
         try:
             started = time.monotonic()
             await self._poll_restarting_on_rejected_cursor(integration, resource, checkpoint, outcome, published)
@@ -166,6 +182,25 @@ class Pipeline:
         except Exception as error:
             self.metrics.polls.labels(resource, kind, verdict_on(error).outcome).inc()
             raise
+
+    async def reset(self, integration: str, resource: str) -> int:
+        """Forget a pair (``relay state reset``): tombstones for its entities and its checkpoint, committed in one
+        transaction by its partition's producer, then memory. Its next poll is a snapshot, as if never polled
+        (``RELAY_INITIAL_SNAPSHOT`` applies). Returns the number of entities forgotten."""
+        pair = self.store.pair(integration, resource)
+        entities = len(pair.entities)
+        partition = self.store.partition_of(integration)
+        state_topic = self.config.state_topic
+        messages = [
+            OutMessage(state_topic, key, None, partition=partition)
+            for key in self.store.tombstone_keys(integration, resource)
+        ]
+        await self.sink.commit(messages)
+        self.store.forget(integration, resource)
+        self.deferred.persisted((integration, resource))
+        self.metrics.entities.labels(resource).dec(entities)
+        log.info("pair reset", extra={"integration": integration, "resource": resource, "entities": entities})
+        return entities
 
     def _finished(self, integration: str, resource: str, outcome: PollOutcome, seconds: float) -> None:
         kind = outcome.kind
@@ -233,14 +268,16 @@ class PairPoll:
         self.outcome = outcome
         self._published = published
         resume = checkpoint.in_progress
-        # A reconciliation needs every id of one complete fetch in memory, so it cannot resume after a restart.
+        # A reconciliation needs every id of one complete fetch in memory, so it cannot resume after a restart. A
+        # resnapshot can: it then skips the search for hard deletes.
         if resume is not None and (resume.kind != kind or kind == "reconcile"):
             resume = None
         self._cursor = resume.cursor if resume else None
         self._updated_after = resume.updated_after if resume else pipeline.updated_after(kind, checkpoint)
         self._started_at_ms = resume.started_at_ms if resume else None
         self._page_number = resume.pages if resume else 0
-        self._seen: set[str] | None = set() if kind == "reconcile" else None
+        full = kind == "reconcile" or (kind == "resnapshot" and resume is None)
+        self._seen: set[str] | None = set() if full else None
         # Cursors this poll was sent to: a source that hands one out again would page in a circle for ever.
         self._cursors: set[str] = set() if self._cursor is None else {self._cursor}
         self._prefetched: asyncio.Task[Page] | None = None

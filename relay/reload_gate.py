@@ -16,24 +16,38 @@ from aiokafka.errors import KafkaError
 from relay.errors import KafkaUnavailable
 
 StateReload = Callable[[], Awaitable[None]]
-PollPair = Callable[[str, str, Callable[[int], None]], Awaitable[object]]
+PollPair = Callable[..., Awaitable[object]]  # (integration, resource, published, kind=None)
 
 
 class ReloadGate:
     """``poll`` with the reload rule: callable like it, and the scheduler calls it instead."""
 
-    def __init__(self, poll: PollPair, reload_state: StateReload) -> None:
+    def __init__(
+        self,
+        poll: PollPair,
+        reload_state: StateReload,
+        reset: Callable[[str, str], Awaitable[object]] | None = None,
+    ) -> None:
         self._poll = poll
+        self._reset = reset
         self._reload_state = reload_state
         self._state_suspect = False
         self._active_polls = 0
         self._draining = 0  # polls waiting for the polls in flight to end, to read the state back
         self._gate = asyncio.Condition()
 
-    async def __call__(self, integration: str, resource: str, published: Callable[[int], None]) -> None:
+    async def __call__(
+        self, integration: str, resource: str, published: Callable[[int], None], /, *kind: str
+    ) -> object:
+        """Poll the pair (as an operator's command asks, given its ``kind``; ``"reset"`` forgets the pair: see
+        :meth:`relay.pipeline.Pipeline.reset`); return what the operation returned."""
         await self._enter()
         try:
-            await self._poll(integration, resource, published)
+            if not kind:
+                return await self._poll(integration, resource, published)
+            if kind[0] == "reset" and self._reset is not None:
+                return await self._reset(integration, resource)
+            return await self._poll(integration, resource, published, kind[0])
         except KafkaUnavailable:
             self._state_suspect = True  # the commit may have happened: read the state back before the next poll
             raise

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -42,9 +43,26 @@ Clock = Callable[[], float]
 
 class PollPair(Protocol):
     """One whole poll of a pair; ``published(n)`` is told the events of each page as soon as they committed. Raises
-    the error that ended the poll early, if any."""
+    the error that ended the poll early, if any. Called with a fourth argument, the kind an operator's command asks
+    for (``resnapshot``, ``reconcile``, or ``reset``: no poll, the pair is forgotten), only for such a command."""
 
-    def __call__(self, integration: str, resource: str, published: Callable[[int], None], /) -> Awaitable[object]: ...
+    def __call__(
+        self, integration: str, resource: str, published: Callable[[int], None], /, *kind: str
+    ) -> Awaitable[object]: ...
+
+
+# An operator's command is done for one pair: told the pair's resource, the error that ended it (None: it succeeded)
+# and what the operation returned.
+CommandDone = Callable[[str, BaseException | None, object], None]
+
+
+@dataclass(slots=True)
+class PairCommand:
+    """An operator's command for one pair, run as the pair's next poll (``relay resnapshot``, ``relay reconcile``,
+    ``relay state reset``)."""
+
+    kind: str
+    done: CommandDone
 
 
 # ----------------------------------------------------------------------------------------------- waiting
@@ -129,6 +147,7 @@ class PairStatus:
     # time.monotonic() of the first trigger (webhook) not yet served by a poll, for relay_webhook_to_event_seconds
     triggered_at: float | None = None
     retired: bool = False  # handed over to another replica: the pair's loop ends
+    commands: deque[PairCommand] = field(default_factory=deque)  # operators' commands, run in order as its polls
 
     def published(self, events: int) -> None:
         self.events_published += events
@@ -198,6 +217,8 @@ class Scheduler:
         finally:
             self.stop()
             await _end_within(list(self._tasks.values()), grace)
+            for status in self.status.values():
+                _fail_commands(status, "the relay stopped before the command ran; send it again")
 
     def own(self, pairs: Iterable[tuple[str, str]], *, paused: Container[str] = ()) -> None:
         """Poll ``pairs`` from now on (their partition is this replica's now, or the registry added them), each
@@ -236,6 +257,7 @@ class Scheduler:
             [task for s in statuses if (task := self._tasks.get((s.integration, s.resource)))], grace_seconds
         )
         for status in statuses:
+            _fail_commands(status, "the pair stopped being polled here (handed over, removed) before the command ran")
             self._drop_status(status)
             self._tasks.pop((status.integration, status.resource), None)
         self._update_health_gauge()
@@ -267,6 +289,18 @@ class Scheduler:
             status.triggered_at = time.monotonic() if received_at is None else received_at
         status.trigger.set()
         return True
+
+    def command(self, integration: str, resource: str | None, kind: str, done: CommandDone) -> list[str]:
+        """Queue an operator's command for the pairs of ``integration`` (those of ``resource`` only, when given):
+        each runs as its pair's next poll, once the poll in progress ended, and ``done`` is told the outcome per
+        pair. Returns the resources it was queued for; none when no such pair is polled here."""
+        statuses = self._pairs_of(integration)
+        if resource is not None:
+            statuses = [status for status in statuses if status.resource == resource]
+        for status in statuses:
+            status.commands.append(PairCommand(kind, done))
+            status.trigger.set()
+        return [status.resource for status in statuses]
 
     def resources_of(self, integration: str) -> tuple[str, ...]:
         """The resources polled for ``integration`` (each integration has its own); empty when it is not polled
@@ -320,6 +354,7 @@ class Scheduler:
             if self._stopping.is_set() or status.retired:
                 return
             if status.paused:  # by a webhook; resume() triggers the pair
+                _fail_commands(status, "the integration is paused: resume it, then send the command again")
                 status.trigger.clear()
                 status.triggered_at = None
                 delay = self._jittered_interval()
@@ -350,23 +385,38 @@ class Scheduler:
         triggered_at = status.triggered_at if status.trigger.is_set() else None
         status.trigger.clear()
         status.triggered_at = None
+        command = status.commands.popleft() if status.commands else None
         series = self._metrics.for_resource(status.resource)
         series.polls_triggered["schedule" if triggered_at is None else "webhook"].inc()
         events_before = status.events_published
-        delay = await self._poll_and_judge(status)
+        delay = await self._poll_and_judge(status, command)
         if triggered_at is not None and status.events_published > events_before:
             series.webhook_to_event.observe(time.monotonic() - triggered_at)
+        if command is not None and (status.commands or command.kind == "reset"):
+            status.trigger.set()  # the next command, or the snapshot after a reset, at once
         return delay
 
-    async def _poll_and_judge(self, status: PairStatus) -> float:
-        """Poll once; return the delay until the next poll of this pair, as its verdict says after a failure."""
+    async def _poll_and_judge(self, status: PairStatus, command: PairCommand | None = None) -> float:
+        """Poll once (as ``command`` asks, if given); return the delay until the next poll of this pair, as its
+        verdict says after a failure."""
         status.polling = True
         try:
-            await self._poll(status.integration, status.resource, status.published)
+            if command is None:
+                result = await self._poll(status.integration, status.resource, status.published)
+            else:
+                result = await self._poll(status.integration, status.resource, status.published, command.kind)
         except Exception as raised:  # a bug in one pair's poll must not end its loop, nor touch any other pair
+            if command is not None:
+                command.done(status.resource, raised, None)
             return self._judged(status, as_relay_error(raised), verdict_on(raised))
+        except BaseException as raised:  # cancelled: the grace period after a stop is over
+            if command is not None:
+                command.done(status.resource, raised, None)
+            raise
         finally:
             status.polling = False
+        if command is not None:
+            command.done(status.resource, None, result)
         self._succeeded(status)
         return self._jittered_interval()
 
@@ -444,3 +494,13 @@ class Scheduler:
         unhealthy_integrations = {s.integration for s in self.status.values() if not s.healthy}
         self._metrics.integrations.labels("unhealthy").set(len(unhealthy_integrations))
         self._metrics.integrations.labels("healthy").set(len(polled) - len(unhealthy_integrations))
+
+
+def _fail_commands(status: PairStatus, why: str) -> None:
+    """Tell the commands waiting for ``status``'s pair that they will not run."""
+    while status.commands:
+        status.commands.popleft().done(status.resource, CommandNotRun(why), None)
+
+
+class CommandNotRun(Exception):
+    """An operator's command that was never run: the pair was paused, handed over or stopped first."""

@@ -23,11 +23,12 @@ from relay.state_records import (
     SHAPE,
     StateRecord,
     encode_records,
+    forget_keys,
     read_fingerprint,
     read_shape,
 )
 
-PollKind = Literal["snapshot", "incremental", "reconcile"]
+PollKind = Literal["snapshot", "incremental", "reconcile", "resnapshot"]
 Pair = tuple[str, str]
 
 
@@ -156,18 +157,35 @@ class StateStore:
         if checkpoint is not None:
             state.checkpoint = checkpoint
 
+    def forget(self, integration: str, resource: str) -> None:
+        """Forget a pair's entities and checkpoint (``relay state reset``, once their tombstones committed): its next
+        poll is a snapshot. Its shapes stay: ids the entities written later refer to, harmless to keep."""
+        state = self.pair(integration, resource)
+        state.entities = {}
+        state.live_entities = 0
+        state.checkpoint = Checkpoint()
+
+    def tombstone_keys(self, integration: str, resource: str) -> list[bytes]:
+        """The state-topic keys that forget a pair: its entities', then its checkpoint's (last)."""
+        return forget_keys(integration, resource, self.pair(integration, resource).entities)
+
     def set_checkpoint(self, integration: str, resource: str, checkpoint: Checkpoint) -> None:
         self.pair(integration, resource).checkpoint = checkpoint
 
     def restore_record(self, key: bytes, value: bytes | None) -> None:
         """Apply one record read back from the state topic."""
-        if value is None:
-            return  # tombstones: nothing in this version writes them, older history may be compacted away
         try:
             parsed = orjson.loads(key)
             kind, integration, resource = parsed[0], parsed[1], parsed[2]
         except (orjson.JSONDecodeError, IndexError, TypeError) as exc:
             raise StateError(f"unreadable state key {key[:80]!r}") from exc
+        if value is None:  # a tombstone (relay state reset): the entity, or the checkpoint, is forgotten
+            state = self._pairs.get((integration, resource))
+            if state is not None and kind == ENTITY:
+                state.live_entities -= _liveness(state.entities.pop(parsed[3], None))
+            elif state is not None and kind == CHECKPOINT:
+                state.checkpoint = Checkpoint()
+            return
         if kind == ENTITY:
             fingerprint = read_fingerprint(key, value)
             self.apply(integration, resource, delta={parsed[3]: fingerprint}, new_shapes=(), checkpoint=None)
@@ -189,7 +207,8 @@ class StateStore:
         others: set[str] = set()
         loads = orjson.loads
         for key, value in records:
-            if value is None:
+            if value is None:  # a tombstone: rare (relay state reset), the general path
+                self.restore_record(key, value)
                 continue
             try:
                 parsed = loads(key)

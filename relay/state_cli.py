@@ -46,6 +46,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 
+from relay.commands_cli import add_reset_parser
+from relay.commands_cli import main as commands_main
 from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
 from relay.config_kinds import is_resource_path
 from relay.errors import (
@@ -113,6 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"with --entities, at most N per resource, by id (default {DEFAULT_ENTITY_LIMIT})",
     )
+    add_reset_parser(sub)  # an operator command the owner carries out: relay.commands_cli sends it
 
 
 def _positive_seconds(text: str) -> float:
@@ -137,6 +140,8 @@ def _positive_int(text: str) -> int:
 
 def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
+    if args.action == "reset":
+        return commands_main(args, out)
     # aiokafka logs every failed connection attempt at ERROR; the command says what went wrong once, itself.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:

@@ -16,6 +16,8 @@ key                                           value
 Format ``b"\\x01"`` (fingerprints with 32-bit field hashes, written by earlier versions) is still read: each field
 hash keeps its low 16 bits (:func:`relay.diff.narrow_fingerprint`).
 
+A tombstone (null value) of an entity or checkpoint key forgets it: ``relay state reset`` writes them for a pair.
+
 Deleted entities keep their (small) fingerprint: the relay must remember that they are deleted, to detect restores
 and never announce them again.
 """
@@ -70,6 +72,15 @@ def encode_records(
     if checkpoint is not None:
         records.append(StateRecord(orjson.dumps([CHECKPOINT, integration, resource]), checkpoint, partition))
     return records
+
+
+def forget_keys(integration: str, resource: str, entity_ids: Iterable[str]) -> list[bytes]:
+    """The keys whose tombstones forget a pair (``relay state reset``): its entities', then its checkpoint's. Shapes
+    are kept (entities written later refer to their ids)."""
+    prefix = orjson.dumps([ENTITY, integration, resource])[:-1] + b","
+    keys = [prefix + orjson.dumps(entity_id) + b"]" for entity_id in entity_ids]
+    keys.append(orjson.dumps([CHECKPOINT, integration, resource]))
+    return keys
 
 
 def read_fingerprint(key: bytes, value: bytes) -> bytes:

@@ -1,0 +1,342 @@
+"""Operators' commands, sent through the control topic (RELAY_CONTROL_TOPIC) to the replica that owns the integration:
+
+  relay resnapshot ID [--resource R]          re-announce every live record (created, snapshot, reason resnapshot)
+  relay reconcile ID [--resource R]           a reconciliation (hard-delete detection) now
+  relay state reset ID [--resource R] --yes   forget what the relay remembers: the next poll is a snapshot
+
+Without --resource a command applies to every resource the integration is polled for. The owner runs it as the
+pair's next poll, once the poll in progress ended, then writes an acknowledgement to the control topic, which the
+command waits for (--timeout, default 60 s; --no-wait sends and returns). A command carries an id: sent twice, it is
+acted on once (within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS).
+
+Each talks only to Kafka, with the configuration of `relay run` (--config, RELAY_*), but needs neither RELAY_API_KEY
+nor RELAY_INTEGRATIONS. It checks the integration is in the registry of integrations (`relay integrations list`),
+prints what it sent and what the owner answered; --json prints it as JSON.
+
+Exit status:
+  0  done: the owner acknowledged it (or, with --no-wait, Kafka acknowledged the command)
+  2  invalid configuration, or an invalid argument; `state reset` without --yes
+  6  Kafka's ACLs refuse this principal the registry or the control topic
+  7  Kafka refused the credentials or the client certificate, or the broker's certificate was refused
+  8  Kafka could not be reached, or did not answer, within --timeout (the command was not sent)
+  9  the integration is not in the registry, is removed or paused, or is not polled for --resource
+  10 sent, but no acknowledgement within --timeout: no relay owns the partition, or it is busy (a long poll of
+     the pair in progress) or was replaced meanwhile; the command may still run
+  11 the owner answered that the command failed (its message says why; a failed resnapshot resumes with the
+     pair's next poll)
+"""
+
+# What belongs here: the commands' arguments, output and exit codes, and their Kafka conversation (registry read,
+# command sent, ack awaited). What the owner does with a command is relay.commands'.
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+import uuid
+from typing import Any, Final, TextIO
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
+from relay.control import ControlAction, UnreadableAction
+from relay.errors import KafkaAuthenticationFailed, KafkaAuthorizationFailed, KafkaUnavailable, UnknownIntegration
+from relay.kafka_access import check_kafka_access
+from relay.partitioning import partition_for_key
+from relay.registry import DefaultResources, check_integration_id
+from relay.registry_topic import RegistryTopic
+from relay.sink import authorization_failed
+
+EXIT_OK: Final = 0
+EXIT_INVALID: Final = 2
+EXIT_KAFKA_AUTHORIZATION: Final = 6
+EXIT_KAFKA_AUTHENTICATION: Final = 7
+EXIT_KAFKA_UNAVAILABLE: Final = 8
+EXIT_UNKNOWN_INTEGRATION: Final = 9
+EXIT_NO_ACK: Final = 10
+EXIT_FAILED: Final = 11
+DEFAULT_WAIT_SECONDS: Final = 60.0
+
+_HELP: Final = {
+    "resnapshot": "re-announce every live record of an integration (created, snapshot, reason resnapshot)",
+    "reconcile": "reconcile an integration now: find the records deleted outright (hard deletes)",
+    "reset": "forget what the relay remembers of an integration: its next poll is a snapshot",
+}
+_DID: Final = {"resnapshot": "resnapshot", "reconcile": "reconciliation", "reset": "reset"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`relay resnapshot`, `relay reconcile`, or the `relay state` group (with `reset`), by the parser's name."""
+    name = parser.prog.split()[-1]
+    if name == "state":
+        sub = parser.add_subparsers(dest="state_action", metavar="ACTION", required=True)
+        add_reset_parser(sub)
+    else:
+        _add_command_arguments(parser, name)
+
+
+def add_reset_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add `reset` to a `relay state` group's subparsers (for whichever module owns the group)."""
+    reset: argparse.ArgumentParser = sub.add_parser(
+        "reset",
+        help=_HELP["reset"],
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_command_arguments(reset, "reset")
+    reset.add_argument("--yes", action="store_true", help="yes, forget it (required)")
+    reset.set_defaults(handler=main)
+    return reset
+
+
+def _add_command_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    add_config_argument(parser)
+    parser.set_defaults(command_kind=kind)
+    parser.add_argument("integration", metavar="ID", help="the integration id, like personio:8d1hpPsDu6Q5K1UnBDMXiUeGV")
+    parser.add_argument("--resource", metavar="R", help="only this resource, like ats/users (default: all of them)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_WAIT_SECONDS,
+        metavar="SECONDS",
+        help=f"wait this long for Kafka and the owner's acknowledgement (default {DEFAULT_WAIT_SECONDS:g})",
+    )
+    parser.add_argument("--no-wait", action="store_true", help="return once Kafka acknowledged the command")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return seconds
+
+
+def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out
+    kind: str = args.command_kind
+    prog = "relay state reset" if kind == "reset" else f"relay {kind}"
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        config = load_config(args.config, kafka_only=True)
+    except ConfigError as error:
+        print_problems(error)
+        return EXIT_INVALID
+    try:
+        check_integration_id(args.integration)
+    except ValueError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    if kind == "reset" and not args.yes:
+        print(
+            f"{prog}: this forgets what the relay remembers of {args.integration} "
+            f"({args.resource or 'every resource'}): its next poll is a snapshot, which announces every live record "
+            f"again when RELAY_INITIAL_SNAPSHOT=emit. Add --yes to do it",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    return asyncio.run(_run(config, args, kind, prog, out))
+
+
+async def _run(config: Config, args: argparse.Namespace, kind: str, prog: str, out: TextIO) -> int:
+    deadline = time.monotonic() + args.timeout
+    command = ControlAction(
+        kind,  # type: ignore[arg-type]  # one of COMMAND_KINDS
+        args.integration,
+        () if args.resource is None else (args.resource,),
+        None,
+        round(time.time() * 1000),
+        str(uuid.uuid4()),
+    )
+    partition = partition_for_key(args.integration.encode(), config.state_topic_partitions)
+    sent = False
+    try:
+        async with asyncio.timeout(args.timeout):
+            await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=args.timeout)
+            resources = await _check_registry(config, args, timeout=args.timeout)
+            async with _ControlClient(config, partition) as client:
+                await client.send(command)
+                sent = True
+                _print_sent(config, args, command, resources, partition, out)
+                if args.no_wait:
+                    return EXIT_OK
+                ack = await client.wait_for_ack(command.command_id or "", deadline)
+    except TimeoutError:
+        if sent:
+            return _no_ack(args, command, out)
+        error = KafkaUnavailable(f"Kafka at {config.kafka_bootstrap_servers} did not answer within {args.timeout:g} s")
+        return _fail(prog, error, EXIT_KAFKA_UNAVAILABLE)
+    except UnknownIntegration as error:
+        return _fail(prog, error, EXIT_UNKNOWN_INTEGRATION)
+    except KafkaAuthorizationFailed as error:
+        return _fail(prog, error, EXIT_KAFKA_AUTHORIZATION)
+    except KafkaAuthenticationFailed as error:
+        return _fail(prog, error, EXIT_KAFKA_AUTHENTICATION)
+    except KafkaUnavailable as error:
+        return _fail(prog, error, EXIT_KAFKA_UNAVAILABLE)
+    except KafkaError as error:
+        if refused := authorization_failed(error, config, doing="write"):
+            return _fail(prog, refused, EXIT_KAFKA_AUTHORIZATION)
+        return _fail(prog, KafkaUnavailable(f"{type(error).__name__}: {error}"), EXIT_KAFKA_UNAVAILABLE)
+    return _print_ack(prog, args, command, ack, out)
+
+
+async def _check_registry(config: Config, args: argparse.Namespace, *, timeout: float) -> tuple[str, ...]:
+    """The resources the command applies to; raises UnknownIntegration when the registry does not poll it."""
+    async with RegistryTopic(config, timeout_seconds=timeout) as topic:
+        await topic.ensure_topic()
+        registry = await topic.read()
+    integration: str = args.integration
+    entry = registry.get(integration)
+    if entry is None:
+        raise UnknownIntegration(
+            f"{integration} is not in the registry of integrations ({config.integrations_topic}): "
+            "see relay integrations list",
+            integration=integration,
+        )
+    if entry.removed:
+        raise UnknownIntegration(
+            f"{integration} is removed from the registry: nothing polls it", integration=integration
+        )
+    if entry.paused:
+        raise UnknownIntegration(
+            f"{integration} is paused: resume it first (relay integrations resume)", integration=integration
+        )
+    resources = DefaultResources.from_config(config).resources_of(entry)
+    if args.resource is not None:
+        if args.resource not in resources:
+            raise UnknownIntegration(
+                f"{integration} is not polled for {args.resource!r}; its resources: {', '.join(resources) or 'none'}",
+                integration=integration,
+            )
+        return (args.resource,)
+    return tuple(resources)
+
+
+class _ControlClient:
+    """A producer for the command and a consumer of its partition of the control topic, from before it was sent."""
+
+    def __init__(self, config: Config, partition: int) -> None:
+        self._config = config
+        self._tp = TopicPartition(config.control_topic, partition)
+        self._producer = AIOKafkaProducer(**config.kafka_client_kwargs(), acks="all", enable_idempotence=False)
+        self._consumer = AIOKafkaConsumer(
+            **config.kafka_client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            fetch_max_wait_ms=200,
+        )
+
+    async def __aenter__(self) -> _ControlClient:
+        try:
+            await self._consumer.start()
+            partitions = self._consumer.partitions_for_topic(self._tp.topic)
+            if not partitions:
+                await self._consumer._client.force_metadata_update()
+                partitions = self._consumer.partitions_for_topic(self._tp.topic)
+            if not partitions or self._tp.partition not in partitions:
+                raise KafkaUnavailable(
+                    f"the control topic {self._tp.topic!r} has no partition {self._tp.partition}: has a relay of "
+                    "this configuration ever run?"
+                )
+            self._consumer.assign([self._tp])
+            end = (await self._consumer.end_offsets([self._tp]))[self._tp]
+            self._consumer.seek(self._tp, end)  # the ack comes after the command, which comes after this
+            await self._producer.start()
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for client in (self._producer, self._consumer):
+            with contextlib.suppress(Exception):  # a client that never started, or a broker gone
+                await asyncio.wait_for(client.stop(), 5.0)
+
+    async def send(self, command: ControlAction) -> None:
+        key = command.integration.encode()
+        await self._producer.send_and_wait(self._tp.topic, command.encode(), key=key, partition=self._tp.partition)
+
+    async def wait_for_ack(self, command_id: str, deadline: float) -> ControlAction:
+        """The owner's ack of ``command_id``; raises TimeoutError at ``deadline``."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            batches = await self._consumer.getmany(self._tp, timeout_ms=max(1, min(500, round(left * 1000))))
+            for record in batches.get(self._tp, []):
+                try:
+                    action = ControlAction.decode(record.value)
+                except UnreadableAction:
+                    continue
+                if action.kind == "ack" and action.command_id == command_id:
+                    return action
+
+
+def _print_sent(
+    config: Config,
+    args: argparse.Namespace,
+    command: ControlAction,
+    resources: tuple[str, ...],
+    partition: int,
+    out: TextIO,
+) -> None:
+    if args.json:
+        return
+    which = args.resource if args.resource is not None else f"every resource: {', '.join(resources)}"
+    print(
+        f"sent {command.kind} of {command.integration} ({which}) as command {command.command_id} to "
+        f"{config.control_topic} partition {partition}",
+        file=out,
+    )
+    if not args.no_wait:
+        print(f"waiting up to {args.timeout:g} s for the owner's acknowledgement", file=out, flush=True)
+
+
+def _document(args: argparse.Namespace, command: ControlAction, ack: ControlAction | None) -> dict[str, Any]:
+    return {
+        "command": command.kind,
+        "command_id": command.command_id,
+        "integration": command.integration,
+        "resource": args.resource,
+        "sent": True,
+        "ack": None if ack is None else {"outcome": ack.outcome, "message": ack.message},
+    }
+
+
+def _print_ack(prog: str, args: argparse.Namespace, command: ControlAction, ack: ControlAction, out: TextIO) -> int:
+    code = EXIT_OK if ack.outcome == "ok" else EXIT_FAILED
+    if args.json:
+        out.write(orjson.dumps(_document(args, command, ack), option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif code == EXIT_OK:
+        print(f"{_DID[command.kind]} of {command.integration} done: {ack.message}", file=out)
+    else:
+        print(f"{prog}: the owner answered that it failed: {ack.message}", file=sys.stderr)
+    return code
+
+
+def _no_ack(args: argparse.Namespace, command: ControlAction, out: TextIO) -> int:
+    if args.json:
+        out.write(orjson.dumps(_document(args, command, None), option=orjson.OPT_INDENT_2).decode() + "\n")
+    prog = "relay state reset" if command.kind == "reset" else f"relay {command.kind}"
+    print(
+        f"{prog}: command {command.command_id} was sent, but no owner acknowledged it within {args.timeout:g} s "
+        "(no relay running, a long poll in progress, or a handover meanwhile); it may still run",
+        file=sys.stderr,
+    )
+    return EXIT_NO_ACK
+
+
+def _fail(prog: str, error: Exception, code: int) -> int:
+    print(f"{prog}: {error}", file=sys.stderr)
+    return code
