@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Final, Literal, NamedTuple, get_args
 
 import orjson
@@ -51,8 +51,17 @@ RECORD_VERSION: Final = 1
 # How long a send may take before the webhook is answered 503 (Kombo retries it): far above a healthy broker's few
 # milliseconds, below the patience of an HTTP client.
 SEND_TIMEOUT_SECONDS: Final = 5.0
-# One getmany waits at most this long, so own() and disown() (which wait for it) and stop() stay prompt.
-POLL_TIMEOUT_MS: Final = 100
+# One getmany waits at most this long while nothing comes (a record ends it at once). own(), disown() and stop()
+# interrupt it rather than wait for it: an idle replica's control consumer wakes the process only this often.
+POLL_TIMEOUT_MS: Final = 30_000
+# How long a fetch waits at the broker while nothing comes (a trigger ends the wait at once). Not longer: a fetch in
+# flight holds up the offsets requests of own() on the same connection, so a handover pays up to this, twice; at
+# 50 ms, the fetches alone cost an idle replica about 1% of a core.
+FETCH_MAX_WAIT_MS: Final = 500
+# How often the consumer's background fetcher wakes up when it has nothing to fetch (aiokafka's default, 200 ms, is
+# a wake-up of every idle replica 5 times a second); what it waits for (a fetch's answer, an assignment, a consumed
+# batch) wakes it at once anyway.
+FETCHER_IDLE_WAKE_MS: Final = 5_000
 # A bound on the webhook ids remembered per partition, whatever the window: the oldest go first.
 MAX_DEDUP_ENTRIES: Final = 100_000
 MAX_RESOURCES: Final = 256
@@ -223,6 +232,8 @@ class ControlChannel:
         self._deliver_from: dict[int, int] = {}  # per owned partition: records before this offset only fill the window
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._getting: asyncio.Future[Any] | None = None  # follow()'s getmany in progress, which _taken() ends
+        self._wanted = 0  # callers of _taken() waiting for the consumer or using it: follow() does not wait then
         self._stopping_clients: set[asyncio.Task[None]] = set()
 
     @property
@@ -241,9 +252,8 @@ class ControlChannel:
                 enable_auto_commit=False,
                 isolation_level="read_committed",
                 auto_offset_reset="earliest",  # only when a position fell out of the log: the oldest still there
-                # How long a fetch waits at the broker while nothing comes (a trigger ends the wait at once): at
-                # 50 ms, the fetches alone cost an idle replica about 1% of a core.
-                fetch_max_wait_ms=500,
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+                consumer_timeout_ms=FETCHER_IDLE_WAKE_MS,
             )
             try:
                 await consumer.start()
@@ -343,7 +353,7 @@ class ControlChannel:
         records of the last window, which are read first without being delivered (the new owner polls at once
         anyway, so old triggers are not replayed)."""
         consumer = self._require_consumer()
-        async with self._consumer_lock:
+        async with self._taken():
             new = sorted(set(partitions) - set(self._windows))
             if not new:
                 return
@@ -368,7 +378,7 @@ class ControlChannel:
     async def disown(self, partitions: Iterable[int]) -> None:
         """Stop delivering the actions of ``partitions``; returns once none of them will be delivered any more."""
         consumer = self._require_consumer()
-        async with self._consumer_lock:
+        async with self._taken():
             gone = set(partitions) & set(self._windows)
             if not gone:
                 return
@@ -401,7 +411,7 @@ class ControlChannel:
                 continue
             async with self._consumer_lock:
                 try:
-                    batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+                    batches = await self._get(consumer)
                 except KafkaError as exc:  # the client retries connections itself; anything else: log, go on
                     log.warning("reading the control topic failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                     failed = True
@@ -413,6 +423,34 @@ class ControlChannel:
             if failed:  # not in a tight loop, and not holding the lock
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 1.0)
+
+    async def _get(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        """The records fetched, waiting up to POLL_TIMEOUT_MS for some, unless someone wants the consumer (then
+        nothing, at once). A getmany cancelled while it waits loses no record: it takes them only as it returns."""
+        if self._wanted:
+            return {}
+        getting = self._getting = asyncio.ensure_future(consumer.getmany(timeout_ms=POLL_TIMEOUT_MS))
+        try:
+            await asyncio.wait((getting,))
+        finally:
+            self._getting = None
+            getting.cancel()  # follow() itself was cancelled: not left running
+        if getting.cancelled():
+            return {}
+        batches: dict[TopicPartition, list[Any]] = getting.result()
+        return batches
+
+    @contextlib.asynccontextmanager
+    async def _taken(self) -> AsyncIterator[None]:
+        """Hold the consumer (its lock), ending follow()'s wait for records at once rather than after it."""
+        self._wanted += 1
+        try:
+            if self._getting is not None:
+                self._getting.cancel()
+            async with self._consumer_lock:
+                yield
+        finally:
+            self._wanted -= 1
 
     def _handle(self, partition: int, record: Any, on_action: Callable[[ControlAction], None]) -> None:
         window = self._windows.get(partition)
@@ -458,7 +496,7 @@ class ControlChannel:
         """End :meth:`follow` and stop the clients."""
         self._stopping.set()
         await self._discard_producer()
-        async with self._consumer_lock:  # follow() is between two getmany calls, and will see _stopping
+        async with self._taken():  # follow() is between two getmany calls, and will see _stopping
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 await _quietly(consumer.stop(), timeout=5.0)

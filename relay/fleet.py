@@ -20,6 +20,7 @@ no leader of our own, no database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -233,6 +234,7 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
         self.unclaimed: frozenset[int] = frozenset()  # assigned in this generation, their claim failed
         self.fatal: BaseException | None = None
         self._decisions = 0  # counts the group's decisions: a claim's failure is kept only if none came since
+        self.attention = asyncio.Event()  # set when a claim failed (fatal or to retry): Membership acts on it
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self._decisions += 1
@@ -254,10 +256,12 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
             await self._ownership.claim(partitions)
         except FATAL_CLAIM_ERRORS as error:
             self.fatal = error
+            self.attention.set()
         except (KafkaUnavailable, KafkaError, OSError) as error:
             if decision != self._decisions:
                 return  # the group moved these partitions meanwhile: retrying could fence their new owner
             self.unclaimed = partitions
+            self.attention.set()
             log.warning(
                 "cannot claim the state partitions assigned; retrying",
                 extra={"partitions": sorted(partitions), "error": str(error)},
@@ -270,6 +274,10 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
 # What no retry mends: the state cannot be read by this version, or Kafka refuses this relay. The replica stops (its
 # exit code says which) rather than hold partitions it cannot poll.
 FATAL_CLAIM_ERRORS = (StateError, KafkaAuthorizationFailed, KafkaAuthenticationFailed)
+# How often an idle member looks at its consumer: what the group's protocol needs (heartbeats, rebalances and their
+# callbacks) runs in aiokafka's background tasks, so this only surfaces the consumer's errors, and marks the member
+# active well within max_poll_interval_ms. A failed claim or a stop does not wait for it.
+CHECK_SECONDS = 5.0
 
 
 class Membership:
@@ -286,6 +294,9 @@ class Membership:
             isolation_level="read_committed",
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(1000, session_ms // 3),
+            # Every partition is paused: its fetcher has nothing to fetch, and what it waits for (a resume, a new
+            # assignment) wakes it anyway. aiokafka's default (200 ms) woke every idle replica 5 times a second.
+            consumer_timeout_ms=int(CHECK_SECONDS * 1000),
             # A claim reads its partitions' state inside the group's callback: give it the time a large restore takes.
             max_poll_interval_ms=30 * 60 * 1000,
             rebalance_timeout_ms=int((config.shutdown_grace_seconds + 60) * 1000),
@@ -309,8 +320,10 @@ class Membership:
         retry = Backoff(first=1.0, most=30.0)
         try:
             while not self._stopping.is_set():
-                # Every partition is paused: this returns nothing, and tells the group this member is alive.
-                await self._consumer.getmany(timeout_ms=1000)
+                self._listener.attention.clear()
+                # Every partition is paused: this returns nothing at once, raises the consumer's errors, and tells
+                # the group this member is active.
+                await self._consumer.getmany(timeout_ms=0)
                 if self._listener.fatal is not None:
                     raise self._listener.fatal
                 if self._listener.unclaimed and retry.due():
@@ -319,11 +332,22 @@ class Membership:
                         retry.failed()
                     else:
                         retry.reset()
+                wait = CHECK_SECONDS
+                if self._listener.unclaimed:
+                    wait = min(wait, retry.remaining())
+                await self._attention(wait)
         finally:
             await self._leave()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._listener.attention.set()
+
+    async def _attention(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if a claim failed or a stop came meanwhile."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listener.attention.wait(), seconds)
 
     async def _leave(self) -> None:
         # aiokafka does not call on_partitions_revoked when it stops: hand over first, then leave the group, so that
@@ -346,6 +370,10 @@ class Backoff:
 
     def due(self) -> bool:
         return time.monotonic() >= self._next
+
+    def remaining(self) -> float:
+        """Seconds until :meth:`due` (0 if it is already)."""
+        return max(0.0, self._next - time.monotonic())
 
     def failed(self) -> None:
         self.delay = min(self._most, max(self._first, self.delay * 2))

@@ -44,6 +44,7 @@ class PartitionSinks:
         self._sinks: dict[int, KafkaSink] = {}
         self._connected = False  # Kafka answered once (topics ensured): what reachable says while owning nothing
         self.fenced = False  # alone: another instance took our transactional ids, and nothing may be written again
+        self._probe_turn = 0  # which reachable producer :meth:`probe` asks through next
 
     def in_fleet(self, on_lost: Callable[[int], None]) -> None:
         """From now on a fenced partition is lost to another replica (``on_lost`` is told), not a reason to stop."""
@@ -94,9 +95,18 @@ class PartitionSinks:
                 sink.state_read()
 
     async def probe(self, timeout: float = 5.0) -> bool:
+        """Check that Kafka answers, with one producer: the next one each time, and every producer that found it
+        unreachable (which starts again those discarded after a failed commit). All their clients talk to the same
+        brokers: asking through each one every time (a metadata request per owned partition every few seconds) told
+        no more than asking through one, at several times the cost for an idle replica and its brokers."""
         if self.fenced:
             return False
-        results = await asyncio.gather(*(sink.probe(timeout) for sink in self._sinks.values()))
+        sinks = [sink for sink in self._sinks.values() if not sink.reachable]
+        reachable = [sink for sink in self._sinks.values() if sink.reachable]
+        if reachable:
+            self._probe_turn = (self._probe_turn + 1) % len(reachable)
+            sinks.append(reachable[self._probe_turn])
+        results = await asyncio.gather(*(sink.probe(timeout) for sink in sinks))
         return all(results)
 
     async def commit(self, messages: Sequence[OutMessage]) -> None:

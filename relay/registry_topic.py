@@ -40,8 +40,14 @@ log = logging.getLogger(__name__)
 # Far above what a healthy broker needs to hand over a registry of thousands of integrations, short enough that an
 # operator whose Kafka is unreachable hears so before giving up on the command.
 DEFAULT_TIMEOUT_SECONDS: Final = 30.0
-# One getmany of follow() waits at most this long, so that close() ends it promptly.
+# One getmany of read() waits at most this long for the records it knows are there.
 POLL_TIMEOUT_MS: Final = 200
+# While following, one getmany waits at most this long while nothing comes (a record ends it at once, close() too),
+# and one fetch waits this long at the broker: the registry changes seldom, and an idle replica should not wake for
+# it several times a second (aiokafka's defaults: a fetch every 500 ms, its fetcher waking every 200 ms).
+FOLLOW_WAIT_MS: Final = 30_000
+FOLLOW_FETCH_MAX_WAIT_MS: Final = 5_000
+FOLLOW_FETCHER_WAKE_MS: Final = 5_000  # what its fetcher waits for (an answer, a reset) wakes it at once anyway
 # After a Kafka error while following, the next try waits this long (the client retries connections itself).
 FOLLOW_RETRY_SECONDS: Final = 1.0
 
@@ -130,35 +136,61 @@ class RegistryTopic:
         or an update before), from the positions it was read to, until :meth:`close` or the iterator is closed.
         Kafka errors while following are logged and retried: the registry a relay polls by does not vanish when
         Kafka does. Raises KafkaUnavailable (or KafkaAuthorizationFailed) when it cannot start reading."""
-        async with self._consumer() as consumer:
+        async with self._consumer(following=True) as consumer:
             for tp in await self._assign(consumer):
                 if tp.partition in registry.positions:
                     consumer.seek(tp, registry.positions[tp.partition])
                 else:
                     await consumer.seek_to_beginning(tp)
-            while not self._closing.is_set():
-                try:
-                    batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
-                except KafkaError as exc:
-                    log.warning(
-                        "reading the registry failed; retrying", extra={"error": f"{type(exc).__name__}: {exc}"}
-                    )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._closing.wait(), FOLLOW_RETRY_SECONDS)
-                    continue
-                registry, changes = registry.fold(_in_order(batches), topic=self.topic)
-                if changes:
-                    yield RegistryUpdate(registry, changes)
+            closing = asyncio.ensure_future(self._closing.wait())
+            try:
+                while not self._closing.is_set():
+                    batches = await self._next_batches(consumer, closing)
+                    if batches is None:
+                        continue
+                    registry, changes = registry.fold(_in_order(batches), topic=self.topic)
+                    if changes:
+                        yield RegistryUpdate(registry, changes)
+            finally:
+                closing.cancel()
+
+    @staticmethod
+    async def _next_batches(
+        consumer: AIOKafkaConsumer, closing: asyncio.Future[Any]
+    ) -> dict[TopicPartition, list[Any]] | None:
+        """The records that came, waiting up to FOLLOW_WAIT_MS for some; None once closing, or after a Kafka error
+        (logged, and the next try FOLLOW_RETRY_SECONDS later)."""
+        getting = asyncio.ensure_future(consumer.getmany(timeout_ms=FOLLOW_WAIT_MS))
+        try:
+            await asyncio.wait((getting, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            getting.cancel()  # closing, or this task cancelled: a getmany cancelled while it waits loses no record
+        if getting.cancelled():
+            return None
+        try:
+            batches: dict[TopicPartition, list[Any]] = getting.result()
+        except KafkaError as exc:
+            log.warning("reading the registry failed; retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
+            await asyncio.wait((closing,), timeout=FOLLOW_RETRY_SECONDS)
+            return None
+        return batches
 
     @contextlib.asynccontextmanager
-    async def _consumer(self) -> AsyncIterator[AIOKafkaConsumer]:
+    async def _consumer(self, *, following: bool = False) -> AsyncIterator[AIOKafkaConsumer]:
+        waits: dict[str, int] = {}
+        if following:
+            waits = {
+                "fetch_max_wait_ms": FOLLOW_FETCH_MAX_WAIT_MS,
+                "consumer_timeout_ms": FOLLOW_FETCHER_WAKE_MS,
+                "request_timeout_ms": max(self._timeout_ms, 2 * FOLLOW_FETCH_MAX_WAIT_MS),
+            }
         consumer = AIOKafkaConsumer(
             **self._config.kafka_client_kwargs(),
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",  # a position before the log's start: its first record
-            request_timeout_ms=self._timeout_ms,
+            **{"request_timeout_ms": self._timeout_ms, **waits},
         )
         try:
             await consumer.start()

@@ -97,20 +97,48 @@ class Wakeup:
         if self._sleeper is not None:
             _resolve(self._sleeper)
 
-    async def sleep_until(self, deadline: float) -> None:
+    async def sleep_until(self, deadline: float, alarms: Alarms | None = None) -> None:
         """Sleep until ``deadline`` (the event loop's clock), or less if set or woken meanwhile; not at all if the flag
-        is already set."""
+        is already set. With ``alarms``, the sleep shares the timer of every other one that ends at ``deadline``."""
         if self._flag:
             return
         assert self._sleeper is None, "one sleeper at a time: the pair's own task"
         loop = asyncio.get_running_loop()
         self._sleeper = sleeper = loop.create_future()
-        timer = loop.call_at(deadline, _resolve, sleeper)
+        timer = None
+        if alarms is None:
+            timer = loop.call_at(deadline, _resolve, sleeper)
+        else:
+            alarms.at(deadline, sleeper)
         try:
             await sleeper
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._sleeper = None
+
+
+class Alarms:
+    """One event-loop timer per deadline, shared by every sleep that ends then. The pairs of a fleet sleep until
+    deadlines on the wake grid, about ten pairs to a deadline per 1,000 pairs at a 10 s interval: ten times fewer
+    timers to keep in the loop's heap, none to cancel (a sleep cut short leaves its resolved future to the timer)."""
+
+    __slots__ = ("_due",)
+
+    def __init__(self) -> None:
+        self._due: dict[float, list[asyncio.Future[None]]] = {}
+
+    def at(self, deadline: float, future: asyncio.Future[None]) -> None:
+        """Resolve ``future`` at ``deadline`` (the event loop's clock), unless it is done by then."""
+        waiting = self._due.get(deadline)
+        if waiting is None:
+            waiting = self._due[deadline] = []
+            asyncio.get_running_loop().call_at(deadline, self._ring, deadline)
+        waiting.append(future)
+
+    def _ring(self, deadline: float) -> None:
+        for future in self._due.pop(deadline, ()):
+            _resolve(future)
 
 
 def next_on_grid(loop_time: float, step: float) -> float:
@@ -191,6 +219,7 @@ class Scheduler:
         self._places = asyncio.Semaphore(config.max_concurrent_polls)
         self._stopping = asyncio.Event()
         self._wake_grid = min(WAKE_GRID_SECONDS, config.poll_interval_seconds / 100)
+        self._alarms = Alarms()  # the pairs' sleeps, one timer per step of the wake grid
         self.fatal: BaseException | None = None
         if pairs is None:
             pairs = [(integration, resource) for integration in config.integrations for resource in config.resources]
@@ -376,7 +405,7 @@ class Scheduler:
         deadline = next_on_grid(now + delay, self._wake_grid)
         status.next_poll_at = self._clock() + (deadline - now)
         if not self._stopping.is_set():
-            await status.trigger.sleep_until(deadline)
+            await status.trigger.sleep_until(deadline, self._alarms)
 
     async def _poll_counted(self, status: PairStatus) -> float:
         """Poll once, counting what started the poll and, for a webhook, the time until its events committed."""

@@ -16,7 +16,7 @@ from relay.config import Config, load_config
 from relay.errors import AuthenticationError, KafkaUnavailable, StateError
 from relay.metrics import Metrics
 from relay.reload_gate import ReloadGate
-from relay.scheduler import BY_REGISTRY, Scheduler, Wakeup, next_on_grid
+from relay.scheduler import BY_REGISTRY, Alarms, Scheduler, Wakeup, next_on_grid
 from relay.slots import sleep_without_slot
 from tests.unit.support import quiescent, wait_until
 
@@ -94,6 +94,38 @@ async def test_a_cleared_flag_lets_the_next_sleep_last() -> None:
         await sleeping
     wakeup.set()  # nobody sleeps any more: nothing to wake, no error
     assert wakeup.is_set()
+
+
+async def test_sleeps_until_one_deadline_share_one_timer_and_end_together() -> None:
+    loop = asyncio.get_running_loop()
+    alarms = Alarms()
+    deadline = loop.time() + 0.05
+    timers_before = len(loop._scheduled)  # type: ignore[attr-defined]  # the loop's heap of timers
+    wakeups = [Wakeup() for _ in range(10)]
+    sleeping = [asyncio.create_task(w.sleep_until(deadline, alarms)) for w in wakeups]
+    await quiescent()
+    assert len(loop._scheduled) == timers_before + 1  # type: ignore[attr-defined]
+    wakeups[0].set()  # one ends early; the timer stays for the others
+    await quiescent()
+    assert sleeping[0].done()
+    assert not any(task.done() for task in sleeping[1:])
+    await asyncio.wait_for(asyncio.gather(*sleeping), timeout=10)
+    assert loop.time() >= deadline
+
+
+async def test_a_sleep_cancelled_before_its_shared_deadline_leaves_the_others_sleeping() -> None:
+    loop = asyncio.get_running_loop()
+    alarms = Alarms()
+    deadline = loop.time() + 0.05
+    first, second = Wakeup(), Wakeup()
+    cancelled = asyncio.create_task(first.sleep_until(deadline, alarms))
+    kept = asyncio.create_task(second.sleep_until(deadline, alarms))
+    await quiescent()
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await asyncio.wait_for(kept, timeout=10)
+    assert loop.time() >= deadline
 
 
 @pytest.mark.parametrize("now", [0.0, 12.34, 98_765.4321])
