@@ -164,8 +164,9 @@ class RegistryTopic:
         try:
             await asyncio.wait((getting, closing), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            getting.cancel()  # closing, or this task cancelled: a getmany cancelled while it waits loses no record
-        if getting.cancelled():
+            if not getting.done():  # closing, or cancelled: a waiting getmany loses no record
+                getting.cancel()
+        if not getting.done() or getting.cancelled():  # a cancel takes effect later: no result to read yet
             return None
         try:
             batches: dict[TopicPartition, list[Any]] = getting.result()

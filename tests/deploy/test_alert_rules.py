@@ -360,7 +360,7 @@ def test_the_recorded_series_are_the_relays() -> None:
         assert name in families
     assert "relay_integrations" in families
     polls = [k for k in recording.values if k.startswith("relay_polls_total{") and 'outcome="success"' in k]
-    assert len(polls) == 2 * 3  # two resources by three kinds, all pre-initialised by the relay
+    assert len(polls) == 2 * 4  # two resources by four kinds (snapshot, incremental, reconcile, resnapshot)
     for label in ('job="change-relay"', 'instance="relay:8080"', 'kind="incremental"', f'resource="{USERS}"'):
         assert any(label in key for key in polls), label
     fleet = REPLICA_LOST.record()
