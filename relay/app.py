@@ -215,7 +215,11 @@ class Relay:
         claim met that no retry mends (:data:`~relay.fleet.FATAL_CLAIM_ERRORS`)."""
         self.sink.in_fleet(on_lost=self.ownership.lost)
         self.control = ControlChannel(self.config, self.metrics, partition_of=self.store.partition_of)
-        await self.control.start()
+        try:
+            await self.control.start()
+        except BaseException:
+            await self.control.stop()  # its producer may be started already (the consumer's checks come after it)
+            raise
         self.ownership.control = self.control
         if self.webhooks is not None:
             self.webhooks.target = ForwardingTarget.from_config(self.control, self.config)
