@@ -620,7 +620,9 @@ async def test_a_fleet_killed_and_rescaled_loses_and_duplicates_nothing(
                 assert code == 0, victim.tail()
                 fleet.replicas.remove(victim)
                 await fleet.wait_settled()
-            verdict = await finish(world, oracle, "fleet", kills=scale.fleet_kills, replicas=len(world.processes))
+            verdict = await finish(
+                world, oracle, "fleet", kills=scale.fleet_kills, replicas_started=len(world.processes)
+            )
         finally:
             await watcher.stop()
         writers = await who_wrote(world)
