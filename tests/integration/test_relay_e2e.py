@@ -318,9 +318,6 @@ async def test_state_placed_by_another_partition_count_stops_the_relay(world: Wo
     assert await asyncio.wait_for(more.run(), 60) == EXIT_STATE
     assert more.fatal_error is not None
     assert "has 2 partition(s), fewer than RELAY_STATE_TOPIC_PARTITIONS=4" in more.fatal_error
-    for stopped in (fewer, more):  # nothing left open: the control channel's producer was stopped too
-        assert stopped.control is not None
-        assert stopped.control._producer is None
     async with world.relay() as relay:  # the setting it was written with still restores it
         assert relay.store.pair(ACME, USERS).checkpoint.snapshot_done
 
