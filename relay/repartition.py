@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -244,6 +244,9 @@ def render_json(report: RepartitionReport) -> dict[str, Any]:
 
 # --- Kafka ------------------------------------------------------------------------------------------------------------
 
+GroupDescriber = Callable[[], Awaitable[GroupView]]  # the fleet's consumer group as Kafka describes it now
+Offsets = dict[TopicPartition, int]
+
 
 @dataclass(frozen=True, slots=True)
 class Topics:
@@ -316,7 +319,7 @@ class Repartition:
         start, end = await self.offsets(topic)
         return sum(end[tp] - start[tp] for tp in end)
 
-    async def offsets(self, topic: str) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    async def offsets(self, topic: str) -> tuple[Offsets, Offsets]:
         """The beginning and end offsets of every partition of ``topic``."""
         async with self._consumer() as consumer:
             partitions = consumer.partitions_for_topic(topic)
@@ -429,10 +432,22 @@ class Repartition:
             ) from exc
 
 
-GroupDescriber = Callable[[], Awaitable[GroupView]]
+class Steps(Protocol):
+    """The Kafka steps :func:`repartition` takes, in the order it takes them (:class:`Repartition` does them)."""
+
+    config: Config
+    target: Config
+
+    async def topics(self) -> Topics: ...
+    async def check_target_usable(self, partitions: int) -> None: ...
+    async def offsets(self, topic: str) -> tuple[Offsets, Offsets]: ...
+    async def read(self, config: Config) -> tuple[StateStore, int]: ...
+    async def create_target(self) -> None: ...
+    async def write(self, records: Iterator[StateRecord]) -> dict[int, int]: ...
+    async def grow_control_topic(self) -> None: ...
 
 
-async def repartition(steps: Repartition, describe_group: GroupDescriber) -> RepartitionReport:
+async def repartition(steps: Steps, describe_group: GroupDescriber) -> RepartitionReport:
     """Copy the state topic into the target, verify the copy, grow the control topic if it must; the report.
 
     Raises FleetRunning, TargetNotUsable, CopyMismatch, StateError (a source this version cannot read, or placed

@@ -1,23 +1,39 @@
-"""`relay state repartition`'s pure parts: the records a copy writes (the latest state of every pair, each on the
-partition a relay with the new count reads it from), the comparison that verifies a copy, and the report."""
+"""`relay state repartition` without Kafka: the records a copy writes (the latest state of every pair, each on the
+partition a relay with the new count reads it from), the comparison that verifies a copy, the report, and the order
+of the steps and their refusals, over a hand-written fake of the Kafka steps (:class:`relay.repartition.Steps`)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable, Iterator
+
 import orjson
+import pytest
+from aiokafka import TopicPartition
 
 from relay import diff
+from relay.config import Config
+from relay.errors import StateError
 from relay.partitioning import partition_for_key
 from relay.repartition import (
+    CopyMismatch,
     Difference,
+    FleetRunning,
+    Offsets,
     RepartitionReport,
+    Topics,
     first_difference,
     partition_loads,
     placed_records,
     render_json,
     render_text,
+    repartition,
 )
 from relay.state import Checkpoint, InProgress, StateStore
-from relay.state_records import FINGERPRINT_FORMAT, WIDE_FINGERPRINT_FORMAT
+from relay.state_records import FINGERPRINT_FORMAT, WIDE_FINGERPRINT_FORMAT, StateRecord
+from relay.state_show import GroupView, Member
+from relay.state_topic import check_placement
+from tests.unit.support import config_without_kafka
 
 USERS = "ats/users"
 JOBS = "ats/jobs"
@@ -203,3 +219,159 @@ def test_the_report_counts_per_partition_and_names_the_settings_to_change() -> N
     assert [p["records"] for p in shown["partitions"]] == [load.records for load in loads]
     assert shown["control_topic"] == {"topic": "kombo.relay-control", "partitions_before": 2, "grown_to": 4}
     assert shown["verified"] is True
+
+
+# --- The steps, over a fake of Kafka ----------------------------------------------------------------------------------
+
+
+class FakeKafka:
+    """The Kafka steps of a repartition (:class:`relay.repartition.Steps`) over topics in memory: the source holds
+    ``source``'s records; the target what was written, as ``read_back`` changes it (a broker that lost or moved a
+    record); reading a topic places its records as restore() does."""
+
+    def __init__(self, source: list[tuple[bytes, bytes | None]], *, target: int | None = None) -> None:
+        self.config = config_without_kafka(RELAY_TOPIC_PREFIX="t", RELAY_STATE_TOPIC_PARTITIONS="2")
+        self.target = config_without_kafka(
+            RELAY_TOPIC_PREFIX="t", RELAY_STATE_TOPIC="t.state-4", RELAY_STATE_TOPIC_PARTITIONS="4"
+        )
+        self.source = source
+        self.target_partitions = target
+        self.control_partitions: int | None = 2
+        self.written: list[StateRecord] = []
+        self.read_back: Callable[[list[StateRecord]], list[StateRecord]] = list
+        self.source_end = 100
+        self.steps: list[str] = []
+
+    async def topics(self) -> Topics:
+        return Topics(2 if self.source else None, self.target_partitions, self.control_partitions)
+
+    async def check_target_usable(self, partitions: int) -> None:
+        self.steps.append(f"check target of {partitions}")
+
+    async def offsets(self, topic: str) -> tuple[Offsets, Offsets]:
+        assert topic == self.config.state_topic
+        end = {TopicPartition(topic, 0): self.source_end}
+        return dict.fromkeys(end, 0), end
+
+    async def read(self, config: Config) -> tuple[StateStore, int]:
+        self.steps.append(f"read {config.state_topic}")
+        store = StateStore(config.state_topic_partitions)
+        if config.state_topic == self.config.state_topic:
+            store.restore_records(self.source)
+            return store, len(self.source)
+        records = self.read_back(self.written)
+        for record in records:
+            integrations = store.restore_records([(record.key, record.value)])
+            check_placement(store, config.state_topic, config.state_topic_partitions, record.partition, integrations)
+        return store, len(records)
+
+    async def create_target(self) -> None:
+        self.steps.append("create target")
+        self.target_partitions = self.target.state_topic_partitions
+
+    async def write(self, records: Iterator[StateRecord]) -> dict[int, int]:
+        self.written = list(records)
+        self.steps.append(f"write {len(self.written)}")
+        written: dict[int, int] = {}
+        for record in self.written:
+            written[record.partition] = written.get(record.partition, 0) + 1
+        return written
+
+    async def grow_control_topic(self) -> None:
+        self.steps.append("grow control topic")
+        self.control_partitions = self.target.state_topic_partitions
+
+
+def group(*members: str) -> Callable[[], Awaitable[GroupView]]:
+    """The fleet's group as Kafka describes it at each call: at the i-th, one member whose client id is
+    ``members[i]``, or none when that is "" or there is no ``members[i]``."""
+    calls = iter(range(1000))
+
+    async def describe() -> GroupView:
+        call = next(calls)
+        alive = members[call] if call < len(members) else ""
+        if not alive:
+            return GroupView("g", "Empty")
+        return GroupView("g", "Stable", (Member("m-1", alive, "/10.0.0.7", frozenset()),))
+
+    return describe
+
+
+def source_history() -> list[tuple[bytes, bytes | None]]:
+    return [record for integration in INTEGRATIONS for record in history(integration, USERS)]
+
+
+async def test_the_steps_copy_verify_and_grow_the_control_topic() -> None:
+    kafka = FakeKafka(source_history())
+    report = await repartition(kafka, group())
+    assert kafka.steps == [
+        "read t.relay-state",
+        "create target",
+        f"write {len(INTEGRATIONS) * 6}",
+        "read t.state-4",
+        "grow control topic",
+    ]
+    assert (report.created, report.pairs, report.records, report.control_grown) == (True, 12, 72, True)
+    assert report.source_records == len(source_history())
+
+
+async def test_an_existing_empty_target_is_checked_and_a_control_topic_large_enough_kept() -> None:
+    kafka = FakeKafka(source_history(), target=4)
+    kafka.control_partitions = 6
+    report = await repartition(kafka, group())
+    assert kafka.steps[0] == "check target of 4"
+    assert "create target" not in kafka.steps
+    assert "grow control topic" not in kafka.steps
+    assert (report.created, report.control_grown, report.control_partitions) == (False, False, 6)
+
+
+async def test_a_live_member_stops_it_before_anything_is_read() -> None:
+    kafka = FakeKafka(source_history())
+    with pytest.raises(
+        FleetRunning, match=re.escape("'g' (RELAY_GROUP_ID) has 1 live member(s): replica-a on /10.0.0.7")
+    ):
+        await repartition(kafka, group("replica-a"))
+    assert kafka.steps == []
+
+
+async def test_a_member_that_joined_or_a_write_during_the_copy_fails_it() -> None:
+    kafka = FakeKafka(source_history())
+    with pytest.raises(FleetRunning, match=re.escape("live member(s) during the copy, which may miss what it wrote")):
+        await repartition(kafka, group("", "replica-b"))
+    assert "grow control topic" not in kafka.steps
+
+    kafka = FakeKafka(source_history())
+
+    async def written_meanwhile() -> GroupView:
+        kafka.source_end += 1  # a writer outside the group (nothing of the relay writes so)
+        return GroupView("g", "Empty")
+
+    with pytest.raises(FleetRunning, match=re.escape("'t.relay-state' was written to during the copy")):
+        await repartition(kafka, written_meanwhile)
+
+
+async def test_a_copy_that_reads_back_otherwise_fails_naming_the_pair() -> None:
+    kafka = FakeKafka(source_history())
+    lost = orjson.dumps(["e", INTEGRATIONS[4], USERS, "kept"])
+    kafka.read_back = lambda records: [record for record in records if record.key != lost]
+    with pytest.raises(CopyMismatch) as failed:
+        await repartition(kafka, group())
+    assert str(failed.value) == (
+        "the copy in 't.state-4' differs from 't.relay-state': "
+        f"integration {INTEGRATIONS[4]!r} resource {USERS!r}: 1 entit(ies) missing (first 'kept')"
+    )
+    assert "grow control topic" not in kafka.steps
+
+    kafka = FakeKafka(source_history())
+    kafka.read_back = lambda records: [record._replace(partition=(record.partition + 1) % 4) for record in records]
+    with pytest.raises(
+        CopyMismatch, match=re.escape("'t.state-4' does not read back as relay run reads state: state of")
+    ):
+        await repartition(kafka, group())
+
+
+async def test_no_state_topic_is_a_state_error() -> None:
+    with pytest.raises(
+        StateError, match=re.escape("'t.relay-state' (RELAY_STATE_TOPIC) does not exist: nothing to copy")
+    ):
+        await repartition(FakeKafka([]), group())
