@@ -39,9 +39,6 @@ from relay.state_records import StateRecord
 from relay.state_show import GroupView
 from relay.state_topic import restore
 
-# Records sent before their acknowledgements are awaited: enough to keep the producer's batches full, few enough to
-# bound the futures held.
-SEND_WINDOW: Final = 20_000
 MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
 
 
@@ -399,14 +396,23 @@ class Repartition:
         written: dict[int, int] = {}
         try:
             await producer.start()
-            pending: list[asyncio.Future[Any]] = []
+            # One batch per partition, as relay.sink does: a send() per record made writing most of the command's time.
+            batches: dict[int, Any] = {}
+            deliveries: list[asyncio.Future[Any]] = []
             for record in records:
-                pending.append(await producer.send(topic, record.value, key=record.key, partition=record.partition))
+                batch = batches.get(record.partition)
+                if batch is None:
+                    batch = batches[record.partition] = producer.create_batch()
+                if batch.append(timestamp=None, key=record.key, value=record.value) is None:
+                    # Full: send it, and start the partition's next batch (the first record of a batch always fits).
+                    deliveries.append(await producer.send_batch(batch, topic, partition=record.partition))
+                    batch = batches[record.partition] = producer.create_batch()
+                    batch.append(timestamp=None, key=record.key, value=record.value)
                 written[record.partition] = written.get(record.partition, 0) + 1
-                if len(pending) >= SEND_WINDOW:
-                    await asyncio.gather(*pending)
-                    pending = []
-            await asyncio.gather(*pending)
+            for partition, batch in batches.items():
+                batch.close()
+                deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+            await asyncio.gather(*deliveries)
         except KafkaError as exc:
             raise authorization_failed(exc, self.config, doing="write") or KafkaUnavailable(
                 f"cannot write to {topic!r}: {type(exc).__name__}: {exc}"
