@@ -273,7 +273,8 @@ class Repartition:
             yield admin
         except KafkaError as exc:
             raise authorization_failed(exc, self.config, doing="read") or KafkaUnavailable(
-                f"Kafka did not do what was asked: {type(exc).__name__}: {exc}"
+                f"a request to Kafka's admin API failed (topics, their configuration or partitions): "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
         finally:
             with contextlib.suppress(Exception):
@@ -303,7 +304,14 @@ class Repartition:
             )
         async with self._admin() as admin:
             [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        [(_, _, _, _, entries)] = response.resources
+        [(error_code, error_message, _, _, entries)] = response.resources
+        if error_code == TOPIC_AUTHORIZATION_FAILED:
+            raise KafkaAuthorizationFailed(
+                f"Kafka refused {principal_of(self.config)} DescribeConfigs on the topic {topic!r} "
+                "(TOPIC_AUTHORIZATION_FAILED): grant it DescribeConfigs on that topic"
+            )
+        if error_code:
+            raise KafkaUnavailable(f"cannot describe the settings of {topic!r}: error {error_code} {error_message}")
         policy = {entry[0]: entry[1] for entry in entries}.get("cleanup.policy", "")
         if "compact" not in str(policy).split(","):
             raise TargetNotUsable(

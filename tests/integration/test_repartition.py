@@ -238,13 +238,13 @@ async def test_it_refuses_a_target_that_holds_records_or_has_another_count(
         "is also an event topic; the state needs a topic of its own\n"
     )
 
-    full, three, empty = (f"{world.topic_prefix}.{name}" for name in ("full", "three", "empty"))
+    full, three, deleting, empty = (f"{world.topic_prefix}.{name}" for name in ("full", "three", "deleting", "empty"))
     admin = AIOKafkaAdminClient(bootstrap_servers=world.bootstrap_servers)
     await admin.start()
     try:
-        compact = {"cleanup.policy": "compact"}
+        topics = ((full, 4, "compact"), (three, 3, "compact"), (deleting, 4, "delete"), (empty, 4, "compact"))
         await admin.create_topics(
-            [NewTopic(name, count, 1, topic_configs=compact) for name, count in ((full, 4), (three, 3), (empty, 4))]
+            [NewTopic(name, count, 1, topic_configs={"cleanup.policy": policy}) for name, count, policy in topics]
         )
     finally:
         await admin.close()
@@ -261,6 +261,9 @@ async def test_it_refuses_a_target_that_holds_records_or_has_another_count(
     code, _, err = await repartition(capsys, "--partitions", "4", "--state-topic", three)
     assert code == EXIT_TARGET_NOT_USABLE
     assert f"--state-topic {three!r} exists with 3 partition(s), not --partitions 4" in err
+    code, _, err = await repartition(capsys, "--partitions", "4", "--state-topic", deleting)
+    assert code == EXIT_TARGET_NOT_USABLE
+    assert f"--state-topic {deleting!r} exists with cleanup.policy=delete: a state topic must be compacted" in err
 
     # An empty, compacted topic of the right count is used as it is.
     code, out, err = await repartition(capsys, "--partitions", "4", "--state-topic", empty)
