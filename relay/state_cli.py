@@ -11,8 +11,8 @@ id, client id and host; 'none' when the group has no member). --entities lists t
 summary of its fingerprint (live/deleted/vanished, events emitted, changed_at, the first 8 hex digits of its content
 hash, fields), at most --limit of them per resource, by id. --json prints it all as JSON.
 
-It is read-only and talks only to Kafka, with the configuration of `relay run` (--config, RELAY_*) but needs neither
-RELAY_API_KEY nor RELAY_INTEGRATIONS: it reads the registry of integrations, the integration's partition of the state
+Both talk only to Kafka, with the configuration of `relay run` (--config, RELAY_*) but need neither RELAY_API_KEY nor
+RELAY_INTEGRATIONS. `show` is read-only: it reads the registry of integrations, the integration's partition of the state
 topic (committed records only, from its beginning to the end it had when the read began) and the group's
 description; it creates nothing and joins no group. A replica running meanwhile may have moved on a page or two.
 
@@ -27,7 +27,8 @@ whole command (default 600 s for repartition).
 
 Exit status:
   0  shown; repartition: copied and verified
-  2  invalid configuration, or an invalid argument (repartition: NEW is the state topic, or not a valid topic)
+  2  invalid configuration, or an invalid argument (repartition: NEW is the state, control, registry or an event
+     topic, or not a topic name)
   5  the state topic holds a record this version cannot read, has fewer partitions than RELAY_STATE_TOPIC_PARTITIONS,
      or (repartition) does not exist
   6  Kafka's ACLs refuse this principal Describe or Read on the topics, or Describe on the group (repartition: also
