@@ -28,7 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "reconcile": ("relay.commands_cli", "ask the owner to reconcile an integration now (find hard deletes)"),
     "state": (
         "relay.state_cli",
-        "show what the relay remembers of an integration and its owner, or reset it (forget it)",
+        "show what the relay remembers of an integration and its owner, reset it (forget it), or move the state to "
+        "a new state topic of another partition count (repartition)",
     ),
 }
 

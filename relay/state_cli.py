@@ -1,6 +1,7 @@
-"""Inspect what the relay remembers in its state topic (RELAY_STATE_TOPIC):
+"""Inspect what the relay remembers in its state topic (RELAY_STATE_TOPIC), or move it to a new one:
 
   relay state show ID [--resource R] [--entities [--limit N]] [--json]
+  relay state repartition --partitions N --state-topic NEW [--json] [--timeout SECONDS]
 
 `show` prints, for each resource of the integration (those the registry polls it for, then any other it has state
 for): its checkpoint (snapshot done or not, a poll in progress or not), its watermark (as a time, and its lag behind
@@ -10,19 +11,35 @@ id, client id and host; 'none' when the group has no member). --entities lists t
 summary of its fingerprint (live/deleted/vanished, events emitted, changed_at, the first 8 hex digits of its content
 hash, fields), at most --limit of them per resource, by id. --json prints it all as JSON.
 
-It is read-only and talks only to Kafka, with the configuration of `relay run` (--config, RELAY_*) but needs neither
-RELAY_API_KEY nor RELAY_INTEGRATIONS: it reads the registry of integrations, the integration's partition of the state
+Both talk only to Kafka, with the configuration of `relay run` (--config, RELAY_*) but need neither RELAY_API_KEY nor
+RELAY_INTEGRATIONS. `show` is read-only: it reads the registry of integrations, the integration's partition of the state
 topic (committed records only, from its beginning to the end it had when the read began) and the group's
 description; it creates nothing and joins no group. A replica running meanwhile may have moved on a page or two.
 
+`repartition`, with the fleet stopped (every replica of the group RELAY_GROUP_ID), copies the latest state of every
+pair from the state topic (placed for RELAY_STATE_TOPIC_PARTITIONS) into the topic NEW, created compacted with N
+partitions (or existing and empty), each integration's records on the partition a relay with
+RELAY_STATE_TOPIC_PARTITIONS=N reads them from; reads NEW back as such a relay would and compares every pair's
+checkpoint, entities and shapes with the source; grows the control topic (RELAY_CONTROL_TOPIC) to N partitions if it
+has fewer; and prints what it did and the two settings to change before the fleet starts again:
+RELAY_STATE_TOPIC=NEW and RELAY_STATE_TOPIC_PARTITIONS=N. The state topic itself is only read. --timeout bounds the
+whole command (default 600 s for repartition).
+
 Exit status:
-  0  shown
-  2  invalid configuration, or an invalid argument
-  5  the state topic holds a record this version cannot read, or has fewer partitions than RELAY_STATE_TOPIC_PARTITIONS
-  6  Kafka's ACLs refuse this principal Describe or Read on the topics, or Describe on the group
+  0  shown; repartition: copied and verified
+  2  invalid configuration, or an invalid argument (repartition: NEW is the state, control, registry or an event
+     topic, or not a topic name)
+  5  the state topic holds a record this version cannot read, has fewer partitions than RELAY_STATE_TOPIC_PARTITIONS,
+     or (repartition) does not exist
+  6  Kafka's ACLs refuse this principal Describe or Read on the topics, or Describe on the group (repartition: also
+     Create and Write on NEW, Alter on the control topic)
   7  Kafka refused the credentials or the client certificate, or the broker's certificate was refused
-  8  Kafka could not be reached, or did not answer, within --timeout
+  8  Kafka could not be reached, or did not answer, within --timeout (repartition: NEW may hold part of a copy)
   9  the registry does not hold the integration (what state it has is shown all the same)
+ 12  repartition refused: the group RELAY_GROUP_ID has a live member (stop the fleet), or the fleet started, or the
+     state topic was written, during the copy
+ 13  repartition refused: NEW exists and holds records, is not compacted, or has another partition count than N
+ 14  repartition: the copy read back differs from the state topic (the message names the first pair that differs)
 """
 
 # What belongs here: the `relay state` command (this docstring is its --help description): arguments, the Kafka reads
@@ -33,7 +50,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -60,6 +79,9 @@ from relay.kafka_access import check_kafka_access
 from relay.partitioning import partition_for_key
 from relay.registry import DefaultResources, RegistryEntry, check_integration_id
 from relay.registry_topic import DEFAULT_TIMEOUT_SECONDS, RegistryTopic
+from relay.repartition import CopyMismatch, FleetRunning, Repartition, TargetNotUsable, repartition
+from relay.repartition import render_json as render_repartition_json
+from relay.repartition import render_text as render_repartition_text
 from relay.sink import authorization_failed, principal_of
 from relay.state import StateStore
 from relay.state_records import CHECKPOINT, ENTITY, SHAPE
@@ -83,6 +105,10 @@ EXIT_KAFKA_AUTHORIZATION: Final = 6
 EXIT_KAFKA_AUTHENTICATION: Final = 7
 EXIT_KAFKA_UNAVAILABLE: Final = 8
 EXIT_UNKNOWN_INTEGRATION: Final = 9
+EXIT_FLEET_RUNNING: Final = 12  # 10 and 11 are `relay state reset`'s (relay.commands_cli)
+EXIT_TARGET_NOT_USABLE: Final = 13
+EXIT_COPY_MISMATCH: Final = 14
+DEFAULT_REPARTITION_TIMEOUT_SECONDS: Final = 600.0
 
 GROUP_AUTHORIZATION_FAILED: Final = 30  # Kafka's error codes in a DescribeGroups answer
 COORDINATOR_NOT_READY: Final = (14, 15, 16)  # COORDINATOR_LOAD_IN_PROGRESS, _NOT_AVAILABLE, NOT_COORDINATOR
@@ -91,19 +117,11 @@ RETRY_SECONDS: Final = 0.2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    add_config_argument(common)
-    common.add_argument("--json", action="store_true", help="print the result as JSON")
-    common.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=DEFAULT_TIMEOUT_SECONDS,
-        metavar="SECONDS",
-        help=f"give up when Kafka has not answered within this long (exit 8; default {DEFAULT_TIMEOUT_SECONDS:g})",
-    )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = sub.add_parser(
-        "show", parents=[common], help="print what the relay remembers of an integration, and which replica owns it"
+        "show",
+        parents=[_common(DEFAULT_TIMEOUT_SECONDS)],
+        help="print what the relay remembers of an integration, and which replica owns it",
     )
     show.add_argument("integration", metavar="ID", help="the integration id, like personio:8d1hpPsDu6Q5K1UnBDMXiUeGV")
     show.add_argument("--resource", metavar="R", help="only this resource, like ats/users")
@@ -116,6 +134,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"with --entities, at most N per resource, by id (default {DEFAULT_ENTITY_LIMIT})",
     )
     add_reset_parser(sub)  # an operator command the owner carries out: relay.commands_cli sends it
+    repartition = sub.add_parser(
+        "repartition",
+        parents=[_common(DEFAULT_REPARTITION_TIMEOUT_SECONDS)],
+        help="with the fleet stopped, copy the state into a new state topic placed for N partitions, and verify it",
+    )
+    repartition.add_argument(
+        "--partitions",
+        type=_positive_int,
+        required=True,
+        metavar="N",
+        help="the partition count of the new state topic: RELAY_STATE_TOPIC_PARTITIONS from then on",
+    )
+    repartition.add_argument(
+        "--state-topic",
+        required=True,
+        metavar="NEW",
+        help="the new state topic (created, or existing and empty): RELAY_STATE_TOPIC from then on",
+    )
+
+
+def _common(timeout: float) -> argparse.ArgumentParser:
+    """The options every `relay state` action shares (but reset, which has relay.commands_cli's)."""
+    common = argparse.ArgumentParser(add_help=False)
+    add_config_argument(common)
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    common.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=timeout,
+        metavar="SECONDS",
+        help=f"give up when Kafka has not answered within this long (exit 8; default {timeout:g})",
+    )
+    return common
 
 
 def _positive_seconds(text: str) -> float:
@@ -163,13 +214,80 @@ def _show_main(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     return asyncio.run(_show(config, args, out))
 
 
-# `relay state ACTION`: each takes the configuration, the arguments and where to print, and returns the exit status.
-ACTIONS: Final[dict[str, Callable[[Config, argparse.Namespace, TextIO], int]]] = {"show": _show_main}
-
-
 def _fail(args: argparse.Namespace, error: BaseException | str, code: int) -> int:
     print(f"{PROG} {args.action}: {error}", file=sys.stderr)
     return code
+
+
+# --- repartition ----------------------------------------------------------------------------------------------------
+
+
+def _repartition_main(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        target = _target_config(config, args)
+    except ValueError as error:
+        return _fail(args, error, EXIT_INVALID)
+    return asyncio.run(_repartition(config, target, args, out))
+
+
+def _target_config(config: Config, args: argparse.Namespace) -> Config:
+    """The configuration relay run will have once the state is moved: the new state topic and partition count, checked
+    as relay run checks them (a valid topic name, none of the event, control or registry topics)."""
+    if args.state_topic == config.state_topic:
+        raise ValueError(
+            f"--state-topic {args.state_topic!r} is the state topic (RELAY_STATE_TOPIC) itself: name a new topic; "
+            "the state topic is only read, so that nothing is lost if the copy fails"
+        )
+    if args.state_topic == config.control_topic:  # not among relay.config's checks of RELAY_STATE_TOPIC
+        raise ValueError(f"--state-topic {args.state_topic!r} is the control topic (RELAY_CONTROL_TOPIC)")
+    settings = {"RELAY_STATE_TOPIC": args.state_topic, "RELAY_STATE_TOPIC_PARTITIONS": str(args.partitions)}
+    try:
+        return load_config(args.config, {**os.environ, **settings}, kafka_only=True)
+    except ConfigError as error:
+        problems = "; ".join(error.problems)
+        raise ValueError(f"--state-topic {args.state_topic!r} --partitions {args.partitions}: {problems}") from None
+
+
+async def _repartition(config: Config, target: Config, args: argparse.Namespace, out: TextIO) -> int:
+    timeout_ms = max(1000, round(args.timeout * 1000))
+    steps = Repartition(config, target, timeout_ms=timeout_ms)
+    try:
+        async with asyncio.timeout(args.timeout):
+            await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=args.timeout)
+            async with _admin(config, timeout_ms) as admin:
+                report = await repartition(steps, functools.partial(describe_group, admin, config))
+    except TimeoutError:
+        error = KafkaUnavailable(
+            f"Kafka at {config.kafka_bootstrap_servers} did not answer within {args.timeout:g} s (--timeout); "
+            f"{target.state_topic!r} may hold part of a copy: delete it before running again"
+        )
+        return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
+    except FleetRunning as error:
+        return _fail(args, error, EXIT_FLEET_RUNNING)
+    except TargetNotUsable as error:
+        return _fail(args, error, EXIT_TARGET_NOT_USABLE)
+    except CopyMismatch as error:
+        return _fail(args, error, EXIT_COPY_MISMATCH)
+    except StateError as error:
+        return _fail(args, error, EXIT_STATE)
+    except KafkaAuthorizationFailed as error:
+        return _fail(args, error, EXIT_KAFKA_AUTHORIZATION)
+    except KafkaAuthenticationFailed as error:
+        return _fail(args, error, EXIT_KAFKA_AUTHENTICATION)
+    except KafkaUnavailable as error:
+        return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
+    if args.json:
+        out.write(orjson.dumps(render_repartition_json(report), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        out.write("".join(line + "\n" for line in render_repartition_text(report)))
+    return EXIT_OK
+
+
+# `relay state ACTION`: each takes the configuration, the arguments and where to print, and returns the exit status.
+ACTIONS: Final[dict[str, Callable[[Config, argparse.Namespace, TextIO], int]]] = {
+    "show": _show_main,
+    "repartition": _repartition_main,
+}
 
 
 # --- show -----------------------------------------------------------------------------------------------------------
