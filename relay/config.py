@@ -542,6 +542,11 @@ def _topic_problems(config: Config) -> Iterator[str]:
         yield f"RELAY_STATE_TOPIC: {shown(config.state_topic)} is not {_TOPIC_NAME.description}"
     if config.state_topic in config.event_topics():
         yield f"RELAY_STATE_TOPIC: {config.state_topic} is also an event topic; the state needs a topic of its own"
+    if config.control_topic in {*config.event_topics(), config.state_topic}:
+        yield (
+            f"RELAY_CONTROL_TOPIC: {config.control_topic} is also an event or state topic; the control channel needs "
+            "a topic of its own"
+        )
     others = {*config.event_topics(), config.state_topic, config.control_topic}
     if not _is_topic_name(config.integrations_topic):  # derived from the prefix, so not checked by its kind
         yield f"RELAY_INTEGRATIONS_TOPIC: {shown(config.integrations_topic)} is not {_TOPIC_NAME.description}"

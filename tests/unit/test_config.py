@@ -518,6 +518,16 @@ RELATIONS: list[tuple[dict[str, str], list[str]]] = [
     ),
     *(
         (
+            {"RELAY_CONTROL_TOPIC": topic},
+            [
+                f"RELAY_CONTROL_TOPIC: {topic} is also an event or state topic; the control channel needs a topic "
+                "of its own"
+            ],
+        )
+        for topic in ("kombo.ats.users", "kombo.relay-state")
+    ),
+    *(
+        (
             {"RELAY_INTEGRATIONS_TOPIC": topic},
             [
                 f"RELAY_INTEGRATIONS_TOPIC: {topic} is also an event, state or control topic; the registry of "
