@@ -818,10 +818,10 @@ async def test_the_registry_and_operator_commands_drive_a_running_fleet(
       delivered again, before and after a restart of the fleet, is counted a duplicate and acts not at all;
     * ``integrations remove X``: no request for X at the simulator, no event for its changes;
     * ``integrations pause Y``, both replicas stopped by SIGTERM and two new ones started: Y is still paused (no
-      request), X still removed (RELAY_INTEGRATIONS, which names it, does not seed it back); ``resume Y``: polled at
-      once;
+      request), X still removed (RELAY_INTEGRATIONS, which names it, does not seed it back);
     * a command for an integration the registry does not hold, or holds removed: exit 9, the message naming it;
-    * ``integrations add X`` again: it resumes where it was (its changes meanwhile published, nothing re-announced).
+    * ``resume Y`` and ``integrations add X`` again: each polled within one poll interval of the write, X resuming
+      where it was (its changes meanwhile published, nothing re-announced).
 
     Then the oracle judges every event: nothing lost, duplicated or invalid across all of it."""
     partitions = 2
@@ -911,12 +911,18 @@ async def test_the_registry_and_operator_commands_drive_a_running_fleet(
                 assert run.code == EXIT_UNKNOWN_INTEGRATION, run
                 assert message in run.stderr, run
 
-            # Resumed: polled at once; removed one added again: polled again, resuming where it was.
-            for integration, action in ((paused, "resume"), (removed, "add")):
+            # Resumed, and the removed one added again: each polled within one interval of the write (the latter
+            # resuming where it was: the oracle finds nothing re-announced).
+            for integration, action, figure in ((paused, "resume", "resume"), (removed, "add", "readd")):
                 mark = await world.last_request()
-                run = await world.cli("integrations", action, integration)
+                run = await world.cli("integrations", action, integration, "--json")
                 assert run.code == 0, run
+                written_at = log_time(run.json()["entry"]["updated_at"])
                 await _polled_again(world, mark, [integration], times=1)
+                requests = await world.requests_after(mark)
+                asked_at = min(log_time(r["time"]) for r in requests if r["integration"] == integration)
+                figures[f"{figure}_to_first_request"] = f"{asked_at - written_at:.2f}s"
+                assert asked_at - written_at <= within, figures
         verdict = await finish(world, oracle, "registry", **figures)
     report(verdict)
 
