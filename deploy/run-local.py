@@ -7,8 +7,12 @@ per-integration detail at http://localhost:8080/status. Ctrl-C (or SIGTERM) stop
 The simulator sends signed Kombo data-changed webhooks to the relay (a secret made up for this run), so each change
 shows up within a second or two; polling every RELAY_POLL_INTERVAL_SECONDS stays on as the safety net.
 
-Environment knobs: KAFKA_PORT (9092), SIM_PORT (8765), RELAY_HTTP_PORT (8080), SIM_INTEGRATIONS, SIM_USERS,
-SIM_CHURN, RELAY_POLL_INTERVAL_SECONDS (60).
+The relay starts with SIM_INTEGRATIONS in its registry (RELAY_INTEGRATIONS seeds it). The simulator also serves
+SIM_NEW_INTEGRATION, which the relay does not poll until someone adds it: the banner prints the `relay integrations
+add` command to type in a second terminal, the README's quick tour.
+
+Environment knobs: KAFKA_PORT (9092), SIM_PORT (8765), RELAY_HTTP_PORT (8080), SIM_INTEGRATIONS, SIM_NEW_INTEGRATION
+(personio:hooli), SIM_USERS, SIM_CHURN, RELAY_POLL_INTERVAL_SECONDS (60).
 """
 
 from __future__ import annotations
@@ -29,6 +33,23 @@ from local_kafka import LocalKafka, port_is_open  # noqa: E402
 
 BIN = REPO / ".venv" / "bin"
 SIM_API_KEY = "sim-api-key"
+DEFAULT_INTEGRATIONS = "personio:acme,greenhouse:globex,workday:initech"
+DEFAULT_NEW_INTEGRATION = "personio:hooli"
+
+
+def tour_integrations(environ: dict[str, str]) -> tuple[str, str]:
+    """The integrations the relay starts with (comma-separated) and the one the tour adds while it runs: served by
+    the simulator from the start, in the relay's registry only once added."""
+    seeded = environ.get("SIM_INTEGRATIONS", DEFAULT_INTEGRATIONS)
+    return seeded, environ.get("SIM_NEW_INTEGRATION", DEFAULT_NEW_INTEGRATION)
+
+
+def add_command(bootstrap_servers: str, integration: str) -> str:
+    """What the banner tells to type in a second terminal: `relay integrations add`, at this run's broker (the topic
+    names are the defaults both sides use)."""
+    relay = BIN / "relay"
+    shown = os.path.relpath(relay) if relay.is_relative_to(Path.cwd()) else str(relay)
+    return f"RELAY_KAFKA_BOOTSTRAP_SERVERS={bootstrap_servers} {shown} integrations add {integration}"
 
 
 def start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -60,7 +81,7 @@ def wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
 def main() -> int:
     kafka_port = int(os.environ.get("KAFKA_PORT", "9092"))
     sim_port = int(os.environ.get("SIM_PORT", "8765"))
-    integrations = os.environ.get("SIM_INTEGRATIONS", "personio:acme,greenhouse:globex,workday:initech")
+    integrations, new_integration = tour_integrations(dict(os.environ))
     http_port = os.environ.get("RELAY_HTTP_PORT", "8080")
     webhook_secret = secrets.token_urlsafe(24)  # in the children's environment only, never on a command line
     stopping = False
@@ -89,7 +110,7 @@ def main() -> int:
                     "--api-key",
                     SIM_API_KEY,
                     "--integrations",
-                    integrations,
+                    ",".join(dict.fromkeys([*integrations.split(","), new_integration])),  # once, if seeded too
                     "--users",
                     os.environ.get("SIM_USERS", "200"),
                     "--churn",
@@ -118,7 +139,10 @@ def main() -> int:
         children.append(start([str(BIN / "relay"), "run"], env=env))
         print(
             f"run-local: simulator at http://127.0.0.1:{sim_port}/v1, metrics at http://localhost:{http_port}/metrics,"
-            f" status at http://localhost:{http_port}/status; Ctrl-C stops everything",
+            f" status at http://localhost:{http_port}/status; Ctrl-C stops everything\n"
+            f"run-local: the relay polls {integrations}; to add the customer {new_integration} while events scroll,"
+            f" type in a second terminal (in {Path.cwd()}):\n"
+            f"    {add_command(kafka.bootstrap_servers, new_integration)}",
             file=sys.stderr,
             flush=True,
         )

@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import time
+from asyncio.subprocess import PIPE
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -227,6 +228,26 @@ class RelayProcess:
         return "\n".join(self.log().splitlines()[-lines:])
 
 
+SIMULATOR_KEEPS = 1000  # API requests /_sim/interactions remembers
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """A finished ``relay`` command: its arguments, exit code and output."""
+
+    argv: tuple[str, ...]
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        assert self.stdout.strip(), f"relay {' '.join(self.argv)} printed nothing: exit {self.code}, {self.stderr}"
+        return orjson.loads(self.stdout)
+
+    def __str__(self) -> str:
+        return f"relay {' '.join(self.argv)}: exit {self.code}\n{self.stdout}{self.stderr}"
+
+
 @dataclass
 class FaultWorld:
     """The simulator (in this event loop), the Kafka broker, and the relay processes a scenario runs."""
@@ -301,6 +322,30 @@ class FaultWorld:
         ):
             body: dict[str, Any] = await response.json()
             return list(body["interactions"])
+
+    async def requests_after(self, mark: int) -> list[dict[str, Any]]:
+        """The API requests the simulator answered after the one numbered ``mark`` (``/_sim/interactions``, which
+        keeps the last 1000: fails if more came since, so that a request is never missed)."""
+        recent = await self.interactions(limit=SIMULATOR_KEEPS)
+        if len(recent) == SIMULATOR_KEEPS and recent[0]["id"] > mark + 1:
+            raise AssertionError(f"more than {SIMULATOR_KEEPS} requests since request {mark}: look more often")
+        return [interaction for interaction in recent if interaction["id"] > mark]
+
+    async def last_request(self) -> int:
+        """The number of the simulator's last API request (0: none yet), a mark for :meth:`requests_after`."""
+        recent = await self.interactions(limit=1)
+        return int(recent[-1]["id"]) if recent else 0
+
+    async def cli(self, *argv: str, timeout: float = 90) -> CliRun:
+        """``python -m relay ARGV`` as an operator runs it: a process of its own with the fleet's configuration, but
+        without the source's URL and API key (the commands talk only to Kafka)."""
+        env = {k: v for k, v in self.env().items() if k not in ("RELAY_API_KEY", "RELAY_SOURCE_URL")}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", *argv, env=env, cwd=REPO, stdout=PIPE, stderr=PIPE
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+        assert process.returncode is not None
+        return CliRun(argv, process.returncode, stdout.decode(), stderr.decode())
 
     @asynccontextmanager
     async def collector(self) -> AsyncIterator[Collector]:

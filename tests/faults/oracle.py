@@ -17,12 +17,24 @@ The relay polls *snapshots* of the source, so several mutations between two poll
 
 ``changes_expected`` is what the source did: the records live when the oracle started (each owes a snapshot
 ``created``) plus the mutations logged since.
+
+**Re-announcements** (``data.reason == "resnapshot"``, asked by ``relay resnapshot``) are judged apart, not as
+changes: each must be a ``created`` flagged ``snapshot`` (not ``restored``) of an entity live on the consumer's side,
+carrying exactly the record its last event carried (so it is neither a duplicate of the original creation nor a
+change), and fall inside a resnapshot the scenario asked for (:meth:`Oracle.resnapshot`: from the moment the command
+was sent to the moment its acknowledgement came back, by the Kafka record's timestamp). Per resnapshot, an entity
+untouched by the source meanwhile is re-announced exactly once if it was live, never if it was deleted; one the
+source changed meanwhile at least once if it stayed live, and at most once more than it changed (the source serves a
+record changed while a client pages again at the end of the listing).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+import math
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +88,36 @@ class Verdict:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Resnapshot:
+    """A resnapshot of one pair the scenario asked for: the moments (wall clock, ms: the clock of the Kafka records'
+    timestamps) and the lengths of the simulator's mutation log when the command was sent and when its
+    acknowledgement came back. Whatever it re-announced was published in between."""
+
+    integration: str
+    resource: str
+    sent_ms: int
+    sent_seq: int
+    acked_ms: int
+    acked_seq: int
+
+    def covers(self, event: Event) -> bool:
+        data = event.data
+        return (
+            (data["integration_id"], data["resource"]) == (self.integration, self.resource)
+            and event.timestamp_ms is not None
+            and self.sent_ms <= event.timestamp_ms <= self.acked_ms
+        )
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How many times one resnapshot may re-announce one entity."""
+
+    low: int
+    high: int
+
+
 # The state of an entity as the oracle compares it: its record as canonical JSON and whether it is deleted, or
 # None once hard-deleted.
 State = tuple[bytes, bool] | None
@@ -114,6 +156,16 @@ class Oracle:
         self._last: dict[EntityKey, tuple[str, bytes | None]] = {}
         self._events_seen = 0
         self._events_id = 0
+        self.resnapshots: list[Resnapshot] = []
+
+    @contextmanager
+    def resnapshot(self, integration: str, resource: str) -> Iterator[None]:
+        """Wrap the sending of a resnapshot command and the wait for its acknowledgement: what it re-announces must
+        fall in that window (see the module's docstring)."""
+        sent_ms, sent_seq = math.floor(time.time() * 1000), len(self.sim.mutations)
+        yield
+        acked_ms, acked_seq = math.ceil(time.time() * 1000), len(self.sim.mutations)
+        self.resnapshots.append(Resnapshot(integration, resource, sent_ms, sent_seq, acked_ms, acked_seq))
 
     def _relevant(self, mutation: Mutation) -> bool:
         return mutation.integration in self.integrations and mutation.resource in self.resources
@@ -148,9 +200,65 @@ class Oracle:
             events_seen=len(events),
             entities=len(histories),
         )
+        bounds = {window: self._bounds(window) for window in self.resnapshots}
         for key in sorted(set(histories) | set(by_entity)):
             self._judge_entity(key, by_entity.get(key, []), histories.get(key), verdict.event_ids, verdict)
+            self._judge_reannouncements(key, by_entity.get(key, []), bounds, verdict)
+        if self.resnapshots:
+            verdict.extra["resnapshots"] = len(self.resnapshots)
+            verdict.extra["reannounced"] = sum(1 for event in events if _reannounces(event))
         return verdict
+
+    def _bounds(self, window: Resnapshot) -> dict[str, Bounds]:
+        """Per entity of the window's pair: how many times that resnapshot may re-announce it (absent: never)."""
+        pair = (window.integration, window.resource)
+        live_throughout: dict[str, bool] = {
+            entity: record is not None and orjson.loads(record).get("remote_deleted_at") is None
+            for (integration, resource, entity), record in self.initial.items()
+            if (integration, resource) == pair
+        }  # until the command was sent: live then
+        live_sometime = dict(live_throughout)
+        changes: Counter[str] = Counter()
+        for seq, mutation in enumerate(self.sim.mutations[self.start_seq : window.acked_seq], self.start_seq):
+            if (mutation.integration, mutation.resource) != pair:
+                continue
+            now_live = mutation.record is not None and mutation.record.get("remote_deleted_at") is None
+            if seq < window.sent_seq:
+                live_throughout[mutation.id] = live_sometime[mutation.id] = now_live
+                continue
+            changes[mutation.id] += 1
+            live_throughout[mutation.id] = live_throughout.get(mutation.id, False) and now_live
+            live_sometime[mutation.id] = live_sometime.get(mutation.id, False) or now_live
+        return {
+            entity: Bounds(low=1 if live_throughout[entity] else 0, high=1 + changes[entity])
+            for entity, sometime in live_sometime.items()
+            if sometime
+        }
+
+    def _judge_reannouncements(
+        self, key: EntityKey, events: list[Event], bounds: dict[Resnapshot, dict[str, Bounds]], verdict: Verdict
+    ) -> None:
+        """Each re-announcement falls in a resnapshot asked for; each resnapshot re-announced the entity as often as
+        the source let it (see the module's docstring)."""
+        name = "/".join(key)
+        counted: Counter[Resnapshot] = Counter()
+        for event in filter(_reannounces, events):
+            window = next((w for w in self.resnapshots if w.covers(event)), None)
+            if window is None:
+                verdict.invalid.append(f"{name}: re-announced (id {event.body['id']}) outside any resnapshot asked")
+            else:
+                counted[window] += 1
+        integration, resource, entity = key
+        for number, window in enumerate(self.resnapshots):
+            if (window.integration, window.resource) != (integration, resource):
+                continue
+            allowed = bounds[window].get(entity, Bounds(0, 0))
+            if counted[window] > allowed.high:
+                verdict.duplicated.append(
+                    f"{name}: re-announced {counted[window]} times by resnapshot {number}, at most {allowed.high} due"
+                )
+            elif counted[window] < allowed.low:
+                verdict.lost.append(f"{name}: live throughout resnapshot {number}, and not re-announced by it")
 
     def lost(self, events: Sequence[Event]) -> int:
         """How many entities do not show their final state yet (for waiting until the relay caught up).
@@ -187,7 +295,12 @@ class Oracle:
                 verdict.duplicated.append(f"{where}: event id published before")
                 continue
             seen_ids.add(event_id)
-            if number > 0 and record == previous:
+            if _reannounces(event):  # not a change: what the consumer was told last, told again
+                problem = _reannouncement_problem(state, previous, event)
+                if problem:
+                    verdict.invalid.append(f"{where}: {problem}")
+                continue
+            if announced and record == previous:
                 verdict.duplicated.append(f"{where}: same record as the previous event")
                 continue
             previous = record
@@ -211,6 +324,22 @@ class Oracle:
         if _lost(final, last):
             status = "hard-deleted" if final is None else "deleted" if final[1] else "live"
             verdict.lost.append(f"{name}: {status} at the end, last published: {last[0] if last else 'no event'}")
+
+
+def _reannounces(event: Event) -> bool:
+    return bool(event.data["reason"] == "resnapshot")
+
+
+def _reannouncement_problem(state: str, previous: bytes | None, event: Event) -> str | None:
+    """What is wrong with a re-announcement (``reason: "resnapshot"``), given what the consumer was told last."""
+    data = event.data
+    if event.kind != "created" or not data["snapshot"] or data["restored"]:
+        return f"a re-announcement must be a created, snapshot and not restored: {event.kind}, {data['snapshot']=}"
+    if state != "live":
+        return f"re-announced while {state} for the consumer"
+    if _canonical(data["record"]) != previous:
+        return "re-announced a record other than the one its last event carried"
+    return None
 
 
 def _key(event: Event) -> EntityKey:

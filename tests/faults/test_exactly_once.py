@@ -19,6 +19,10 @@ Scenarios (each prints ``scenario=... changes_expected=N events_seen=M lost=L du
    one, then scaled up to four and down to two by SIGTERM.
 7. A zombie: a replica frozen (SIGSTOP) past its session timeout with work in flight while another takes its
    partitions over, then woken (SIGCONT): it commits nothing, notices, and rejoins.
+8. The registry and operators' commands, by the real ``relay`` CLI, on a fleet of two: an integration added is
+   snapshotted within one poll interval, one removed is no longer asked for, a pause outlives a restart of the fleet,
+   a resnapshot re-announces exactly the live records once (the oracle's resnapshot rules), a command delivered twice
+   acts once, and one for an integration the registry does not poll exits 9.
 
 Scenarios 4, 6 and 7 also check that no state partition was committed by two replicas in one generation: from the
 replicas' ``/status`` while they run, and from the producer id and epoch of every committed record batch against
@@ -51,8 +55,11 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from relay.app import EXIT_FENCED, Relay
+from relay.commands_cli import EXIT_UNKNOWN_INTEGRATION
+from relay.control import ControlAction
 from relay.errors import Fenced, RecordTooLarge
 from relay.partitioning import partition_for_key
 from relay.simulator import Fault, FaultKind
@@ -69,6 +76,7 @@ from tests.faults.chaos import (
     converge,
     fault_world,
     free_port,
+    log_time,
     spread_integrations,
     wait_for,
 )
@@ -96,16 +104,20 @@ class Scale:
     fleet_users: int  # per integration, scenario 6
     fleet_kills: int  # scenario 6
     pauses: int  # scenario 7
+    registry_users: int  # per integration, scenario 8
+    registry_interval: float  # RELAY_POLL_INTERVAL_SECONDS of scenario 8: a snapshot must be committed within it
     timeout: float  # per test
 
 
 CI = Scale(
     "ci", kills=20, users=200, churn=20, outages=1, fault_seconds=20, handovers=4, snapshot_users=20_000,
-    fleet_integrations=20, fleet_users=100, fleet_kills=10, pauses=1, timeout=280,
+    fleet_integrations=20, fleet_users=100, fleet_kills=10, pauses=1, registry_users=100,
+    registry_interval=2, timeout=280,
 )  # fmt: skip
 SOAK_SCALE = Scale(
     "soak", kills=200, users=1000, churn=50, outages=5, fault_seconds=300, handovers=20, snapshot_users=100_000,
-    fleet_integrations=60, fleet_users=1000, fleet_kills=60, pauses=5, timeout=4 * 3600,
+    fleet_integrations=60, fleet_users=1000, fleet_kills=60, pauses=5, registry_users=2000,
+    registry_interval=5, timeout=4 * 3600,
 )  # fmt: skip
 SCALE = SOAK_SCALE if SOAK else CI
 # The size is chosen by the environment, so a run has exactly one variant of each scenario: nothing is skipped.
@@ -787,3 +799,230 @@ async def _published_or_gone(events: Collector, world: FaultWorld, integration: 
         return any(e.key == key for e in events.events) or record is None or record.get("remote_deleted_at") is not None
 
     await wait_for(done, 60, f"{key} to be published by the new owner")
+
+
+# ------------------------------------------------------------------------------------------------ 8. registry
+
+
+@scaled
+@pytest.mark.timeout(SCALE.timeout)
+async def test_the_registry_and_operator_commands_drive_a_running_fleet(
+    scale: Scale, bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A fleet of two replicas (``relay run`` processes) while the source churns, driven by the real ``relay`` CLI as
+    an operator runs it, each step seen at the simulator (requests per integration) and on Kafka:
+
+    * ``integrations add NEW`` (served by the simulator, not in RELAY_INTEGRATIONS): polled, and its snapshot
+      committed, within one poll interval (jitter included) of the registry write;
+    * ``resnapshot Z``: every live record of Z re-announced once (the oracle's resnapshot rules); the same command
+      delivered again, before and after a restart of the fleet, is counted a duplicate and acts not at all;
+    * ``integrations remove X``: no request for X at the simulator, no event for its changes;
+    * ``integrations pause Y``, both replicas stopped by SIGTERM and two new ones started: Y is still paused (no
+      request), X still removed (RELAY_INTEGRATIONS, which names it, does not seed it back);
+    * a command for an integration the registry does not hold, or holds removed: exit 9, the message naming it;
+    * ``resume Y`` and ``integrations add X`` again: each polled within one poll interval of the write, X resuming
+      where it was (its changes meanwhile published, nothing re-announced).
+
+    Then the oracle judges every event: nothing lost, duplicated or invalid across all of it."""
+    partitions = 2
+    removed, paused, resnapshotted, added = spread_integrations(4, partitions, prefix="personio:registry")
+    seeded = [removed, paused, resnapshotted]
+    async with fault_world(
+        bootstrap_servers, topic_prefix, tmp_path, users=scale.registry_users, integrations=[*seeded, added]
+    ) as world:
+        world.env_overrides["RELAY_INTEGRATIONS"] = ",".join(seeded)
+        world.env_overrides["RELAY_POLL_INTERVAL_SECONDS"] = str(scale.registry_interval)
+        world.env_overrides["RELAY_PAGE_SIZE"] = "100"
+        oracle = Oracle(world.sim, world.integrations)
+        await world.ensure_topics()
+        world.sim.start_churn(scale.churn / 2)
+        fleet = Fleet(partitions)
+        fleet.replicas.extend([await world.relay(), await world.relay()])
+        await fleet.wait_settled()
+        figures: dict[str, object] = {}
+        async with world.collector() as events:
+            assert not [r for r in await world.requests_after(0) if r["integration"] == added]
+
+            # Added at runtime: polled, and snapshotted, within one poll interval of the write.
+            run = await world.cli("integrations", "add", added, "--json")
+            assert run.code == 0, run
+            written_at = log_time(run.json()["entry"]["added_at"])
+            snapshot_at = await _snapshot_committed(fleet, added)
+            first_request = min(log_time(r["time"]) for r in await world.requests_after(0) if r["integration"] == added)
+            within = scale.registry_interval * (1 + float(BASE_ENV["RELAY_POLL_JITTER_FRACTION"]))
+            figures.update(
+                add_to_first_request=f"{first_request - written_at:.2f}s",
+                add_to_snapshot=f"{snapshot_at - written_at:.2f}s",
+            )
+            assert first_request - written_at <= within, figures
+            assert snapshot_at - written_at <= within, figures
+            await _published(events, world, added)
+
+            # Resnapshot: exactly the live records once; the same command again acts not at all.
+            with oracle.resnapshot(resnapshotted, USERS):
+                run = await world.cli("resnapshot", resnapshotted, "--json")
+            assert run.code == 0, run
+            ack = run.json()
+            assert ack["ack"]["outcome"] == "ok", run
+            assert "resnapshot done" in ack["ack"]["message"], run
+            await _deliver_again(world, resnapshotted, ack["command_id"], partitions)
+            await _duplicates_counted(fleet, 1)
+
+            # Removed: no more requests, nothing published of its changes.
+            run = await world.cli("integrations", "remove", removed)
+            assert run.code == 0, run
+            assert f"removed {removed}" in run.stdout, run
+            await wait_for(_not_polled(fleet, removed), 30, f"{removed} to stop being polled")
+            mark = await world.last_request()
+            unpublished = [_change(world, removed)]
+            await _polled_again(world, mark, [paused, resnapshotted, added])
+
+            # Paused, then the fleet restarted: still paused, and the removed one still removed.
+            run = await world.cli("integrations", "pause", paused)
+            assert run.code == 0, run
+            await wait_for(_paused_and_idle(fleet, paused), 30, f"{paused} to be paused")
+            paused_mark = await world.last_request()
+            unpublished.append(_change(world, paused))
+            for replica in list(fleet.replicas):
+                code, _ = await replica.terminate()
+                assert code == 0, replica.tail()
+                fleet.replicas.remove(replica)
+            fleet.replicas.extend([await world.relay(), await world.relay()])
+            await fleet.wait_settled()
+            assert await _is_paused(fleet, paused)
+            await _deliver_again(world, resnapshotted, ack["command_id"], partitions)  # the new owner knows it
+            await _duplicates_counted(fleet, 1)
+            await _polled_again(world, mark, [resnapshotted, added])
+            for integration, since in ((removed, mark), (paused, paused_mark)):
+                asked = [r["id"] for r in await world.requests_after(since) if r["integration"] == integration]
+                assert not asked, f"{integration} was asked for after request {since}: requests {asked}"
+            await events.drain()
+            for integration, entity, record in unpublished:  # what each would have published, had it been polled
+                key = f"{integration}:{entity}"
+                assert not [e for e in events.events if e.key == key and e.data["record"] == record], key
+
+            # Commands for what the registry does not poll: exit 9, saying why.
+            for argv, message in (
+                (("resnapshot", "personio:nobody"), "personio:nobody is not in the registry of integrations"),
+                (("resnapshot", removed), f"{removed} is removed from the registry"),
+                (("integrations", "pause", "personio:nobody"), "personio:nobody"),
+            ):
+                run = await world.cli(*argv, "--timeout", "30")
+                assert run.code == EXIT_UNKNOWN_INTEGRATION, run
+                assert message in run.stderr, run
+
+            # Resumed, and the removed one added again: each polled within one interval of the write (the latter
+            # resuming where it was: the oracle finds nothing re-announced).
+            for integration, action, figure in ((paused, "resume", "resume"), (removed, "add", "readd")):
+                mark = await world.last_request()
+                run = await world.cli("integrations", action, integration, "--json")
+                assert run.code == 0, run
+                written_at = log_time(run.json()["entry"]["updated_at"])
+                await _polled_again(world, mark, [integration], times=1)
+                requests = await world.requests_after(mark)
+                asked_at = min(log_time(r["time"]) for r in requests if r["integration"] == integration)
+                figures[f"{figure}_to_first_request"] = f"{asked_at - written_at:.2f}s"
+                assert asked_at - written_at <= within, figures
+        verdict = await finish(world, oracle, "registry", **figures)
+    report(verdict)
+
+
+async def _snapshot_committed(fleet: Fleet, integration: str, timeout: float = 30) -> float:
+    """When (wall clock) a replica's ``/status`` first showed the integration's snapshot committed."""
+
+    async def done() -> bool:
+        statuses = await fleet.look()
+        return any(
+            pair["integration"] == integration and pair["snapshot_done"]
+            for status in statuses
+            if status is not None
+            for pair in status["pairs"]
+        )
+
+    await wait_for(done, timeout, f"the snapshot of {integration}", interval=0.02)
+    return time.time()
+
+
+async def _published(events: Collector, world: FaultWorld, integration: str, timeout: float = 30) -> None:
+    """Wait until a created event reached Kafka for every record of ``integration`` live now (the snapshot's)."""
+
+    async def done() -> bool:
+        await events.drain()
+        created = {e.entity for e in events.events if e.data["integration_id"] == integration and e.kind == "created"}
+        return all(r["id"] in created for r in world.sim.records(integration, USERS, include_deleted=False))
+
+    await wait_for(done, timeout, f"the snapshot of {integration} on Kafka")
+
+
+async def _deliver_again(world: FaultWorld, integration: str, command_id: str, partitions: int) -> None:
+    """The record of a command already sent, sent once more (as a producer retrying it would)."""
+    again = ControlAction("resnapshot", integration, (), None, round(time.time() * 1000), command_id)
+    producer = AIOKafkaProducer(bootstrap_servers=world.bootstrap_servers)
+    await producer.start()
+    try:
+        topic = f"{world.topic_prefix}.relay-control"
+        partition = partition_for_key(integration.encode(), partitions)
+        await producer.send_and_wait(topic, again.encode(), key=integration.encode(), partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def _duplicates_counted(fleet: Fleet, count: int, timeout: float = 30) -> None:
+    """Wait until the replicas running counted ``count`` resnapshot commands as duplicates, between them."""
+
+    async def counted() -> bool:
+        labels = {"kind": "resnapshot", "outcome": "duplicate"}
+        return sum([await r.metric("relay_control_actions_total", **labels) for r in fleet.replicas]) >= count
+
+    await wait_for(counted, timeout, f"{count} duplicate resnapshot command(s) to be counted")
+
+
+def _not_polled(fleet: Fleet, integration: str) -> Callable[[], Awaitable[bool]]:
+    """No replica polls the integration any more (its pairs dropped once their poll in progress ended)."""
+
+    async def check() -> bool:
+        statuses = await fleet.look()
+        return all(
+            status is not None and all(pair["integration"] != integration for pair in status["pairs"])
+            for status in statuses
+        )
+
+    return check
+
+
+def _paused_and_idle(fleet: Fleet, integration: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await _is_paused(fleet, integration, idle=True)
+
+    return check
+
+
+async def _is_paused(fleet: Fleet, integration: str, *, idle: bool = False) -> bool:
+    """Its owner holds every pair of the integration paused (and, ``idle``, none polling: a poll in progress
+    finishes)."""
+    pairs = [
+        pair
+        for status in await fleet.look()
+        if status is not None
+        for pair in status["pairs"]
+        if pair["integration"] == integration
+    ]
+    return bool(pairs) and all(pair["paused"] and not (idle and pair["polling"]) for pair in pairs)
+
+
+def _change(world: FaultWorld, integration: str) -> tuple[str, str, dict[str, Any]]:
+    """Change a live record of the integration: (integration, id, record) that a poll would publish."""
+    entity = next(iter(world.sim.records(integration, USERS, include_deleted=False)))["id"]
+    record = world.sim.update(integration, USERS, entity, {"first_name": "Unpolled"})
+    return integration, entity, record
+
+
+async def _polled_again(world: FaultWorld, mark: int, integrations: list[str], times: int = 3) -> None:
+    """Wait until the simulator answered each integration ``times`` more requests after request ``mark``: time
+    enough for any other integration owned by the same replicas to have been asked as often, were it polled."""
+
+    async def polled() -> bool:
+        asked = Counter(r["integration"] for r in await world.requests_after(mark))
+        return all(asked[integration] >= times for integration in integrations)
+
+    await wait_for(polled, 60, f"{', '.join(integrations)} to be polled {times} more time(s)", interval=0.2)

@@ -51,6 +51,8 @@ class Event:
     key: str
     headers: dict[str, bytes]
     body: dict[str, Any]
+    # The Kafka record's timestamp (ms since the epoch): when the relay's producer appended it, by the host's clock.
+    timestamp_ms: int | None = None
 
     @property
     def type(self) -> str:
@@ -89,7 +91,7 @@ class Collector:
                 headers = {name: value for name, value in record.headers}
                 body = orjson.loads(record.value)
                 check_contract(body)  # every event an end-to-end test sees keeps the published contract
-                self.events.append(Event(record.topic, key, headers, body))
+                self.events.append(Event(record.topic, key, headers, body, record.timestamp))
 
     async def wait_for(self, count: int, timeout: float = 30.0) -> list[Event]:
         """Wait until at least ``count`` events arrived; fail with what did arrive otherwise."""

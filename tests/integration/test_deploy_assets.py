@@ -1,18 +1,25 @@
-"""Deploy assets that need no Kafka: the compose file and the local broker's prerequisite checks."""
+"""Deploy assets that need no Kafka: the compose file, the local broker's prerequisite checks, and `make run`'s tour
+as the README tells it."""
 
 from __future__ import annotations
 
+import importlib.util
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
 
+import relay.cli
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "docker-compose.yml"
 LOCAL_KAFKA = REPO / "deploy" / "local-kafka" / "local_kafka.py"
+RUN_LOCAL = REPO / "deploy" / "run-local.py"
 
 
 def docker_compose_available() -> bool:
@@ -78,3 +85,29 @@ def test_missing_maven_is_named(tmp_path: Path) -> None:
     result = run_check(str(tmp_path))
     assert result.returncode != 0
     assert "`mvn` not found" in result.stderr
+
+
+def run_local_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("run_local", RUN_LOCAL)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_tour_adds_a_customer_make_run_serves_but_does_not_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make run` seeds the relay with some integrations and has the simulator serve one more; its banner prints the
+    `relay integrations add` of that one for a second terminal, and the README's quick tour shows that very command,
+    which the relay's CLI accepts."""
+    run_local = run_local_module()
+    seeded, new = run_local.tour_integrations({})
+    assert new not in seeded.split(",")
+    monkeypatch.chdir(REPO)  # where `make run` runs it: the banner shows the relay as .venv/bin/relay
+    command = run_local.add_command("127.0.0.1:9092", new)  # make run's broker, at its default port
+    assert command in (REPO / "README.md").read_text(), command
+    environment, program, *argv = shlex.split(command)
+    assert environment == "RELAY_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092"
+    assert program == ".venv/bin/relay"
+    args = relay.cli.build_parser().parse_args(argv)
+    assert (args.action, args.integration) == ("add", new)
