@@ -117,6 +117,8 @@ class Relay:
         self.heartbeat = Heartbeat()
         webhook_settings = WebhookSettings.from_config(config)  # None: no secret, no endpoint
         self.webhooks = None if webhook_settings is None else WebhookReceiver(webhook_settings, self.scheduler)
+        if self.webhooks is not None:
+            self.webhooks.accepting = False  # until the registry is read and the webhooks' target is set
         if self.webhooks is not None and config.follow_integrations:  # integration webhooks write the registry
             self.webhooks.integrations = RegistryFollower(lambda: self.ownership.registry, self.registry_topic.write)
         self.restored = False
@@ -204,6 +206,8 @@ class Relay:
         await self._prepare_kafka()
         await self.ownership.claim(range(self.config.state_topic_partitions))
         self.restored = True
+        if self.webhooks is not None:
+            self.webhooks.accepting = True
 
     async def _prepare_kafka(self) -> None:
         """What comes before owning anything: Kafka lets this relay in, its topics exist, the producer of the
@@ -300,6 +304,7 @@ class Relay:
             self.webhooks.target = ForwardingTarget(
                 control, resources_of=self.ownership.resources_of, is_paused=self.ownership.is_paused
             )
+            self.webhooks.accepting = True
         self.restored = True  # nothing owned yet; readiness waits for the group's first assignment
         commands = CommandApplier(self.scheduler, control.send)  # relay resnapshot, reconcile, state reset
 

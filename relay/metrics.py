@@ -174,7 +174,7 @@ class Metrics:
         self.webhooks_received = Counter(
             "relay_webhooks_received_total",
             "Kombo webhooks received, by type and outcome (accepted, duplicate, unknown_integration, paused, ignored,"
-            " invalid, unauthorized, too_large).",
+            " invalid, unauthorized, too_large, timeout, busy, unavailable, starting).",
             ["type", "outcome"],
             registry=r,
         )

@@ -28,6 +28,7 @@ WEBHOOK_TYPES: Final = (*HANDLED_TYPES, "other", "unknown")
 #   timeout              408: the body was not read whole within relay.webhooks.BODY_READ_TIMEOUT_SECONDS
 #   busy                 503: relay.webhooks.MAX_WEBHOOKS_IN_FLIGHT webhooks were being handled already
 #   unavailable          503: the action could not be forwarded to the owning replica (Kafka did not acknowledge it)
+#   starting             503: the relay has not read the registry of integrations yet (it is starting)
 WEBHOOK_OUTCOMES: Final = (
     "accepted",
     "duplicate",
@@ -40,4 +41,5 @@ WEBHOOK_OUTCOMES: Final = (
     "timeout",
     "busy",
     "unavailable",
+    "starting",
 )

@@ -19,7 +19,8 @@ The parts, pure (no I/O) unless said otherwise:
 Answers: 200 when handled (acted on, duplicate, or nothing to do), 202 for an integration this relay does not poll,
 400 for malformed JSON or an unknown shape, 401 (empty body) for a missing or wrong signature, 413 for a body over
 the limit, 408 for a body not read whole within 10 seconds, 503 (with Retry-After) beyond 64 webhooks being handled
-or when the action could not be forwarded to the replica owning the integration (:mod:`relay.control`).
+or when the action could not be forwarded to the replica owning the integration (:mod:`relay.control`), and 503
+(with Retry-After) while the relay has not read the registry of integrations yet (:attr:`WebhookReceiver.accepting`).
 The signature is checked before the body is parsed, so nothing unsigned is ever interpreted.
 """
 
@@ -446,6 +447,10 @@ class WebhookReceiver:
         self.target = target
         self.integrations: IntegrationFollower | None = None  # set by the relay when settings.follow_integrations
         self.dedup = DedupWindow(settings.dedup_seconds, clock=clock)
+        # False while the relay has not read the registry of integrations: any answer given then would be a guess
+        # (202 unknown_integration for a seeded integration, an integration webhook judged against an empty
+        # registry), and Kombo does not retry a 2xx. A 503 makes it retry once the relay knows.
+        self.accepting = True
         self._clock = clock
 
     def too_large(self) -> Reply:
@@ -462,7 +467,7 @@ class WebhookReceiver:
         except InvalidWebhook as error:
             return Reply(400, "invalid", type_label(_peek_type(body)), detail=str(error))
         integration = None if isinstance(webhook, OtherWebhook) else webhook.integration_id
-        reply = self._act(webhook, received_at)
+        reply = self._act(webhook, received_at) if self.accepting else Reply(503, "starting")
         return Reply(
             reply.status,
             reply.outcome,

@@ -445,6 +445,23 @@ def test_data_changed_triggers_the_mapped_pairs(target: FakePoller) -> None:
     assert orjson.loads(reply.body()) == {"outcome": "accepted"}
 
 
+def test_a_relay_that_has_not_read_its_registry_asks_kombo_to_retry(target: FakePoller) -> None:
+    receiver = receiver_for(target)
+    receiver.accepting = False
+    reply = deliver(receiver, changed(ACME, "ats_users"))
+    assert (reply.status, reply.outcome, reply.type) == (503, "starting", "data-changed")
+    assert target.triggers == []
+    receiver.accepting = True  # the retry is acted on: the first delivery did not use up its id
+    assert deliver(receiver, changed(ACME, "ats_users")).outcome == "accepted"
+    assert target.pairs() == [(ACME, USERS)]
+
+
+def test_an_unsigned_webhook_is_refused_before_a_starting_relay_answers(target: FakePoller) -> None:
+    receiver = receiver_for(target)
+    receiver.accepting = False
+    assert deliver(receiver, changed(ACME, "ats_users"), secret="wrong").outcome == "unauthorized"
+
+
 def test_data_changed_for_unconfigured_models_is_ignored(target: FakePoller) -> None:
     reply = deliver(receiver_for(target), changed(ACME, "lms_courses"))
     assert (reply.status, reply.outcome) == (200, "ignored")
