@@ -286,9 +286,10 @@ class Relay:
         """Be one replica of a fleet until :meth:`request_stop`: join the consumer group, own what it assigns (its
         partitions' pairs polled by the scheduler, which the caller runs), hand it over when it moves. Webhooks this
         replica receives go to the owner of their integration through the control topic; the triggers of the
-        partitions it owns come back the same way."""
-        await self._prepare_kafka()
-        await self._take_seat()
+        partitions it owns come back the same way. Kafka not ready yet (a topic just created, not in the metadata)
+        is retried as in ``relay run``."""
+        if await self._retrying(self._prepare_kafka):
+            await self._take_seat()
 
     async def _take_seat(self) -> None:
         """Hold a seat in the group until a stop; join again when the seat is lost to a Kafka error. Raises what a
