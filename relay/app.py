@@ -308,6 +308,7 @@ class Relay:
             self.webhooks.accepting = True
         self.restored = True  # nothing owned yet; readiness waits for the group's first assignment
         commands = CommandApplier(self.scheduler, control.send)  # relay resnapshot, reconcile, state reset
+        self.ownership.commands = commands  # a claim runs the commands no owner acknowledged
 
         def on_action(action: ControlAction) -> None:
             if action.kind in COMMAND_KINDS:

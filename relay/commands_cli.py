@@ -7,7 +7,9 @@
 Without --resource a command applies to every resource the integration is polled for. The owner runs it as the
 pair's next poll, once the poll in progress ended, then writes an acknowledgement to the control topic, which the
 command waits for (--timeout, default 60 s; --no-wait sends and returns). A command carries an id: sent twice, it is
-acted on once (within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS).
+acted on once (within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS). A command that no owner acknowledged (sent while no relay
+ran, or handed over before it ran) is run by the partition's next owner, if it comes within that window; one
+acknowledged is never run again.
 
 Each talks only to Kafka, with the configuration of `relay run` (--config, RELAY_*), but needs neither RELAY_API_KEY
 nor RELAY_INTEGRATIONS. It checks the integration is in the registry of integrations (`relay integrations list`),
@@ -21,7 +23,8 @@ Exit status:
   8  Kafka could not be reached, or did not answer, within --timeout (the command was not sent)
   9  the integration is not in the registry, is removed or paused, or is not polled for --resource
   10 sent, but no acknowledgement within --timeout: no relay owns the partition, or it is busy (a long poll of
-     the pair in progress) or was replaced meanwhile; the command may still run
+     the pair in progress) or was replaced meanwhile; the command is kept: the partition's (next) owner runs it
+     if that is within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS of its sending
   11 the owner answered that the command failed (its message says why; a failed resnapshot resumes with the
      pair's next poll)
 """
@@ -331,7 +334,8 @@ def _no_ack(args: argparse.Namespace, command: ControlAction, out: TextIO) -> in
     prog = "relay state reset" if command.kind == "reset" else f"relay {command.kind}"
     print(
         f"{prog}: command {command.command_id} was sent, but no owner acknowledged it within {args.timeout:g} s "
-        "(no relay running, a long poll in progress, or a handover meanwhile); it may still run",
+        "(no relay running, a long poll in progress, or a handover meanwhile); it is kept: the partition's owner "
+        "runs it if it comes within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS of now",
         file=sys.stderr,
     )
     return EXIT_NO_ACK

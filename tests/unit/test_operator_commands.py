@@ -1,6 +1,7 @@
 """Operators' commands, the pure parts: the command and ack records, the resnapshot rule of the diff engine, the
 tombstones of a reset read back, and the scheduler running commands in order with a pair's polls (a real Scheduler
-behind the real ReloadGate, its poll a script), acknowledged once per command."""
+behind the real ReloadGate, its poll a script), acknowledged once per command, or left unacknowledged to the next
+owner when handed over."""
 
 from __future__ import annotations
 
@@ -238,3 +239,50 @@ async def test_a_command_for_a_paused_integration_is_answered_with_an_error() ->
     assert "paused" in (sent[0].message or "")
     poller.stop()
     await asyncio.wait_for(runner, 10)
+
+
+async def test_a_command_handed_over_or_stopped_before_it_ran_is_left_to_the_next_owner_without_an_ack() -> None:
+    poller = ScriptedPoller(config())
+    sent: list[ControlAction] = []
+
+    async def send(action: ControlAction) -> None:
+        sent.append(action)
+
+    applier = CommandApplier(poller, send)
+    runner = asyncio.create_task(poller.run(grace_seconds=5))
+    await wait_until(lambda: len(poller.ran) == 2, "the first polls")
+    await quiescent()
+    poller.hold.clear()
+    poller.trigger(ACME, USERS)  # a poll in progress, held: the command waits behind it
+    await quiescent()
+    applier.apply(ControlAction("resnapshot", ACME, (), None, 0, "c1"))
+    await quiescent()
+    # The partition is handed over: the held poll is cancelled after the grace, the commands never run here.
+    await poller.disown([(ACME, USERS), (ACME, EMPLOYEES)], 0.01)
+    await applier.flush()
+    assert sent == []  # no ack: the next owner finds the command unacknowledged and runs it
+    assert ("ats/users", "resnapshot") not in poller.ran
+
+    # Owned again, then removed from the registry: a command not run for that gets its error at once.
+    poller.own([(ACME, USERS)])
+    poller.hold.set()
+    await wait_until(lambda: not poller.status[(ACME, USERS)].polling, "the pair to be idle")
+    poller.hold.clear()
+    poller.trigger(ACME, USERS)
+    await quiescent()
+    applier.apply(ControlAction("reconcile", ACME, (), None, 0, "c2"))
+    await poller.disown([(ACME, USERS)], 0.01, handing_over=False)
+    await applier.flush()
+    assert [(a.command_id, a.outcome) for a in sent] == [("c2", "error")]
+    assert "removed" in (sent[0].message or "")
+
+    # And a relay stopping leaves its queued commands to the next owner too.
+    poller.own([(ACME, USERS)])
+    await quiescent()
+    applier.apply(ControlAction("reset", ACME, (), None, 0, "c3"))  # behind the held poll
+    poller.stop()
+    poller.hold.set()  # the held poll ends; the stopping pair runs nothing more
+    await asyncio.wait_for(runner, 10)
+    await applier.flush()
+    assert [a.command_id for a in sent] == ["c2"]
+    assert ("ats/users", "reset") not in poller.ran
