@@ -1,10 +1,12 @@
 """Operators' commands on the owner: ``resnapshot``, ``reconcile`` and ``reset`` of a pair, delivered by the control
-topic, run by the scheduler as the pair's next poll, and acknowledged on the control topic.
+topic, run by the scheduler as the pair's next poll, and acknowledged on the control topic; and the owner's
+acknowledgements of the changes of the registry of integrations it applied.
 
 What belongs here: what the owner does with a delivered command (:class:`CommandApplier`: queue it on the pairs it
-names, gather their outcomes, write one ``ack`` record) and the ack's wording. Not the record format
-(:class:`relay.control.ControlAction`), nor when a pair polls (:mod:`relay.scheduler`), nor the polls themselves
-(:mod:`relay.pipeline`); the CLI that sends commands and waits for their ack is :mod:`relay.commands_cli`.
+names, gather their outcomes, write one ``ack`` record), the acks of registry changes, and the acks' wording. Not the
+record format (:class:`relay.control.ControlAction`), nor when a pair polls (:mod:`relay.scheduler`), nor the polls
+themselves (:mod:`relay.pipeline`); the CLIs that wait for the acks are :mod:`relay.commands_cli` and
+:mod:`relay.registry_cli`.
 
 A command is de-duplicated by its id like a webhook by its id (:class:`relay.control.PartitionWindow`), so one sent
 twice is acted on once. The ack says ``ok`` once the work of every pair committed, ``error`` once every pair is done
@@ -27,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
-from relay.control import ControlAction
+from relay.control import ControlAction, registry_ack_id
 from relay.errors import KafkaUnavailable
+from relay.registry import RegistryChange
 from relay.scheduler import CommandHandedOver, CommandNotRun, Scheduler
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,30 @@ class CommandApplier:
             )
         else:
             command.expect(resources)
+
+    def registry_applied(self, changes: Iterable[RegistryChange], owns: Callable[[str], bool]) -> None:
+        """Acknowledge the changes of the registry of integrations this replica just applied to the integrations it
+        owns (``owns``), for ``relay integrations`` waiting for them: one ``ack`` per change, its command id naming
+        the registry record (:func:`relay.control.registry_ack_id`)."""
+        for change in changes:
+            if change.after is None or not owns(change.integration):
+                continue  # a tombstone written by hand: nobody waits for it
+            message = _REGISTRY_DONE[change.kind]
+            ack = ControlAction(
+                "ack",
+                change.integration,
+                (),
+                None,
+                round(time.time() * 1000),
+                registry_ack_id(change.after.revision),
+                "ok",
+                message,
+            )
+            log.info(
+                "registry change acknowledged",
+                extra={"integration": change.integration, "change": change.kind, "revision": change.after.revision},
+            )
+            self._send_later(ack)
 
     def _ack(self, action: ControlAction, outcome: str, message: str) -> None:
         ack = ControlAction(
@@ -194,6 +221,17 @@ class _Command:
                 self._left(self._action, message)
             else:
                 self._ack(self._action, "ok", message)
+
+
+# What the owner did applying a change of the registry to an integration of a partition it owns.
+_REGISTRY_DONE: Final = {
+    "added": "polling started",
+    "removed": "polling stopped",
+    "paused": "polling paused",
+    "resumed": "polling resumed",
+    "updated": "its resources applied",
+    "forgotten": "polling stopped",
+}
 
 
 def describe(kind: str, result: object) -> str:

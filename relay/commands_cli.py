@@ -41,6 +41,7 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Final, TextIO
 
 import orjson
@@ -166,7 +167,7 @@ async def _run(config: Config, args: argparse.Namespace, kind: str, prog: str, o
         async with asyncio.timeout(args.timeout):
             await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=args.timeout)
             resources = await _check_registry(config, args, timeout=args.timeout)
-            async with _ControlClient(config, partition) as client:
+            async with ControlClient(config, partition) as client:
                 await client.send(command)
                 sent = True
                 _print_sent(config, args, command, resources, partition, out)
@@ -225,13 +226,21 @@ async def _check_registry(config: Config, args: argparse.Namespace, *, timeout: 
     return tuple(resources)
 
 
-class _ControlClient:
-    """A producer for the command and a consumer of its partition of the control topic, from before it was sent."""
+class ControlTopicMissing(KafkaUnavailable):
+    """The control topic, or its partition for the integration, does not exist: no relay of this configuration ran."""
 
-    def __init__(self, config: Config, partition: int) -> None:
+
+class ControlClient:
+    """A producer for the command (unless ``sending`` is False) and a consumer of one partition of the control topic,
+    from its end when entered: whatever is written after, an ack included, is read. ``relay integrations`` uses one
+    too, entered before it writes the registry, to wait for the owner's ack of the change."""
+
+    def __init__(self, config: Config, partition: int, *, sending: bool = True) -> None:
         self._config = config
         self._tp = TopicPartition(config.control_topic, partition)
-        self._producer = AIOKafkaProducer(**config.kafka_client_kwargs(), acks="all", enable_idempotence=False)
+        self._producer = (
+            AIOKafkaProducer(**config.kafka_client_kwargs(), acks="all", enable_idempotence=False) if sending else None
+        )
         self._consumer = AIOKafkaConsumer(
             **config.kafka_client_kwargs(),
             group_id=None,
@@ -240,7 +249,7 @@ class _ControlClient:
             fetch_max_wait_ms=200,
         )
 
-    async def __aenter__(self) -> _ControlClient:
+    async def __aenter__(self) -> ControlClient:
         try:
             await self._consumer.start()
             partitions = self._consumer.partitions_for_topic(self._tp.topic)
@@ -248,14 +257,15 @@ class _ControlClient:
                 await self._consumer._client.force_metadata_update()
                 partitions = self._consumer.partitions_for_topic(self._tp.topic)
             if not partitions or self._tp.partition not in partitions:
-                raise KafkaUnavailable(
+                raise ControlTopicMissing(
                     f"the control topic {self._tp.topic!r} has no partition {self._tp.partition}: has a relay of "
                     "this configuration ever run?"
                 )
             self._consumer.assign([self._tp])
             end = (await self._consumer.end_offsets([self._tp]))[self._tp]
             self._consumer.seek(self._tp, end)  # the ack comes after the command, which comes after this
-            await self._producer.start()
+            if self._producer is not None:
+                await self._producer.start()
         except BaseException:
             await self.__aexit__()
             raise
@@ -263,15 +273,23 @@ class _ControlClient:
 
     async def __aexit__(self, *_: object) -> None:
         for client in (self._producer, self._consumer):
+            if client is None:
+                continue
             with contextlib.suppress(Exception):  # a client that never started, or a broker gone
                 await asyncio.wait_for(client.stop(), 5.0)
 
     async def send(self, command: ControlAction) -> None:
+        if self._producer is None:
+            raise RuntimeError("this ControlClient was made with sending=False")
         key = command.integration.encode()
         await self._producer.send_and_wait(self._tp.topic, command.encode(), key=key, partition=self._tp.partition)
 
     async def wait_for_ack(self, command_id: str, deadline: float) -> ControlAction:
         """The owner's ack of ``command_id``; raises TimeoutError at ``deadline``."""
+        return await self.wait_for(lambda ack: ack.command_id == command_id, deadline)
+
+    async def wait_for(self, answers: Callable[[ControlAction], bool], deadline: float) -> ControlAction:
+        """The first ack read that ``answers`` accepts; raises TimeoutError at ``deadline``."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -282,7 +300,7 @@ class _ControlClient:
                     action = ControlAction.decode(record.value)
                 except UnreadableAction:
                     continue
-                if action.kind == "ack" and action.command_id == command_id:
+                if action.kind == "ack" and answers(action):
                     return action
 
 

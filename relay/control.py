@@ -168,6 +168,24 @@ class ControlAction(NamedTuple):
         return cls(kind, integration, tuple(resources), webhook_id, received_at_ms, command_id, outcome, message)
 
 
+REGISTRY_ACK_PREFIX: Final = "registry:"
+
+
+def registry_ack_id(revision: int) -> str:
+    """The command id of the ack an owner writes once it applied the registry record at offset ``revision`` (in its
+    partition of the registry topic) to an integration it owns; ``relay integrations`` waits for it."""
+    return f"{REGISTRY_ACK_PREFIX}{revision}"
+
+
+def registry_revision_acked(ack: ControlAction) -> int | None:
+    """The registry revision ``ack`` acknowledges, or None when it acknowledges an operator's command."""
+    command_id = ack.command_id or ""
+    if ack.kind != "ack" or not command_id.startswith(REGISTRY_ACK_PREFIX):
+        return None
+    text = command_id.removeprefix(REGISTRY_ACK_PREFIX)
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def wall_ms_of(monotonic_at: float, *, now: float | None = None, wall_now: float | None = None) -> int:
     """The Unix time (ms) of a ``time.monotonic()`` reading: how webhooks' arrival times cross processes."""
     now = time.monotonic() if now is None else now

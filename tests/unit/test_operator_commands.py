@@ -1,7 +1,7 @@
 """Operators' commands, the pure parts: the command and ack records, the resnapshot rule of the diff engine, the
 tombstones of a reset read back, and the scheduler running commands in order with a pair's polls (a real Scheduler
 behind the real ReloadGate, its poll a script), acknowledged once per command, or left unacknowledged to the next
-owner when handed over."""
+owner when handed over; and the owner's acks of the registry changes it applied."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ import pytest
 from relay import diff
 from relay.commands import CommandApplier
 from relay.config import Config, load_config
-from relay.control import ControlAction, UnreadableAction
+from relay.control import ControlAction, UnreadableAction, registry_ack_id, registry_revision_acked
 from relay.diff import ShapeTable
 from relay.metrics import Metrics
 from relay.pipeline import PollOutcome
+from relay.registry import RegistryChange, RegistryEntry
 from relay.reload_gate import ReloadGate
 from relay.scheduler import Scheduler
 from relay.state import Checkpoint, StateStore
@@ -286,3 +287,31 @@ async def test_a_command_handed_over_or_stopped_before_it_ran_is_left_to_the_nex
     await applier.flush()
     assert [a.command_id for a in sent] == ["c2"]
     assert ("ats/users", "reset") not in poller.ran
+
+
+def entry(integration: str, revision: int, *, paused: bool = False, removed: bool = False) -> RegistryEntry:
+    return RegistryEntry(integration, None, None, paused, removed, T0, "test", T1, "test", revision)
+
+
+async def test_the_owner_acknowledges_the_registry_changes_of_the_integrations_it_owns_only() -> None:
+    sent: list[ControlAction] = []
+
+    async def send(action: ControlAction) -> None:
+        sent.append(action)
+
+    applier = CommandApplier(Scheduler(config(), ReloadGate(None, None), Metrics()), send)  # type: ignore[arg-type]
+    changes = [
+        RegistryChange(ACME, None, entry(ACME, 7)),
+        RegistryChange("personio:elsewhere", None, entry("personio:elsewhere", 8)),
+        RegistryChange("personio:paused", entry("personio:paused", 2), entry("personio:paused", 9, paused=True)),
+        RegistryChange("personio:gone", entry("personio:gone", 3), None),  # a tombstone: nobody waits for it
+    ]
+    applier.registry_applied(changes, owns=lambda integration: integration != "personio:elsewhere")
+    await applier.flush()
+    assert [(a.integration, a.command_id, a.outcome, a.message) for a in sent] == [
+        (ACME, registry_ack_id(7), "ok", "polling started"),
+        ("personio:paused", registry_ack_id(9), "ok", "polling paused"),
+    ]
+    assert [registry_revision_acked(a) for a in sent] == [7, 9]
+    assert all(ControlAction.decode(a.encode()) == a for a in sent)  # a record older CLIs read (and skip)
+    assert registry_revision_acked(ControlAction("ack", ACME, (), None, 0, "c1", "ok", "")) is None
