@@ -172,6 +172,9 @@ async def _run(config: Config, args: argparse.Namespace, kind: str, prog: str, o
                 sent = True
                 _print_sent(config, args, command, resources, partition, out)
                 if args.no_wait:
+                    if args.json:  # what was sent, its command id above all: nothing else says it
+                        out.write(orjson.dumps(_document(args, command, None), option=orjson.OPT_INDENT_2).decode())
+                        out.write("\n")
                     return EXIT_OK
                 ack = await client.wait_for_ack(command.command_id or "", deadline)
     except TimeoutError:
