@@ -285,3 +285,32 @@ async def test_a_command_no_owner_acknowledged_is_run_once_by_the_next_owner_and
             await events.settle()
         assert len(of_reason(events, "resnapshot")) == len(live)
         assert len(await control_acks(world, config, command_id)) == 1
+
+
+async def test_a_command_its_owner_stopped_while_it_ran_is_finished_by_the_next_owner_each_record_once(
+    world: World, cli_environ: None
+) -> None:
+    await event_topics(world)
+    config = world.config(state_topic_partitions=str(PARTITIONS))
+    async with collect(world.bootstrap_servers, world.topics()) as events:
+        async with replica(world) as first:
+            await started(world, events, first)
+            world.sim.faults.inject("stall", count=1, integration=ACME)  # the resnapshot's first page never comes
+            code, printed = await command("resnapshot", ACME, "--no-wait")
+            assert code == 0
+            assert printed is not None
+            command_id = printed["command_id"]
+            await wait_until(lambda: not world.sim.faults.active, 30, "the resnapshot's first request")
+            assert first.scheduler.status[(ACME, USERS)].polling
+        # The owner stopped in the middle: the command was interrupted, not acknowledged.
+        assert await control_acks(world, config, command_id) == []
+        assert of_reason(events, "resnapshot") == []
+
+        live = live_ids(world)
+        async with replica(world) as second:  # the next owner runs it, to the end
+            await wait_for_events(events, lambda: len(of_reason(events, "resnapshot")) >= len(live), "the resnapshot")
+            await wait_until(lambda: not second.scheduler.status[(ACME, USERS)].polling, 30, "the resnapshot to end")
+        [ack] = await control_acks(world, config, command_id)
+        assert ack.outcome == "ok"
+        await events.settle()
+        assert sorted(of_reason(events, "resnapshot")) == sorted(live)  # each live record once, over both owners
