@@ -275,7 +275,7 @@ async def _run(
 async def _owner_acks(config: Config, args: argparse.Namespace) -> AsyncIterator[ControlClient | None]:
     """A reader of the integration's partition of the control topic, from its end; None with --no-wait, or when no
     relay ever created the control topic (then nobody can acknowledge: the command says so, after writing)."""
-    if args.no_wait:
+    if _no_wait(args):
         yield None
         return
     partition = partition_for_key(args.integration.encode(), config.state_topic_partitions)
@@ -289,6 +289,11 @@ async def _owner_acks(config: Config, args: argparse.Namespace) -> AsyncIterator
         yield client
     finally:
         await client.__aexit__()
+
+
+def _no_wait(args: argparse.Namespace) -> bool:
+    # Callers that build their own arguments (not argparse's) from before --no-wait existed wait, as the CLI does.
+    return bool(getattr(args, "no_wait", False))
 
 
 def _acknowledges(written: RegistryEntry) -> Callable[[ControlAction], bool]:
@@ -307,7 +312,7 @@ def _unacknowledged(
 ) -> int:
     """Written, and not waited for: --no-wait (done), or no control topic (exit 10 at once: nobody to answer)."""
     _print_edit(config, args, before, written, out=out)
-    if args.no_wait:
+    if _no_wait(args):
         return EXIT_OK
     print(
         f"{PROG} {args.action}: no relay of this configuration has run yet (the control topic {config.control_topic} "
