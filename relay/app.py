@@ -108,6 +108,7 @@ class Relay:
         )
         self.membership: Membership | None = None  # in a fleet: this replica's seat in the consumer group
         self.control: ControlChannel | None = None  # in a fleet: webhook triggers to and from the owners
+        self.commands: CommandApplier | None = None  # in a fleet: operators' commands run, registry changes acked
         self.metrics.state_partitions.set(config.state_topic_partitions)
         self.registry_topic = RegistryTopic(config)
         # Read at each scrape, from what is remembered: no pair can hide another. The resources of RELAY_RESOURCES*;
@@ -248,6 +249,8 @@ class Relay:
                                 },
                             )
                         await self.ownership.apply_registry(update.registry, update.changes)
+                        if self.commands is not None:  # for `relay integrations`, waiting for the owner
+                            self.commands.registry_applied(update.changes, self._owns)
                         delay = 1.0
                 return  # the topic was closed: the relay is stopping
             except asyncio.CancelledError:
@@ -261,6 +264,9 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._leaving.wait(), delay)
             delay = min(delay * 2, 30.0)
+
+    def _owns(self, integration: str) -> bool:
+        return self.store.partition_of(integration) in self.ownership.owned
 
     async def _retrying(self, step: Callable[[], Awaitable[None]]) -> bool:
         """Run ``step`` until it succeeds (True) or a stop is requested (False), with backoff while Kafka is not
@@ -308,6 +314,7 @@ class Relay:
             self.webhooks.accepting = True
         self.restored = True  # nothing owned yet; readiness waits for the group's first assignment
         commands = CommandApplier(self.scheduler, control.send)  # relay resnapshot, reconcile, state reset
+        self.commands = self.ownership.commands = commands
 
         def on_action(action: ControlAction) -> None:
             if action.kind in COMMAND_KINDS:

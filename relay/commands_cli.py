@@ -7,7 +7,9 @@
 Without --resource a command applies to every resource the integration is polled for. The owner runs it as the
 pair's next poll, once the poll in progress ended, then writes an acknowledgement to the control topic, which the
 command waits for (--timeout, default 60 s; --no-wait sends and returns). A command carries an id: sent twice, it is
-acted on once (within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS).
+acted on once (within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS). A command that no owner acknowledged (sent while no relay
+ran, or handed over before it ran) is run by the partition's next owner, if it comes within that window; one
+acknowledged is never run again.
 
 Each talks only to Kafka, with the configuration of `relay run` (--config, RELAY_*), but needs neither RELAY_API_KEY
 nor RELAY_INTEGRATIONS. It checks the integration is in the registry of integrations (`relay integrations list`),
@@ -21,7 +23,8 @@ Exit status:
   8  Kafka could not be reached, or did not answer, within --timeout (the command was not sent)
   9  the integration is not in the registry, is removed or paused, or is not polled for --resource
   10 sent, but no acknowledgement within --timeout: no relay owns the partition, or it is busy (a long poll of
-     the pair in progress) or was replaced meanwhile; the command may still run
+     the pair in progress) or was replaced meanwhile; the command is kept: the partition's (next) owner runs it
+     if that is within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS of its sending
   11 the owner answered that the command failed (its message says why; a failed resnapshot resumes with the
      pair's next poll)
 """
@@ -38,6 +41,7 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Final, TextIO
 
 import orjson
@@ -163,11 +167,14 @@ async def _run(config: Config, args: argparse.Namespace, kind: str, prog: str, o
         async with asyncio.timeout(args.timeout):
             await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=args.timeout)
             resources = await _check_registry(config, args, timeout=args.timeout)
-            async with _ControlClient(config, partition) as client:
+            async with ControlClient(config, partition) as client:
                 await client.send(command)
                 sent = True
                 _print_sent(config, args, command, resources, partition, out)
                 if args.no_wait:
+                    if args.json:  # what was sent, its command id above all: nothing else says it
+                        out.write(orjson.dumps(_document(args, command, None), option=orjson.OPT_INDENT_2).decode())
+                        out.write("\n")
                     return EXIT_OK
                 ack = await client.wait_for_ack(command.command_id or "", deadline)
     except TimeoutError:
@@ -222,13 +229,21 @@ async def _check_registry(config: Config, args: argparse.Namespace, *, timeout: 
     return tuple(resources)
 
 
-class _ControlClient:
-    """A producer for the command and a consumer of its partition of the control topic, from before it was sent."""
+class ControlTopicMissing(KafkaUnavailable):
+    """The control topic, or its partition for the integration, does not exist: no relay of this configuration ran."""
 
-    def __init__(self, config: Config, partition: int) -> None:
+
+class ControlClient:
+    """A producer for the command (unless ``sending`` is False) and a consumer of one partition of the control topic,
+    from its end when entered: whatever is written after, an ack included, is read. ``relay integrations`` uses one
+    too, entered before it writes the registry, to wait for the owner's ack of the change."""
+
+    def __init__(self, config: Config, partition: int, *, sending: bool = True) -> None:
         self._config = config
         self._tp = TopicPartition(config.control_topic, partition)
-        self._producer = AIOKafkaProducer(**config.kafka_client_kwargs(), acks="all", enable_idempotence=False)
+        self._producer = (
+            AIOKafkaProducer(**config.kafka_client_kwargs(), acks="all", enable_idempotence=False) if sending else None
+        )
         self._consumer = AIOKafkaConsumer(
             **config.kafka_client_kwargs(),
             group_id=None,
@@ -237,7 +252,7 @@ class _ControlClient:
             fetch_max_wait_ms=200,
         )
 
-    async def __aenter__(self) -> _ControlClient:
+    async def __aenter__(self) -> ControlClient:
         try:
             await self._consumer.start()
             partitions = self._consumer.partitions_for_topic(self._tp.topic)
@@ -245,14 +260,15 @@ class _ControlClient:
                 await self._consumer._client.force_metadata_update()
                 partitions = self._consumer.partitions_for_topic(self._tp.topic)
             if not partitions or self._tp.partition not in partitions:
-                raise KafkaUnavailable(
+                raise ControlTopicMissing(
                     f"the control topic {self._tp.topic!r} has no partition {self._tp.partition}: has a relay of "
                     "this configuration ever run?"
                 )
             self._consumer.assign([self._tp])
             end = (await self._consumer.end_offsets([self._tp]))[self._tp]
             self._consumer.seek(self._tp, end)  # the ack comes after the command, which comes after this
-            await self._producer.start()
+            if self._producer is not None:
+                await self._producer.start()
         except BaseException:
             await self.__aexit__()
             raise
@@ -260,15 +276,23 @@ class _ControlClient:
 
     async def __aexit__(self, *_: object) -> None:
         for client in (self._producer, self._consumer):
+            if client is None:
+                continue
             with contextlib.suppress(Exception):  # a client that never started, or a broker gone
                 await asyncio.wait_for(client.stop(), 5.0)
 
     async def send(self, command: ControlAction) -> None:
+        if self._producer is None:
+            raise RuntimeError("this ControlClient was made with sending=False")
         key = command.integration.encode()
         await self._producer.send_and_wait(self._tp.topic, command.encode(), key=key, partition=self._tp.partition)
 
     async def wait_for_ack(self, command_id: str, deadline: float) -> ControlAction:
         """The owner's ack of ``command_id``; raises TimeoutError at ``deadline``."""
+        return await self.wait_for(lambda ack: ack.command_id == command_id, deadline)
+
+    async def wait_for(self, answers: Callable[[ControlAction], bool], deadline: float) -> ControlAction:
+        """The first ack read that ``answers`` accepts; raises TimeoutError at ``deadline``."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -279,7 +303,7 @@ class _ControlClient:
                     action = ControlAction.decode(record.value)
                 except UnreadableAction:
                     continue
-                if action.kind == "ack" and action.command_id == command_id:
+                if action.kind == "ack" and answers(action):
                     return action
 
 
@@ -331,7 +355,8 @@ def _no_ack(args: argparse.Namespace, command: ControlAction, out: TextIO) -> in
     prog = "relay state reset" if command.kind == "reset" else f"relay {command.kind}"
     print(
         f"{prog}: command {command.command_id} was sent, but no owner acknowledged it within {args.timeout:g} s "
-        "(no relay running, a long poll in progress, or a handover meanwhile); it may still run",
+        "(no relay running, a long poll in progress, or a handover meanwhile); it is kept: the partition's owner "
+        "runs it if it comes within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS of now",
         file=sys.stderr,
     )
     return EXIT_NO_ACK

@@ -15,6 +15,11 @@ of a webhook id within ``RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS`` (by record timestam
 duplicates" gives the same answer whoever reads it and whenever: a new owner (or a restarted one) rebuilds the window
 from the records of the last window (``offsets_for_times``) before delivering anything newer. So a webhook Kombo
 retried to another replica, or delivered again after the owner restarted, is acted on once.
+
+Reading that window, a new owner also finds the operators' commands no owner acknowledged (an ``ack`` record with
+their command id after them): sent while no replica owned the partition, or left by the former owner, which does not
+acknowledge a command it handed over before running it. :meth:`ControlChannel.own` returns them, so that the new owner
+runs them (:mod:`relay.commands`); a command acknowledged once is never run again by a later owner.
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ FETCH_MAX_WAIT_MS: Final = 500
 # a wake-up of every idle replica 5 times a second); what it waits for (a fetch's answer, an assignment, a consumed
 # batch) wakes it at once anyway.
 FETCHER_IDLE_WAKE_MS: Final = 5_000
+# How long own() may take to read a partition's last window (a day of triggers at most: the topic's retention) before
+# the claim is retried; a healthy broker serves it in well under a second.
+REBUILD_TIMEOUT_SECONDS: Final = 60.0
 # A bound on the webhook ids remembered per partition, whatever the window: the oldest go first.
 MAX_DEDUP_ENTRIES: Final = 100_000
 MAX_RESOURCES: Final = 256
@@ -160,6 +168,24 @@ class ControlAction(NamedTuple):
         return cls(kind, integration, tuple(resources), webhook_id, received_at_ms, command_id, outcome, message)
 
 
+REGISTRY_ACK_PREFIX: Final = "registry:"
+
+
+def registry_ack_id(revision: int) -> str:
+    """The command id of the ack an owner writes once it applied the registry record at offset ``revision`` (in its
+    partition of the registry topic) to an integration it owns; ``relay integrations`` waits for it."""
+    return f"{REGISTRY_ACK_PREFIX}{revision}"
+
+
+def registry_revision_acked(ack: ControlAction) -> int | None:
+    """The registry revision ``ack`` acknowledges, or None when it acknowledges an operator's command."""
+    command_id = ack.command_id or ""
+    if ack.kind != "ack" or not command_id.startswith(REGISTRY_ACK_PREFIX):
+        return None
+    text = command_id.removeprefix(REGISTRY_ACK_PREFIX)
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def wall_ms_of(monotonic_at: float, *, now: float | None = None, wall_now: float | None = None) -> int:
     """The Unix time (ms) of a ``time.monotonic()`` reading: how webhooks' arrival times cross processes."""
     now = time.monotonic() if now is None else now
@@ -229,7 +255,6 @@ class ControlChannel:
         self._consumer: AIOKafkaConsumer | None = None
         self._consumer_lock = asyncio.Lock()  # getmany, assign and seek never interleave
         self._windows: dict[int, PartitionWindow] = {}  # per owned partition
-        self._deliver_from: dict[int, int] = {}  # per owned partition: records before this offset only fill the window
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._getting: asyncio.Future[Any] | None = None  # follow()'s getmany in progress, which _taken() ends
@@ -348,15 +373,20 @@ class ControlChannel:
         self._stopping_clients.add(task)
         task.add_done_callback(self._stopping_clients.discard)
 
-    async def own(self, partitions: Iterable[int]) -> None:
+    async def own(self, partitions: Iterable[int]) -> list[ControlAction]:
         """Deliver the actions of ``partitions`` too: those that arrive from now on, de-duplicated against the
-        records of the last window, which are read first without being delivered (the new owner polls at once
-        anyway, so old triggers are not replayed)."""
+        records of the last window, which are read here first, before it returns, without being delivered (the new
+        owner polls at once anyway, so old triggers are not replayed).
+
+        Returns the operators' commands of that window that no owner acknowledged, in the order sent: sent while no
+        replica owned the partition, or left by the former owner at a handover before they ran. The caller runs them
+        once it polls their pairs, before anything newer is delivered. Raises KafkaUnavailable when the window cannot
+        be read within REBUILD_TIMEOUT_SECONDS (nothing of ``partitions`` is owned then)."""
         consumer = self._require_consumer()
         async with self._taken():
             new = sorted(set(partitions) - set(self._windows))
             if not new:
-                return
+                return []
             added = [TopicPartition(self._topic, p) for p in new]
             ends = await consumer.end_offsets(added)
             starts = dict(ends)
@@ -364,16 +394,60 @@ class ControlChannel:
                 since = round(time.time() * 1000) - self._window_ms
                 found = await consumer.offsets_for_times(dict.fromkeys(added, since))
                 starts.update({tp: at.offset for tp, at in found.items() if at is not None})
-            await self._reassign(consumer, [*self._windows, *new])
-            for tp in added:
-                consumer.seek(tp, starts[tp])
-                self._windows[tp.partition] = PartitionWindow(self._window_ms)
-                self._deliver_from[tp.partition] = ends[tp]
+            before = list(self._windows)
+            await self._reassign(consumer, [*before, *new])
+            windows = {tp.partition: PartitionWindow(self._window_ms) for tp in added}
+            try:
+                unanswered = [
+                    action
+                    for tp in added
+                    for action in await self._rebuild(consumer, tp, starts[tp], ends[tp], windows[tp.partition])
+                ]
+            except BaseException:
+                await self._reassign(consumer, before)  # owning none of them, as before
+                raise
+            self._windows.update(windows)
+        for action in unanswered:
+            self._metrics.control_actions.labels(action.kind, "replayed").inc()
         log.info(
             "control partitions owned",
-            extra={"partitions": new, "rebuild_records": sum(ends[tp] - starts[tp] for tp in added)},
+            extra={
+                "partitions": new,
+                "rebuild_records": sum(ends[tp] - starts[tp] for tp in added),
+                "unacknowledged_commands": [action.command_id for action in unanswered],
+            },
         )
         self._changed.set()
+        return unanswered
+
+    async def _rebuild(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, window: PartitionWindow
+    ) -> list[ControlAction]:
+        """Read ``tp`` from ``start`` to ``end`` (exclusive) into ``window``; return the commands read that no ack
+        read after them answers. Never reads past ``end``: what comes later is follow()'s to deliver."""
+        consumer.seek(tp, start)
+        unanswered: OrderedDict[str, ControlAction] = OrderedDict()  # by command id
+        try:
+            async with asyncio.timeout(REBUILD_TIMEOUT_SECONDS):
+                while (position := await consumer.position(tp)) < end:
+                    batches = await consumer.getmany(tp, timeout_ms=FETCH_MAX_WAIT_MS * 2, max_records=end - position)
+                    for record in batches.get(tp, []):
+                        action = self._decode(tp.partition, record, count=False)
+                        if action is None:
+                            continue
+                        if action.kind == "ack":
+                            unanswered.pop(action.command_id or "", None)
+                            continue
+                        key = action.dedup_key
+                        first = key is not None and not window.seen(key, record.timestamp)
+                        if first and action.kind in COMMAND_KINDS and action.command_id is not None:
+                            unanswered[action.command_id] = action
+        except (KafkaError, TimeoutError) as exc:
+            raise KafkaUnavailable(
+                f"cannot read partition {tp.partition} of the control topic {self._topic!r} to its end {end}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return list(unanswered.values())
 
     async def disown(self, partitions: Iterable[int]) -> None:
         """Stop delivering the actions of ``partitions``; returns once none of them will be delivered any more."""
@@ -385,7 +459,6 @@ class ControlChannel:
             await self._reassign(consumer, [p for p in self._windows if p not in gone])
             for partition in gone:
                 del self._windows[partition]
-                del self._deliver_from[partition]
         log.info("control partitions disowned", extra={"partitions": sorted(gone)})
         self._changed.set()
 
@@ -452,11 +525,8 @@ class ControlChannel:
         finally:
             self._wanted -= 1
 
-    def _handle(self, partition: int, record: Any, on_action: Callable[[ControlAction], None]) -> None:
-        window = self._windows.get(partition)
-        if window is None:  # disowned meanwhile (cannot happen under the lock; cheap to be sure)
-            return
-        deliver = record.offset >= self._deliver_from[partition]
+    def _decode(self, partition: int, record: Any, *, count: bool = True) -> ControlAction | None:
+        """The action of a record of ``partition``; None (logged and counted, if ``count``) when it is unreadable."""
         try:
             action = ControlAction.decode(record.value)
             if self._partition_of(action.integration) != partition:
@@ -464,20 +534,26 @@ class ControlChannel:
                     f"integration {action.integration[:128]!r} does not belong to partition {partition}"
                 )
         except UnreadableAction as exc:
-            if deliver:
+            if count:
                 self._metrics.control_actions.labels("unknown", "unreadable").inc()
                 log.warning(
                     "unreadable control record skipped",
                     extra={"topic": self._topic, "partition": partition, "offset": record.offset, "error": str(exc)},
                 )
+            return None
+        return action
+
+    def _handle(self, partition: int, record: Any, on_action: Callable[[ControlAction], None]) -> None:
+        window = self._windows.get(partition)
+        if window is None:  # disowned meanwhile (cannot happen under the lock; cheap to be sure)
+            return
+        action = self._decode(partition, record)
+        if action is None:
             return
         if action.kind == "ack":  # this owner's own answers (or a former owner's): for `relay` commands to read
             return
         key = action.dedup_key
-        duplicate = key is not None and window.seen(key, record.timestamp)
-        if not deliver:
-            return
-        if duplicate:
+        if key is not None and window.seen(key, record.timestamp):
             self._metrics.control_actions.labels(action.kind, "duplicate").inc()
             log.debug("duplicate control action", extra={"integration": action.integration, "id": key})
             return

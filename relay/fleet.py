@@ -6,9 +6,11 @@ placed in the partitions it owns (``murmur2(integration) % RELAY_STATE_TOPIC_PAR
 no leader of our own, no database.
 
 * Claiming a partition opens its producer (``{RELAY_TRANSACTIONAL_ID}-{partition}``), which fences the previous
-  owner's for that partition; then reads the partition's state to its end; then polls its pairs.
+  owner's for that partition; then reads the partition's state to its end, and the last window of its control
+  partition; then polls its pairs, the operators' commands no owner acknowledged first.
 * Handing one over stops taking pages for its pairs, lets pages in flight commit within
-  ``RELAY_SHUTDOWN_GRACE_SECONDS`` (else aborts them), closes the producer and forgets the state.
+  ``RELAY_SHUTDOWN_GRACE_SECONDS`` (else aborts them), waits for the acks of the commands that ran, closes the
+  producer and forgets the state.
 * aiokafka speaks the group protocol's eager form only (every member gives up all its partitions at each rebalance;
   cooperative rebalancing is not implemented there), so the sticky assignor keeps partitions where they were and a
   partition that comes back to the replica that held it is claimed again: its state is read anew, since another
@@ -34,8 +36,9 @@ from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitio
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
+from relay.commands import CommandApplier
 from relay.config import Config, relay_identity
-from relay.control import ControlChannel
+from relay.control import ControlAction, ControlChannel
 from relay.errors import KafkaAuthenticationFailed, KafkaAuthorizationFailed, KafkaUnavailable, StateError
 from relay.metrics import Metrics
 from relay.partition_sinks import PartitionSinks
@@ -72,6 +75,7 @@ class Ownership:
         self._read_state = read_state
         self.owned: frozenset[int] = frozenset()
         self.control: ControlChannel | None = None  # in a fleet: the webhook triggers of the owned partitions
+        self.commands: CommandApplier | None = None  # in a fleet: runs the operators' commands of the owned ones
         # The registry of integrations as this replica last applied it: what its partitions' pairs are. Changed only
         # under the lock, by apply_registry (the relay's follower of the registry topic) or use_registry (at start).
         self.registry: Registry = EMPTY
@@ -135,7 +139,7 @@ class Ownership:
                 integrations = {integration for integration, _ in plan.disown}
                 self._pipeline.halt(integrations)
                 try:
-                    await self._scheduler.disown(plan.disown, self._config.shutdown_grace_seconds)
+                    await self._scheduler.disown(plan.disown, self._config.shutdown_grace_seconds, handing_over=False)
                 finally:
                     self._pipeline.unhalt(integrations)
             if plan.own:
@@ -167,9 +171,12 @@ class Ownership:
                 self.settled = True
                 return
             started = time.monotonic()
+            unanswered: list[ControlAction] = []
             try:
                 await self._sinks.open(fresh)
                 await self._read_state(fresh)
+                if self.control is not None:  # the commands no owner acknowledged: run before anything newer
+                    unanswered = await self.control.own(fresh)
             except BaseException:
                 # Half a claim owns nothing: close what was opened, forget what was read, so a retry starts clean.
                 await self._sinks.close(fresh)
@@ -180,8 +187,11 @@ class Ownership:
             self._pipeline.unhalt(integration for integration, _ in pairs)
             self.owned = self.owned | fresh
             self._scheduler.own(pairs, paused=self._paused())
-            if self.control is not None:
-                await self.control.own(fresh)
+            # Queued before the pairs' first polls start (no await since they were owned): a resnapshot the former
+            # owner left in progress is resumed by the command, not done once by a scheduled poll and then again.
+            if self.commands is not None:
+                for action in unanswered:
+                    self.commands.apply(action)
             self.settled = True
             self._metrics.owned_partitions.set(len(self.owned))
             self._metrics.partition_handover.observe(time.monotonic() - started)
@@ -201,6 +211,8 @@ class Ownership:
                 await self.control.disown(gone)
             self._pipeline.halt(integration for integration, _ in pairs)
             await self._scheduler.disown(pairs, grace)
+            if self.commands is not None:  # the acks of what ran here, on the topic before the next owner reads it
+                await self.commands.flush()
             await self._sinks.close(gone)
             self._store.drop(gone)
             self.owned = self.owned - gone

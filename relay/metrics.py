@@ -34,9 +34,10 @@ POLL_TRIGGERS = ("webhook", "schedule")
 HANDOVER_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # relay_control_actions_total: the kinds of relay.control.ControlAction (unknown: an unreadable record), and what
 # became of them: sent by this replica, delivered to this owner, a duplicate of a webhook id (or a command id) within
-# the window, unreadable (skipped). Operators' commands (resnapshot, reconcile, reset) count too, and their acks sent.
+# the window, unreadable (skipped), replayed (an operator's command a new owner found unacknowledged, and runs).
+# Operators' commands (resnapshot, reconcile, reset) count too, and their acks sent.
 CONTROL_KINDS = ("trigger", "pause", "resume", "resnapshot", "reconcile", "reset", "ack", "unknown")
-CONTROL_OUTCOMES = ("sent", "delivered", "duplicate", "unreadable")
+CONTROL_OUTCOMES = ("sent", "delivered", "duplicate", "unreadable", "replayed")
 
 
 class Metrics:
@@ -194,7 +195,8 @@ class Metrics:
         self.control_actions = Counter(
             "relay_control_actions_total",
             "Actions of the control topic (webhook triggers forwarded to the owning replica), by kind and outcome: "
-            "sent, delivered, duplicate (the same webhook id within the window), unreadable (skipped).",
+            "sent, delivered, duplicate (the same webhook id within the window), unreadable (skipped), replayed "
+            "(a command a new owner found unacknowledged).",
             ["kind", "outcome"],
             registry=r,
         )

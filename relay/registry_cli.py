@@ -9,7 +9,10 @@ one record per integration):
 
 Each talks only to Kafka, with the configuration of `relay run` (--config, RELAY_*), but needs neither RELAY_API_KEY
 nor RELAY_INTEGRATIONS. It creates the registry topic when it is missing, reads it to its end, writes at most one
-record (acknowledged by every in-sync replica) and prints what it did; --json prints it as JSON.
+record (acknowledged by every in-sync replica) and prints what it did; --json prints it as JSON. Then add, remove,
+pause and resume wait until the relay owning the integration (the replica owning its state partition) acknowledges on
+the control topic (RELAY_CONTROL_TOPIC) that it applied the change: polling started, stopped, paused, resumed.
+--timeout (default 30 s) bounds the whole command, the wait included; --no-wait returns once the record is written.
 
 An integration without resources of its own is polled for those of its category: RELAY_RESOURCES_ATS or
 RELAY_RESOURCES_HRIS, or RELAY_RESOURCES when that is unset or it has no category. `add` of an integration already
@@ -20,10 +23,14 @@ integration, ...) writes nothing and succeeds.
 Exit status:
   0  done, or nothing to do
   2  invalid configuration, or an invalid argument (an integration id, a resource)
-  6  Kafka's ACLs refuse this principal the registry topic (Describe, Read, Write; Create when it is missing)
+  6  Kafka's ACLs refuse this principal the registry topic (Describe, Read, Write; Create when it is missing), or
+     the control topic (Describe, Read), read to wait for the owner's acknowledgement
   7  Kafka refused the credentials or the client certificate, or the broker's certificate was refused
   8  Kafka could not be reached, or did not answer, within --timeout
   9  remove, pause or resume of an integration the registry does not hold; pause or resume of a removed one
+  10 written, but no relay acknowledged the change within --timeout: none runs (or none ever ran: the control topic
+     does not exist, and the command says so at once), or the integration's partition is changing owner. The
+     change stays in the registry: the relay that owns the partition next polls as it says
 
 A running relay follows the registry: it polls an integration added within one poll interval, stops polling one
 removed, and pauses and resumes with it, with no restart.
@@ -36,17 +43,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import socket
 import sys
-from collections.abc import Callable
-from typing import Final, TextIO
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final, TextIO
 
 import orjson
+from aiokafka.errors import KafkaError
 
+from relay.commands_cli import ControlClient, ControlTopicMissing
 from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
 from relay.config_kinds import Invalid, Items, Text, is_resource_path
+from relay.control import ControlAction, registry_revision_acked
 from relay.errors import (
     KafkaAuthenticationFailed,
     KafkaAuthorizationFailed,
@@ -54,6 +66,7 @@ from relay.errors import (
     UnknownIntegration,
 )
 from relay.kafka_access import check_kafka_access
+from relay.partitioning import partition_for_key
 from relay.registry import (
     CATEGORIES,
     MAX_BY_LENGTH,
@@ -70,6 +83,7 @@ from relay.registry import (
     resume,
 )
 from relay.registry_topic import DEFAULT_TIMEOUT_SECONDS, RegistryTopic
+from relay.sink import authorization_failed
 
 PROG: Final = "relay integrations"
 EXIT_OK: Final = 0
@@ -78,6 +92,7 @@ EXIT_KAFKA_AUTHORIZATION: Final = 6  # as relay run (relay.app)
 EXIT_KAFKA_AUTHENTICATION: Final = 7  # as relay run (relay.app)
 EXIT_KAFKA_UNAVAILABLE: Final = 8
 EXIT_UNKNOWN_INTEGRATION: Final = 9
+EXIT_NO_ACK: Final = 10  # as relay resnapshot, reconcile, state reset (relay.commands_cli)
 
 _RESOURCES: Final = Items(Text("a path like ats/users (a-z, 0-9, _, - between slashes)", is_resource_path))
 Edit = Callable[..., RegistryEntry | None]
@@ -104,13 +119,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_seconds,
         default=DEFAULT_TIMEOUT_SECONDS,
         metavar="SECONDS",
-        help=f"give up when Kafka has not answered within this long (exit 8; default {DEFAULT_TIMEOUT_SECONDS:g})",
+        help=f"give up when Kafka has not answered within this long (exit 8), or, once the change is written, the "
+        f"owner has not acknowledged it (exit 10); default {DEFAULT_TIMEOUT_SECONDS:g}",
     )
     editing = argparse.ArgumentParser(add_help=False, parents=[common])
     editing.add_argument(
         "--by",
         metavar="WHO",
         help="who the registry records as making the change (default: relay integrations (user@host))",
+    )
+    editing.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once Kafka has the change, without waiting for the owner's acknowledgement",
     )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("list", parents=[common], help="print every integration of the registry, removed ones too")
@@ -195,6 +216,9 @@ def _user() -> str:
 async def _run(
     config: Config, args: argparse.Namespace, edit: Callable[[Registry], RegistryEntry | None] | None, out: TextIO
 ) -> int:
+    deadline = time.monotonic() + args.timeout
+    written: RegistryEntry | None = None
+    before: RegistryEntry | None = None
     try:
         # Each step is bounded by the timeout, and so is the whole: an operator waits --timeout at most.
         async with asyncio.timeout(args.timeout):
@@ -207,8 +231,20 @@ async def _run(
                     return EXIT_OK
                 before = registry.get(args.integration)
                 entry = edit(registry)  # UnknownIntegration, or ValueError: a category its resources are not of
-                written = None if entry is None else (await topic.write([entry]))[0]
+                if entry is None:  # nothing to do, nothing to wait for
+                    _print_edit(config, args, before, None, out=out)
+                    return EXIT_OK
+                async with _owner_acks(config, args) as owner:  # reading from before the write: no ack missed
+                    written = (await topic.write([entry]))[0]
+                    if owner is None:
+                        return _unacknowledged(config, args, before, written, out=out)
+                    if not args.json:
+                        _print_edit(config, args, before, written, out=out)
+                        print(f"waiting up to {args.timeout:g} s for the owner's acknowledgement", file=out, flush=True)
+                    ack = await owner.wait_for(_acknowledges(written), deadline)
     except TimeoutError:
+        if written is not None:
+            return _no_ack(args, before, written, out=out)
         error = KafkaUnavailable(
             f"Kafka at {config.kafka_bootstrap_servers} did not answer within {args.timeout:g} s"
             + ("" if edit is None else ": the change may still have been written; list the registry to see")
@@ -224,8 +260,78 @@ async def _run(
         return _fail(args, error, EXIT_KAFKA_AUTHENTICATION)
     except KafkaUnavailable as error:
         return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
-    _print_edit(config, args, before, written, out=out)
+    except KafkaError as error:  # reading the control topic for the ack (the registry's own errors are mapped)
+        if refused := authorization_failed(error, config, doing="read"):
+            return _fail(args, refused, EXIT_KAFKA_AUTHORIZATION)
+        return _fail(args, KafkaUnavailable(f"{type(error).__name__}: {error}"), EXIT_KAFKA_UNAVAILABLE)
+    if args.json:
+        _print_edit(config, args, before, written, out=out, ack=ack)
+    else:
+        print(f"the owner acknowledged it: {ack.message or ack.outcome}", file=out)
     return EXIT_OK
+
+
+@contextlib.asynccontextmanager
+async def _owner_acks(config: Config, args: argparse.Namespace) -> AsyncIterator[ControlClient | None]:
+    """A reader of the integration's partition of the control topic, from its end; None with --no-wait, or when no
+    relay ever created the control topic (then nobody can acknowledge: the command says so, after writing)."""
+    if _no_wait(args):
+        yield None
+        return
+    partition = partition_for_key(args.integration.encode(), config.state_topic_partitions)
+    client = ControlClient(config, partition, sending=False)
+    try:
+        await client.__aenter__()
+    except ControlTopicMissing:
+        yield None
+        return
+    try:
+        yield client
+    finally:
+        await client.__aexit__()
+
+
+def _no_wait(args: argparse.Namespace) -> bool:
+    # Callers that build their own arguments (not argparse's) from before --no-wait existed wait, as the CLI does.
+    return bool(getattr(args, "no_wait", False))
+
+
+def _acknowledges(written: RegistryEntry) -> Callable[[ControlAction], bool]:
+    """Whether an ack says the owner applied ``written`` (or a later change of the same integration, which it
+    applied in the same step)."""
+
+    def answers(ack: ControlAction) -> bool:
+        revision = registry_revision_acked(ack)
+        return ack.integration == written.integration and revision is not None and revision >= written.revision
+
+    return answers
+
+
+def _unacknowledged(
+    config: Config, args: argparse.Namespace, before: RegistryEntry | None, written: RegistryEntry, *, out: TextIO
+) -> int:
+    """Written, and not waited for: --no-wait (done), or no control topic (exit 10 at once: nobody to answer)."""
+    _print_edit(config, args, before, written, out=out)
+    if _no_wait(args):
+        return EXIT_OK
+    print(
+        f"{PROG} {args.action}: no relay of this configuration has run yet (the control topic {config.control_topic} "
+        "does not exist), so none acknowledges the change; the first to start polls as the registry says",
+        file=sys.stderr,
+    )
+    return EXIT_NO_ACK
+
+
+def _no_ack(args: argparse.Namespace, before: RegistryEntry | None, written: RegistryEntry, *, out: TextIO) -> int:
+    if args.json:
+        out.write(orjson.dumps(_edit_document(args, before, written), option=orjson.OPT_INDENT_2).decode() + "\n")
+    print(
+        f"{PROG} {args.action}: the change is written (revision {written.revision}), but no relay acknowledged it "
+        f"within {args.timeout:g} s (no relay running, or the integration's partition changing owner); the relay "
+        "that owns the partition next polls as the registry says",
+        file=sys.stderr,
+    )
+    return EXIT_NO_ACK
 
 
 def _fail(args: argparse.Namespace, error: Exception, code: int) -> int:
@@ -275,26 +381,42 @@ def _print_edit(
     written: RegistryEntry | None,
     *,
     out: TextIO,
+    ack: ControlAction | None = None,
 ) -> None:
-    """What an edit did: ``written`` is the entry it wrote, None when there was nothing to do (``before`` stays)."""
-    _, did = _EDITS[args.action]
-    if args.action == "add" and before is not None and not before.removed:
-        did = "updated"
-    entry = before if written is None else written
+    """What an edit did: ``written`` is the entry it wrote, None when there was nothing to do (``before`` stays);
+    ``ack``: the owner's acknowledgement, if one was waited for (JSON only: text prints it as it comes)."""
     if args.json:
-        document = {
-            "action": did if written is not None else "none",
-            "integration": args.integration,
-            "changed": written is not None,
-            "entry": None if entry is None else entry.as_json(),
-        }
-        out.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+        out.write(orjson.dumps(_edit_document(args, before, written, ack), option=orjson.OPT_INDENT_2).decode() + "\n")
     elif written is None:
         print(f"{args.integration} {_ALREADY[args.action]}: nothing written", file=out)
     else:
+        _, did = _EDITS[args.action]
+        if args.action == "add" and before is not None and not before.removed:
+            did = "updated"
         defaults = DefaultResources.from_config(config)
         print(
             f"{did} {written.integration} in {config.integrations_topic} (revision {written.revision}): "
             f"{written.state}, category {written.category or '-'}, resources {_resources_text(written, defaults)}",
             file=out,
+            flush=True,
         )
+
+
+def _edit_document(
+    args: argparse.Namespace,
+    before: RegistryEntry | None,
+    written: RegistryEntry | None,
+    ack: ControlAction | None = None,
+) -> dict[str, Any]:
+    _, did = _EDITS[args.action]
+    if args.action == "add" and before is not None and not before.removed:
+        did = "updated"
+    entry = before if written is None else written
+    return {
+        "action": did if written is not None else "none",
+        "integration": args.integration,
+        "changed": written is not None,
+        "entry": None if entry is None else entry.as_json(),
+        # The owner's acknowledgement that it applied the change; null when none was waited for or none came.
+        "ack": None if ack is None else {"outcome": ack.outcome, "message": ack.message},
+    }

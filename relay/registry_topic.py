@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 # Far above what a healthy broker needs to hand over a registry of thousands of integrations, short enough that an
 # operator whose Kafka is unreachable hears so before giving up on the command.
 DEFAULT_TIMEOUT_SECONDS: Final = 30.0
+# Asking the metadata again for a topic just created: at once, then after 0.1 s, doubling (about 3 s in all).
+METADATA_ATTEMPTS: Final = 6
+METADATA_RETRY_FIRST_SECONDS: Final = 0.1
 # One getmany of read() waits at most this long for the records it knows are there.
 POLL_TIMEOUT_MS: Final = 200
 # While following, one getmany waits at most this long while nothing comes (a record ends it at once, close() too),
@@ -205,7 +208,15 @@ class RegistryTopic:
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         partitions = consumer.partitions_for_topic(self.topic)
-        if not partitions:
+        # A topic ensure_topic has just created reaches the metadata the brokers serve a moment later: ask again, a
+        # few times (about 3 s in all), before saying it is not there.
+        delay = METADATA_RETRY_FIRST_SECONDS
+        for attempt in range(METADATA_ATTEMPTS):
+            if partitions:
+                break
+            if attempt:
+                await asyncio.sleep(delay)
+                delay *= 2
             await consumer._client.force_metadata_update()
             partitions = consumer.partitions_for_topic(self.topic)
         if not partitions:

@@ -247,7 +247,7 @@ class Scheduler:
             self.stop()
             await _end_within(list(self._tasks.values()), grace)
             for status in self.status.values():
-                _fail_commands(status, "the relay stopped before the command ran; send it again")
+                _fail_commands(status, CommandHandedOver("the relay stopped before the command ran"))
 
     def own(self, pairs: Iterable[tuple[str, str]], *, paused: Container[str] = ()) -> None:
         """Poll ``pairs`` from now on (their partition is this replica's now, or the registry added them), each
@@ -275,9 +275,13 @@ class Scheduler:
             if not resources:
                 del self._by_integration[status.integration]
 
-    async def disown(self, pairs: Iterable[tuple[str, str]], grace_seconds: float) -> None:
+    async def disown(
+        self, pairs: Iterable[tuple[str, str]], grace_seconds: float, *, handing_over: bool = True
+    ) -> None:
         """Stop polling ``pairs``: no new poll starts, a poll in progress gets ``grace_seconds`` to end (the pipeline
-        was told to stop it at its next page), then it is cancelled, which aborts its transaction."""
+        was told to stop it at its next page), then it is cancelled, which aborts its transaction. Their commands not
+        run yet are told :class:`CommandHandedOver` when ``handing_over`` (the partition's next owner runs them),
+        else (the registry removed the pairs) :class:`CommandNotRun`."""
         statuses = [status for pair in pairs if (status := self.status.get(pair)) is not None]
         for status in statuses:
             status.retired = True
@@ -286,7 +290,10 @@ class Scheduler:
             [task for s in statuses if (task := self._tasks.get((s.integration, s.resource)))], grace_seconds
         )
         for status in statuses:
-            _fail_commands(status, "the pair stopped being polled here (handed over, removed) before the command ran")
+            if handing_over:
+                _fail_commands(status, CommandHandedOver("the partition was handed over before the command ran"))
+            else:
+                _fail_commands(status, CommandNotRun("the integration's pair was removed before the command ran"))
             self._drop_status(status)
             self._tasks.pop((status.integration, status.resource), None)
         self._update_health_gauge()
@@ -383,7 +390,9 @@ class Scheduler:
             if self._stopping.is_set() or status.retired:
                 return
             if status.paused:  # by a webhook; resume() triggers the pair
-                _fail_commands(status, "the integration is paused: resume it, then send the command again")
+                _fail_commands(
+                    status, CommandNotRun("the integration is paused: resume it, then send the command again")
+                )
                 status.trigger.clear()
                 status.triggered_at = None
                 delay = self._jittered_interval()
@@ -525,11 +534,16 @@ class Scheduler:
         self._metrics.integrations.labels("healthy").set(len(polled) - len(unhealthy_integrations))
 
 
-def _fail_commands(status: PairStatus, why: str) -> None:
-    """Tell the commands waiting for ``status``'s pair that they will not run."""
+def _fail_commands(status: PairStatus, why: CommandNotRun) -> None:
+    """Tell the commands waiting for ``status``'s pair that they will not run here."""
     while status.commands:
-        status.commands.popleft().done(status.resource, CommandNotRun(why), None)
+        status.commands.popleft().done(status.resource, why, None)
 
 
 class CommandNotRun(Exception):
-    """An operator's command that was never run: the pair was paused, handed over or stopped first."""
+    """An operator's command that was never run: the pair was paused, removed, handed over or stopped first."""
+
+
+class CommandHandedOver(CommandNotRun):
+    """An operator's command not run here because the pair's partition changes owner (a handover, a stop): the next
+    owner runs it (see :mod:`relay.commands`)."""

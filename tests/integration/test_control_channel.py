@@ -1,7 +1,8 @@
 """The control channel on a real broker: two ControlChannels as two replicas, each owning some partitions of the
 control topic. Actions reach exactly the owner, in order; a webhook id is delivered once across replicas and owner
-restarts; disown stops delivery; an unreadable record is skipped and counted; a webhook through the real aiohttp
-handler is answered only once its action was acknowledged."""
+restarts; disown stops delivery; a new owner is handed the operators' commands no owner acknowledged; an unreadable
+record is skipped and counted; a webhook through the real aiohttp handler is answered only once its action was
+acknowledged."""
 
 from __future__ import annotations
 
@@ -185,6 +186,52 @@ async def test_disown_stops_delivery_and_the_next_owner_takes_over(replicas: Rep
     await wait_until(lambda: "wh-3" in first.ids(), what="the first owner still delivering its other partitions")
     assert first.ids() == ["wh-1", "wh-3"]
     assert first.channel.owned == frozenset({0, 2, 3})
+
+
+def command(integration: str, command_id: str) -> ControlAction:
+    return ControlAction("resnapshot", integration, (), None, 1_700_000_000_000, command_id)
+
+
+def ack(integration: str, command_id: str) -> ControlAction:
+    return ControlAction("ack", integration, (), None, 1_700_000_000_000, command_id, "ok", "done")
+
+
+async def test_a_new_owner_is_handed_the_commands_no_owner_acknowledged_in_the_order_sent(
+    replicas: Replicas, config: Config
+) -> None:
+    name, neighbour = BY_PARTITION[2]
+    sender = await replicas([])  # nobody owns partition 2 meanwhile
+    for action in (
+        command(name, "c-acked"),
+        command(neighbour, "c-left"),
+        ack(name, "c-acked"),  # its owner acknowledged it: never run again
+        command(neighbour, "c-left"),  # sent twice: handed over once
+        trigger(name, "wh-old"),  # a trigger is not replayed (the new owner polls at once anyway)
+        command(name, "c-late"),
+        ack(BY_PARTITION[3][0], "c-late"),  # an ack in another partition answers nothing here
+    ):
+        await sender.channel.send(action)
+    metrics = Metrics()
+    channel = ControlChannel(
+        config, metrics, partition_of=lambda i: partition_for_key(i.encode(), config.state_topic_partitions)
+    )
+    await channel.start()
+    following: asyncio.Task[None] | None = None
+    try:
+        unanswered = await channel.own([1, 2])
+        assert [(a.integration, a.command_id) for a in unanswered] == [(neighbour, "c-left"), (name, "c-late")]
+        replayed = {"kind": "resnapshot", "outcome": "replayed"}
+        assert metrics.registry.get_sample_value("relay_control_actions_total", replayed) == 2
+        received: list[ControlAction] = []
+        following = asyncio.create_task(channel.follow(received.append))
+        await sender.channel.send(command(name, "c-left"))  # within the window: a duplicate, not delivered
+        await sender.channel.send(command(name, "c-new"))
+        await wait_until(lambda: [a.command_id for a in received] == ["c-new"], what="the command sent afterwards")
+        assert await channel.own([2]) == []  # owned already: nothing read again
+    finally:
+        await channel.stop()
+        if following is not None:
+            await asyncio.wait_for(following, 10)
 
 
 async def test_an_unreadable_record_is_skipped_and_counted(replicas: Replicas, config: Config) -> None:

@@ -4,7 +4,8 @@ which runs each as the pair's next poll and acknowledges it on the control topic
 
 A resnapshot re-announces exactly the live records once (a command delivered twice acts once); a reconcile finds a
 hard delete now; a reset makes the next poll a snapshot; a command for an integration the registry does not hold
-exits 9; a command nobody acknowledges exits 10 after --timeout."""
+exits 9; a command nobody acknowledges exits 10 after --timeout, and the next owner runs it, once: the owner after
+that one does not run it again."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import relay.cli
 from relay.app import Relay
 from relay.commands_cli import EXIT_NO_ACK, EXIT_UNKNOWN_INTEGRATION
+from relay.config import Config
 from relay.control import ControlAction
 from relay.partitioning import partition_for_key
 from relay.registry import add as add_entry
@@ -227,3 +229,88 @@ async def test_a_command_for_an_unknown_integration_exits_9_and_one_nobody_ackno
     assert printed["sent"]
     assert printed["ack"] is None
     assert "no owner acknowledged it within 3 s" in capfd.readouterr().err
+
+
+async def control_acks(world: World, config: Config, command_id: str) -> list[ControlAction]:
+    """The acks of ``command_id`` in its integration's partition of the control topic, from its beginning to its end."""
+    tp = TopicPartition(config.control_topic, partition_for_key(ACME.encode(), PARTITIONS))
+    consumer = AIOKafkaConsumer(bootstrap_servers=world.bootstrap_servers, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
+        acks: list[ControlAction] = []
+        while await consumer.position(tp) < end:
+            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                action = ControlAction.decode(record.value)
+                if action.kind == "ack" and action.command_id == command_id:
+                    acks.append(action)
+        return acks
+    finally:
+        await consumer.stop()
+
+
+async def test_a_command_no_owner_acknowledged_is_run_once_by_the_next_owner_and_never_again(
+    world: World, cli_environ: None
+) -> None:
+    await event_topics(world)
+    config = world.config(state_topic_partitions=str(PARTITIONS))
+    async with collect(world.bootstrap_servers, world.topics()) as events:
+        async with replica(world) as first:
+            await started(world, events, first)
+        # The owner is gone: the command is sent, nobody runs or acknowledges it.
+        code, printed = await command("resnapshot", ACME, "--timeout", "2")
+        assert code == EXIT_NO_ACK
+        assert printed is not None
+        command_id = printed["command_id"]
+        assert await control_acks(world, config, command_id) == []
+
+        live = live_ids(world)
+        async with replica(world) as second:  # the next owner finds it unacknowledged, and runs it
+            await wait_for_events(events, lambda: len(of_reason(events, "resnapshot")) >= len(live), "the resnapshot")
+            replayed = {"kind": "resnapshot", "outcome": "replayed"}
+            assert second.metrics.registry.get_sample_value("relay_control_actions_total", replayed) == 1
+            await wait_until(lambda: not second.scheduler.status[(ACME, USERS)].polling, 30, "the resnapshot to end")
+        [ack] = await control_acks(world, config, command_id)  # its ack was written before the handover ended
+        assert ack.outcome == "ok"
+        assert f"{USERS}: resnapshot done" in (ack.message or "")
+        assert sorted(of_reason(events, "resnapshot")) == sorted(live)
+
+        # Acknowledged: the owner after that one does not run it again.
+        async with replica(world) as third:
+            await wait_until(lambda: third.ownership.owned == {0, 1} and third.ownership.settled, 60, "the claim")
+            # The claim read the control partition's window and queued what it found before it settled: nothing.
+            assert third.metrics.registry.get_sample_value("relay_control_actions_total", replayed) == 0
+            await events.settle()
+        assert len(of_reason(events, "resnapshot")) == len(live)
+        assert len(await control_acks(world, config, command_id)) == 1
+
+
+async def test_a_command_its_owner_stopped_while_it_ran_is_finished_by_the_next_owner_each_record_once(
+    world: World, cli_environ: None
+) -> None:
+    await event_topics(world)
+    config = world.config(state_topic_partitions=str(PARTITIONS))
+    async with collect(world.bootstrap_servers, world.topics()) as events:
+        async with replica(world) as first:
+            await started(world, events, first)
+            world.sim.faults.inject("stall", count=1, integration=ACME)  # the resnapshot's first page never comes
+            code, printed = await command("resnapshot", ACME, "--no-wait")
+            assert code == 0
+            assert printed is not None
+            command_id = printed["command_id"]
+            await wait_until(lambda: not world.sim.faults.active, 30, "the resnapshot's first request")
+            assert first.scheduler.status[(ACME, USERS)].polling
+        # The owner stopped in the middle: the command was interrupted, not acknowledged.
+        assert await control_acks(world, config, command_id) == []
+        assert of_reason(events, "resnapshot") == []
+
+        live = live_ids(world)
+        async with replica(world) as second:  # the next owner runs it, to the end
+            await wait_for_events(events, lambda: len(of_reason(events, "resnapshot")) >= len(live), "the resnapshot")
+            await wait_until(lambda: not second.scheduler.status[(ACME, USERS)].polling, 30, "the resnapshot to end")
+        [ack] = await control_acks(world, config, command_id)
+        assert ack.outcome == "ok"
+        await events.settle()
+        assert sorted(of_reason(events, "resnapshot")) == sorted(live)  # each live record once, over both owners

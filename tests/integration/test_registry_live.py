@@ -1,7 +1,8 @@
 """A running relay follows the registry of integrations on the real broker: an integration added (by `relay
 integrations add` or the registry's API) is snapshotted within one poll interval, one removed is no longer polled (the
-simulator sees no more requests for it), a pause survives a restart of the relay, and in a fleet of two an integration
-added is polled by exactly one replica: the owner of its partition.
+simulator sees no more requests for it), a pause survives a restart of the relay, in a fleet of two an integration
+added is polled by exactly one replica: the owner of its partition, and `relay integrations` returns once that owner
+acknowledged it applied the change (exit 10 when none does within --timeout).
 
 The relays here are in-process replicas (real Relays, real group protocol, real simulator), as in test_fleet.py."""
 
@@ -17,6 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 import relay.cli
@@ -24,6 +26,7 @@ from relay.app import Relay
 from relay.partitioning import partition_for_key
 from relay.registry import add as add_entry
 from relay.registry import now_text, pause, remove, resume
+from relay.registry_cli import EXIT_NO_ACK
 from relay.registry_topic import RegistryTopic
 from relay.simulator import Simulator, SimulatorServer
 from tests.integration.harness import Collector, World, collect, wait_until
@@ -235,3 +238,54 @@ async def test_in_a_fleet_of_two_an_integration_added_is_polled_by_the_owner_of_
         assert removal is not None
         await topic.write([removal])
         await wait_until(lambda: GLOBEX not in polled(owner), 30, "the owner to stop polling it")
+
+
+async def test_relay_integrations_waits_for_the_owner_to_acknowledge_the_change_or_exits_10(
+    world: World, cli_environ: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No relay ever ran (no control topic): the change is written, and nobody can acknowledge it: exit 10 at once.
+    started = time.monotonic()
+    assert await cli("add", INITECH, "--timeout", "30") == EXIT_NO_ACK
+    assert time.monotonic() - started < 20
+    assert "no relay of this configuration has run yet" in capsys.readouterr().err
+
+    await event_topics(world)  # the control topic too, as a relay's start creates it; still none runs
+    started = time.monotonic()
+    assert await cli("add", ACME, "--timeout", "2", "--json") == EXIT_NO_ACK
+    assert time.monotonic() - started >= 2
+    printed = capsys.readouterr()
+    assert orjson.loads(printed.out)["ack"] is None
+    assert "no relay acknowledged it within 2 s" in printed.err
+    started = time.monotonic()
+    assert await cli("pause", ACME, "--no-wait", "--timeout", "20") == 0  # returns once Kafka has it
+    assert await cli("resume", ACME, "--no-wait", "--timeout", "20") == 0
+    assert time.monotonic() - started < 15
+
+    async with (
+        collect(world.bootstrap_servers, world.topics()) as events,
+        replica(world, poll_interval_seconds="600") as running,
+    ):
+        await wait_until(lambda: running.ownership.owned == {0, 1} and running.ownership.settled, 60, "the claim")
+        await wait_for_snapshot(world, events, ACME, timeout=30)  # added while no relay ran: polled at the claim
+        capsys.readouterr()
+
+        assert await cli("add", GLOBEX, "--json") == 0
+        done = orjson.loads(capsys.readouterr().out)
+        assert (done["action"], done["ack"]) == ("added", {"outcome": "ok", "message": "polling started"})
+        assert GLOBEX in polled(running)  # acknowledged once applied, not merely written
+        await wait_for_snapshot(world, events, GLOBEX, timeout=30)
+
+        assert await cli("pause", GLOBEX) == 0
+        out = capsys.readouterr().out
+        assert "waiting up to 30 s for the owner's acknowledgement" in out
+        assert out.endswith("the owner acknowledged it: polling paused\n")
+        assert running.scheduler.is_paused(GLOBEX)
+        started = time.monotonic()
+        assert await cli("pause", GLOBEX) == 0  # nothing to do: nothing written, nothing waited for
+        assert capsys.readouterr().out == f"{GLOBEX} is paused already: nothing written\n"
+        assert time.monotonic() - started < 15
+        assert await cli("resume", GLOBEX) == 0
+        assert not running.scheduler.is_paused(GLOBEX)
+        assert await cli("remove", GLOBEX) == 0
+        assert GLOBEX not in polled(running)
+        assert capsys.readouterr().out.endswith("the owner acknowledged it: polling stopped\n")

@@ -53,7 +53,9 @@ def config(environ: dict[str, str]) -> Config:
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = relay.cli.main(["integrations", *argv])
+    """`relay integrations ARGV`; an edit with --no-wait: no relay runs here to acknowledge it (see
+    test_registry_live.py for the wait)."""
+    code = relay.cli.main(["integrations", *argv, *(["--no-wait"] if argv[0] != "list" else [])])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -134,7 +136,7 @@ async def test_seeding_never_adds_back_a_removed_integration(config: Config) -> 
         await topic.ensure_topic()
         seeded = await topic.seed([ACME, GLOBEX], by="relay run (test)")
         assert [entry.integration for entry in seeded] == [ACME, GLOBEX]
-        code = await asyncio.to_thread(relay.cli.main, ["integrations", "remove", ACME])
+        code = await asyncio.to_thread(relay.cli.main, ["integrations", "remove", ACME, "--no-wait"])
         assert code == 0
         seeded = await topic.seed([ACME, GLOBEX, INITECH], by="relay run (test)")
         assert [entry.integration for entry in seeded] == [INITECH]
@@ -202,7 +204,7 @@ async def test_following_the_registry_sees_each_change_as_it_is_written(config: 
         following = asyncio.create_task(follow())
         try:
             for argv in (["add", GLOBEX, "--category", "hris"], ["pause", ACME], ["remove", GLOBEX]):
-                assert await asyncio.to_thread(relay.cli.main, ["integrations", *argv]) == 0
+                assert await asyncio.to_thread(relay.cli.main, ["integrations", *argv, "--no-wait"]) == 0
             await wait_until(lambda: sum(len(update.changes) for update in updates) >= 3, what="three changes")
         finally:
             await topic.close()  # ends follow()

@@ -1,6 +1,7 @@
 """Operators' commands, the pure parts: the command and ack records, the resnapshot rule of the diff engine, the
 tombstones of a reset read back, and the scheduler running commands in order with a pair's polls (a real Scheduler
-behind the real ReloadGate, its poll a script), acknowledged once per command."""
+behind the real ReloadGate, its poll a script), acknowledged once per command, or left unacknowledged to the next
+owner when handed over; and the owner's acks of the registry changes it applied."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import pytest
 from relay import diff
 from relay.commands import CommandApplier
 from relay.config import Config, load_config
-from relay.control import ControlAction, UnreadableAction
+from relay.control import ControlAction, UnreadableAction, registry_ack_id, registry_revision_acked
 from relay.diff import ShapeTable
 from relay.metrics import Metrics
 from relay.pipeline import PollOutcome
+from relay.registry import RegistryChange, RegistryEntry
 from relay.reload_gate import ReloadGate
 from relay.scheduler import Scheduler
 from relay.state import Checkpoint, StateStore
@@ -238,3 +240,78 @@ async def test_a_command_for_a_paused_integration_is_answered_with_an_error() ->
     assert "paused" in (sent[0].message or "")
     poller.stop()
     await asyncio.wait_for(runner, 10)
+
+
+async def test_a_command_handed_over_or_stopped_before_it_ran_is_left_to_the_next_owner_without_an_ack() -> None:
+    poller = ScriptedPoller(config())
+    sent: list[ControlAction] = []
+
+    async def send(action: ControlAction) -> None:
+        sent.append(action)
+
+    applier = CommandApplier(poller, send)
+    runner = asyncio.create_task(poller.run(grace_seconds=5))
+    await wait_until(lambda: len(poller.ran) == 2, "the first polls")
+    await quiescent()
+    poller.hold.clear()
+    poller.trigger(ACME, USERS)  # a poll in progress, held: the command waits behind it
+    await quiescent()
+    applier.apply(ControlAction("resnapshot", ACME, (), None, 0, "c1"))
+    await quiescent()
+    # The partition is handed over: the held poll is cancelled after the grace, the commands never run here.
+    await poller.disown([(ACME, USERS), (ACME, EMPLOYEES)], 0.01)
+    await applier.flush()
+    assert sent == []  # no ack: the next owner finds the command unacknowledged and runs it
+    assert ("ats/users", "resnapshot") not in poller.ran
+
+    # Owned again, then removed from the registry: a command not run for that gets its error at once.
+    poller.own([(ACME, USERS)])
+    poller.hold.set()
+    await wait_until(lambda: not poller.status[(ACME, USERS)].polling, "the pair to be idle")
+    poller.hold.clear()
+    poller.trigger(ACME, USERS)
+    await quiescent()
+    applier.apply(ControlAction("reconcile", ACME, (), None, 0, "c2"))
+    await poller.disown([(ACME, USERS)], 0.01, handing_over=False)
+    await applier.flush()
+    assert [(a.command_id, a.outcome) for a in sent] == [("c2", "error")]
+    assert "removed" in (sent[0].message or "")
+
+    # And a relay stopping leaves its queued commands to the next owner too.
+    poller.own([(ACME, USERS)])
+    await quiescent()
+    applier.apply(ControlAction("reset", ACME, (), None, 0, "c3"))  # behind the held poll
+    poller.stop()
+    poller.hold.set()  # the held poll ends; the stopping pair runs nothing more
+    await asyncio.wait_for(runner, 10)
+    await applier.flush()
+    assert [a.command_id for a in sent] == ["c2"]
+    assert ("ats/users", "reset") not in poller.ran
+
+
+def entry(integration: str, revision: int, *, paused: bool = False, removed: bool = False) -> RegistryEntry:
+    return RegistryEntry(integration, None, None, paused, removed, T0, "test", T1, "test", revision)
+
+
+async def test_the_owner_acknowledges_the_registry_changes_of_the_integrations_it_owns_only() -> None:
+    sent: list[ControlAction] = []
+
+    async def send(action: ControlAction) -> None:
+        sent.append(action)
+
+    applier = CommandApplier(Scheduler(config(), ReloadGate(None, None), Metrics()), send)  # type: ignore[arg-type]
+    changes = [
+        RegistryChange(ACME, None, entry(ACME, 7)),
+        RegistryChange("personio:elsewhere", None, entry("personio:elsewhere", 8)),
+        RegistryChange("personio:paused", entry("personio:paused", 2), entry("personio:paused", 9, paused=True)),
+        RegistryChange("personio:gone", entry("personio:gone", 3), None),  # a tombstone: nobody waits for it
+    ]
+    applier.registry_applied(changes, owns=lambda integration: integration != "personio:elsewhere")
+    await applier.flush()
+    assert [(a.integration, a.command_id, a.outcome, a.message) for a in sent] == [
+        (ACME, registry_ack_id(7), "ok", "polling started"),
+        ("personio:paused", registry_ack_id(9), "ok", "polling paused"),
+    ]
+    assert [registry_revision_acked(a) for a in sent] == [7, 9]
+    assert all(ControlAction.decode(a.encode()) == a for a in sent)  # a record older CLIs read (and skip)
+    assert registry_revision_acked(ControlAction("ack", ACME, (), None, 0, "c1", "ok", "")) is None
