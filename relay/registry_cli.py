@@ -30,7 +30,9 @@ removed, and pauses and resumes with it, with no restart.
 """
 
 # What belongs here: the `relay integrations` command (this docstring is its --help description): arguments, output
-# and exit codes. The edits are relay.registry's, the Kafka work relay.registry_topic's.
+# and exit codes, and the conversation with Kafka of each action (read_registry, edit_registry), which the admin HTTP
+# API (relay.admin) holds too, with the same wording. The edits are relay.registry's, the Kafka work
+# relay.registry_topic's.
 
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ import logging
 import socket
 import sys
 from collections.abc import Callable
-from typing import Final, TextIO
+from dataclasses import dataclass
+from typing import Any, Final, TextIO
 
 import orjson
 
@@ -50,6 +53,7 @@ from relay.config_kinds import Invalid, Items, Text, is_resource_path
 from relay.errors import (
     KafkaAuthenticationFailed,
     KafkaAuthorizationFailed,
+    KafkaTimedOut,
     KafkaUnavailable,
     UnknownIntegration,
 )
@@ -81,6 +85,18 @@ EXIT_UNKNOWN_INTEGRATION: Final = 9
 
 _RESOURCES: Final = Items(Text("a path like ats/users (a-z, 0-9, _, - between slashes)", is_resource_path))
 Edit = Callable[..., RegistryEntry | None]
+EditOf = Callable[[Registry], RegistryEntry | None]  # an edit with its arguments given: of the registry read
+ACTIONS: Final = ("add", "remove", "pause", "resume")
+# What an action's failure is, by exception, as an exit status (most specific first: UnknownIntegration is no
+# ValueError, KafkaTimedOut is a KafkaUnavailable).
+FAILURES: Final[tuple[tuple[type[Exception], int], ...]] = (
+    (UnknownIntegration, EXIT_UNKNOWN_INTEGRATION),
+    (ValueError, EXIT_INVALID),
+    (KafkaAuthorizationFailed, EXIT_KAFKA_AUTHORIZATION),
+    (KafkaAuthenticationFailed, EXIT_KAFKA_AUTHENTICATION),
+    (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE),
+)
+_FAILURE_TYPES: Final = tuple(failure for failure, _ in FAILURES)
 _EDITS: Final[dict[str, tuple[Edit, str]]] = {  # command -> (edit, what it did)
     "add": (add, "added"),
     "remove": (remove, "removed"),
@@ -158,18 +174,34 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return asyncio.run(_run(config, args, edit, out))
 
 
-def _edit_of(args: argparse.Namespace) -> Callable[[Registry], RegistryEntry | None]:
+def _edit_of(args: argparse.Namespace) -> EditOf:
     """The edit ``args`` ask for, as a function of the registry read; raises ValueError for an invalid argument."""
-    integration: str = args.integration
-    check_integration_id(integration)
+    check_integration_id(args.integration)  # first: the id is the argument most worth naming
     by = args.by if args.by is not None else f"{PROG} ({_user()}@{socket.gethostname()})"
-    if not by or len(by) > MAX_BY_LENGTH or not by.isprintable():
-        raise ValueError(f"--by must be printable text of 1 to {MAX_BY_LENGTH} characters")
-    function, _ = _EDITS[args.action]
     if args.action != "add":
-        return lambda registry: function(registry, integration, at=now_text(), by=by)
-    category: Category | None = args.category
+        return make_edit(args.action, args.integration, by=by, by_name="--by")
     resources = _resources(args.resources)
+    return make_edit(args.action, args.integration, by=by, by_name="--by", category=args.category, resources=resources)
+
+
+def make_edit(
+    action: str,
+    integration: str,
+    *,
+    by: str,
+    by_name: str = "by",
+    category: Category | None = None,
+    resources: tuple[str, ...] | None = None,
+) -> EditOf:
+    """The edit ``action`` (add, remove, pause, resume) of ``integration``, as a function of the registry read; raises
+    ValueError, naming the argument (``by_name`` for ``by``), for an invalid one. ``category`` and ``resources``
+    are add's."""
+    check_integration_id(integration)
+    if not by or len(by) > MAX_BY_LENGTH or not by.isprintable():
+        raise ValueError(f"{by_name} must be printable text of 1 to {MAX_BY_LENGTH} characters")
+    function, _ = _EDITS[action]
+    if action != "add":
+        return lambda registry: function(registry, integration, at=now_text(), by=by)
     check_resources(category, resources)  # again with the registry's category, when only one of them is given
     return lambda registry: function(
         registry, integration, category=category, resources=resources, at=now_text(), by=by
@@ -192,40 +224,103 @@ def _user() -> str:
         return "unknown"
 
 
-async def _run(
-    config: Config, args: argparse.Namespace, edit: Callable[[Registry], RegistryEntry | None] | None, out: TextIO
-) -> int:
+async def _run(config: Config, args: argparse.Namespace, edit: EditOf | None, out: TextIO) -> int:
     try:
-        # Each step is bounded by the timeout, and so is the whole: an operator waits --timeout at most.
-        async with asyncio.timeout(args.timeout):
-            await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=args.timeout)
-            async with RegistryTopic(config, timeout_seconds=args.timeout) as topic:
+        if edit is None:
+            registry = await read_registry(config, timeout=args.timeout)
+        else:
+            done = await edit_registry(config, args.action, args.integration, edit, timeout=args.timeout)
+    except _FAILURE_TYPES as error:
+        return _fail(args, error, exit_status(error))
+    if edit is None:
+        _print_list(config, registry, json=args.json, out=out)
+    else:
+        _print_edit(config, args, done, out=out)
+    return EXIT_OK
+
+
+def exit_status(error: Exception) -> int:
+    """The exit status of an action that failed with ``error``, one of FAILURES."""
+    return next(code for failure, code in FAILURES if isinstance(error, failure))
+
+
+async def read_registry(config: Config, *, timeout: float) -> Registry:
+    """The registry, read to its end (its topic created when missing); raises KafkaTimedOut after ``timeout``
+    seconds, or another error of FAILURES."""
+    try:
+        # Each step is bounded by the timeout, and so is the whole: an operator waits the timeout at most.
+        async with asyncio.timeout(timeout):
+            await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=timeout)
+            async with RegistryTopic(config, timeout_seconds=timeout) as topic:
+                await topic.ensure_topic()
+                return await topic.read()
+    except TimeoutError:
+        raise _timed_out(config, timeout, editing=False) from None
+
+
+@dataclass(frozen=True, slots=True)
+class EditDone:
+    """What an edit did: ``written`` is the entry it wrote, None when there was nothing to do (``before`` stays)."""
+
+    action: str
+    integration: str
+    before: RegistryEntry | None
+    written: RegistryEntry | None
+
+    @property
+    def did(self) -> str:
+        """What it did, in a word: added, updated, removed, paused, resumed, or none."""
+        if self.written is None:
+            return "none"
+        if self.action == "add" and self.before is not None and not self.before.removed:
+            return "updated"
+        return _EDITS[self.action][1]
+
+    def document(self) -> dict[str, Any]:
+        """What ``--json`` prints."""
+        entry = self.before if self.written is None else self.written
+        return {
+            "action": self.did,
+            "integration": self.integration,
+            "changed": self.written is not None,
+            "entry": None if entry is None else entry.as_json(),
+        }
+
+    def text(self, config: Config) -> str:
+        """The line printed without ``--json``."""
+        if self.written is None:
+            return f"{self.integration} {_ALREADY[self.action]}: nothing written"
+        defaults = DefaultResources.from_config(config)
+        written = self.written
+        return (
+            f"{self.did} {written.integration} in {config.integrations_topic} (revision {written.revision}): "
+            f"{written.state}, category {written.category or '-'}, resources {_resources_text(written, defaults)}"
+        )
+
+
+async def edit_registry(config: Config, action: str, integration: str, edit: EditOf, *, timeout: float) -> EditDone:
+    """Read the registry (its topic created when missing), apply ``edit`` (``make_edit``) and write the entry it
+    makes, if any (acks=all). Raises UnknownIntegration, ValueError (a category its resources are not of),
+    KafkaTimedOut after ``timeout`` seconds (the change may have been written), or another error of FAILURES."""
+    try:
+        async with asyncio.timeout(timeout):
+            await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=timeout)
+            async with RegistryTopic(config, timeout_seconds=timeout) as topic:
                 await topic.ensure_topic()
                 registry = await topic.read()
-                if edit is None:
-                    _print_list(config, registry, json=args.json, out=out)
-                    return EXIT_OK
-                before = registry.get(args.integration)
-                entry = edit(registry)  # UnknownIntegration, or ValueError: a category its resources are not of
+                before = registry.get(integration)
+                entry = edit(registry)
                 written = None if entry is None else (await topic.write([entry]))[0]
     except TimeoutError:
-        error = KafkaUnavailable(
-            f"Kafka at {config.kafka_bootstrap_servers} did not answer within {args.timeout:g} s"
-            + ("" if edit is None else ": the change may still have been written; list the registry to see")
-        )
-        return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
-    except UnknownIntegration as error:
-        return _fail(args, error, EXIT_UNKNOWN_INTEGRATION)
-    except ValueError as error:
-        return _fail(args, error, EXIT_INVALID)
-    except KafkaAuthorizationFailed as error:
-        return _fail(args, error, EXIT_KAFKA_AUTHORIZATION)
-    except KafkaAuthenticationFailed as error:
-        return _fail(args, error, EXIT_KAFKA_AUTHENTICATION)
-    except KafkaUnavailable as error:
-        return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
-    _print_edit(config, args, before, written, out=out)
-    return EXIT_OK
+        raise _timed_out(config, timeout, editing=True) from None
+    return EditDone(action, integration, before, written)
+
+
+def _timed_out(config: Config, timeout: float, *, editing: bool) -> KafkaTimedOut:
+    return KafkaTimedOut(
+        f"Kafka at {config.kafka_bootstrap_servers} did not answer within {timeout:g} s"
+        + (": the change may still have been written; list the registry to see" if editing else "")
+    )
 
 
 def _fail(args: argparse.Namespace, error: Exception, code: int) -> int:
@@ -237,12 +332,11 @@ def _fail(args: argparse.Namespace, error: Exception, code: int) -> int:
 
 
 def _print_list(config: Config, registry: Registry, *, json: bool, out: TextIO) -> None:
+    if json:
+        out.write(orjson.dumps(list_document(config, registry), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
     defaults = DefaultResources.from_config(config)
     entries = [registry[integration] for integration in sorted(registry)]
-    if json:
-        listed = [{**entry.as_json(), "effective_resources": list(defaults.resources_of(entry))} for entry in entries]
-        out.write(orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return
     if not entries:
         print(f"no integrations in {config.integrations_topic}", file=out)
         return
@@ -263,38 +357,20 @@ def _print_list(config: Config, registry: Registry, *, json: bool, out: TextIO) 
         print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]), file=out)
 
 
+def list_document(config: Config, registry: Registry) -> list[dict[str, Any]]:
+    """What ``list --json`` prints: every entry, removed ones too, by id, with the resources it is polled for."""
+    defaults = DefaultResources.from_config(config)
+    entries = [registry[integration] for integration in sorted(registry)]
+    return [{**entry.as_json(), "effective_resources": list(defaults.resources_of(entry))} for entry in entries]
+
+
 def _resources_text(entry: RegistryEntry, defaults: DefaultResources) -> str:
     polled = ",".join(defaults.resources_of(entry))
     return polled if entry.resources is not None else f"{polled} (default)"
 
 
-def _print_edit(
-    config: Config,
-    args: argparse.Namespace,
-    before: RegistryEntry | None,
-    written: RegistryEntry | None,
-    *,
-    out: TextIO,
-) -> None:
-    """What an edit did: ``written`` is the entry it wrote, None when there was nothing to do (``before`` stays)."""
-    _, did = _EDITS[args.action]
-    if args.action == "add" and before is not None and not before.removed:
-        did = "updated"
-    entry = before if written is None else written
+def _print_edit(config: Config, args: argparse.Namespace, done: EditDone, *, out: TextIO) -> None:
     if args.json:
-        document = {
-            "action": did if written is not None else "none",
-            "integration": args.integration,
-            "changed": written is not None,
-            "entry": None if entry is None else entry.as_json(),
-        }
-        out.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif written is None:
-        print(f"{args.integration} {_ALREADY[args.action]}: nothing written", file=out)
+        out.write(orjson.dumps(done.document(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        defaults = DefaultResources.from_config(config)
-        print(
-            f"{did} {written.integration} in {config.integrations_topic} (revision {written.revision}): "
-            f"{written.state}, category {written.category or '-'}, resources {_resources_text(written, defaults)}",
-            file=out,
-        )
+        print(done.text(config), file=out)
