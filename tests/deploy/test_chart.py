@@ -39,6 +39,7 @@ def test_ci_values_files_are_there() -> None:
         "monitoring-values.yaml",
         "sasl-tls-existing-secrets-values.yaml",
         "webhooks-values.yaml",
+        "admin-values.yaml",
         "fleet-values.yaml",
         "autoscaling-values.yaml",
     }

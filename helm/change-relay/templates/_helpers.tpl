@@ -145,9 +145,16 @@ true
 {{- end }}
 {{- end }}
 
+{{/* Non-empty when the admin HTTP API is on (admin.enabled; validate checks it has a Secret). */}}
+{{- define "change-relay.admin" -}}
+{{- if and .Values.admin.enabled .Values.admin.existingSecret -}}
+true
+{{- end }}
+{{- end }}
+
 {{/* Non-empty when any secret is configured, so the projected volume of secret files is mounted. */}}
 {{- define "change-relay.secretFiles" -}}
-{{- if or (include "change-relay.hasApiKey" .) (include "change-relay.sasl" .) (and (include "change-relay.tls" .) .Values.kafka.tls.existingSecret) (include "change-relay.webhooks" .) -}}
+{{- if or (include "change-relay.hasApiKey" .) (include "change-relay.sasl" .) (and (include "change-relay.tls" .) .Values.kafka.tls.existingSecret) (include "change-relay.webhooks" .) (include "change-relay.admin" .) -}}
 true
 {{- end }}
 {{- end }}
@@ -208,6 +215,13 @@ of the ConfigMap hold in both.
           items:
             - key: {{ ternary $webhookSecret.existingSecretKey "kombo-webhook-secret" (ne $webhookSecret.existingSecret "") }}
               path: kombo-webhook-secret
+      {{- end }}
+      {{- if include "change-relay.admin" . }}
+      - secret:
+          name: {{ .Values.admin.existingSecret }}
+          items:
+            - key: {{ .Values.admin.existingSecretKey }}
+              path: admin-token
       {{- end }}
 {{- end }}
 
@@ -299,5 +313,11 @@ Checks that no schema can express: fail the render with a message naming the val
 {{- if $webhooks.ingress.enabled }}
 {{- fail "webhooks.ingress.enabled needs webhooks.enabled: the relay serves no webhook endpoint without it" }}
 {{- end }}
+{{- end }}
+{{- if and .Values.admin.enabled (not .Values.admin.existingSecret) }}
+{{- fail "admin.enabled needs admin.existingSecret (a Secret holding the admin API's bearer token): without a token the relay serves no admin API" }}
+{{- end }}
+{{- if and .Values.admin.existingSecret (not .Values.admin.enabled) }}
+{{- fail "admin.existingSecret is set, but admin.enabled is false" }}
 {{- end }}
 {{- end }}
