@@ -11,7 +11,7 @@ state reset`` as HTTP requests on the relay's port (RELAY_HTTP_PORT), for teams 
   POST /admin/integrations/{id}/reset          relay state reset ID --yes   {"resource", "wait", "timeout", "yes"}
 
 Every body field is optional (reset's ``"yes": true`` excepted, as ``--yes``), and so is the body. The API is off
-unless RELAY_ADMIN_TOKEN (or RELAY_ADMIN_TOKEN_FILE) is set: then every path under /admin answers 404. On, each
+unless RELAY_ADMIN_TOKEN (or RELAY_ADMIN_TOKEN_FILE) is set; off, every path under /admin answers 404. On, each
 request must carry ``Authorization: Bearer <token>``, compared in constant time; without it, or with another token,
 it gets 401 with ``WWW-Authenticate``. The token is never logged.
 
@@ -171,7 +171,8 @@ def _object(body: bytes, fields: tuple[str, ...]) -> dict[str, object]:
     if not isinstance(document, dict):
         raise ValueError(f"the body must be a JSON object, not {_json_type(document)}")
     if unknown := sorted(set(document) - set(fields)):
-        raise ValueError(f"unknown field {unknown[0]!r}; the fields are {', '.join(fields)}")
+        known = f"the fields are {', '.join(fields)}" if fields else "it takes none"
+        raise ValueError(f"unknown field {unknown[0]!r}; {known}")
     return document
 
 
@@ -233,7 +234,8 @@ def failure(operation: str, integration: str | None, error: Exception | str, out
     )
 
 
-Operation = Callable[[web.Request, bytes], Awaitable[Answer]]
+# An operation: given its name (one of ADMIN_OPERATIONS), the request and its body, what to answer.
+Operation = Callable[[str, web.Request, bytes], Awaitable[Answer]]
 
 
 class AdminApi:
@@ -267,7 +269,7 @@ class AdminApi:
                 return self._respond(request, operation, answer, started, {"WWW-Authenticate": challenge})
             try:
                 body = await _read_body(request)
-                answer = await run(request, body)
+                answer = await run(operation, request, body)
             except BodyTooLarge as error:
                 answer = failure(operation, integration, error, "too_large")
             except _FAILURE_TYPES as error:
@@ -302,13 +304,13 @@ class AdminApi:
 
     # --- The operations ---------------------------------------------------------------------------------------------
 
-    async def _list(self, request: web.Request, body: bytes) -> Answer:
+    async def _list(self, operation: str, request: web.Request, body: bytes) -> Answer:
         _object(body, ())  # nothing to give, but say so when something is
         registry = await registry_cli.read_registry(self._config, timeout=DEFAULT_TIMEOUT_SECONDS)
         integrations = registry_cli.list_document(self._config, registry)
         return Answer("done", {"operation": "list", "outcome": "done", "integrations": integrations})
 
-    async def _add(self, request: web.Request, body: bytes) -> Answer:
+    async def _add(self, operation: str, request: web.Request, body: bytes) -> Answer:
         integration = _integration(request)
         asked = parse_add(body)
         edit = registry_cli.make_edit(
@@ -320,8 +322,7 @@ class AdminApi:
         )
         return await self._registry_edit("add", integration, edit)
 
-    async def _edit(self, request: web.Request, body: bytes) -> Answer:
-        action = request.path.rsplit("/", 1)[1]
+    async def _edit(self, action: str, request: web.Request, body: bytes) -> Answer:
         integration = _integration(request)
         edit = registry_cli.make_edit(action, integration, by=_by(parse_edit(body).by, request))
         return await self._registry_edit(action, integration, edit)
@@ -333,8 +334,7 @@ class AdminApi:
         document = {"operation": action, "outcome": "done", "message": done.text(self._config), **done.document()}
         return Answer("done", document)
 
-    async def _command(self, request: web.Request, body: bytes) -> Answer:
-        kind = request.path.rsplit("/", 1)[1]
+    async def _command(self, kind: str, request: web.Request, body: bytes) -> Answer:
         integration = _integration(request)
         asked = parse_command(body, kind)
         if kind == "reset" and not asked.yes:
