@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,9 @@ import pytest
 
 import relay.cli
 from relay.app import Relay
+from relay.config import Config
+from relay.errors import KafkaUnavailable
+from relay.registry_topic import RegistryTopic
 from relay.simulator import Simulator, SimulatorServer
 from tests.integration.harness import Collector, World, collect, wait_until
 
@@ -51,7 +55,9 @@ async def replica(world: World, **overrides: str) -> AsyncIterator[Relay]:
         "admin_token": TOKEN,
         **overrides,
     }
-    running = Relay(world.config(**settings))
+    config = world.config(**settings)
+    await registry_topic_known(config)
+    running = Relay(config)
     await running.start_http()
     joined = asyncio.create_task(running.join_fleet(), name="fleet seat")
     polling = asyncio.create_task(running.scheduler.run(), name="scheduler")
@@ -62,6 +68,20 @@ async def replica(world: World, **overrides: str) -> AsyncIterator[Relay]:
         running.request_stop()
         await asyncio.wait_for(asyncio.gather(joined, polling), 60)
         await running.close()
+
+
+async def registry_topic_known(config: Config, timeout: float = 30) -> None:
+    """Create the registry topic, and wait until Kafka's metadata has it. A relay that creates it itself reads it at
+    once, and Relay.join_fleet (unlike `relay run`) does not retry a read that the metadata did not catch up with."""
+    deadline = time.monotonic() + timeout
+    async with RegistryTopic(config) as topic:
+        await topic.ensure_topic()
+        while True:
+            try:
+                await topic.read()
+                return
+            except KafkaUnavailable:
+                assert time.monotonic() < deadline, f"the registry topic is not in Kafka's metadata after {timeout} s"
 
 
 async def call(
