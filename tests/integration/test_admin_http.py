@@ -2,9 +2,9 @@
 group, a real simulator) with RELAY_ADMIN_TOKEN set.
 
 An integration added over HTTP is in the registry (as `relay integrations list --json` shows it) and polled; a pause
-stops its polls until a resume; a resnapshot is acknowledged by the owner, with the CLI's wording; an integration the
-registry does not hold is 404; a missing or wrong token is 401, a bad body 400; a relay without a token answers 404
-under /admin."""
+stops its polls until a resume; a resnapshot and a reset are acknowledged by the owner, with the CLI's wording; an
+integration the registry does not hold is 404; a command nobody acknowledges is 202; a missing or wrong token is 401,
+a bad body 400; a relay without a token answers 404 under /admin."""
 
 from __future__ import annotations
 
@@ -205,6 +205,12 @@ async def test_a_resnapshot_over_http_is_acknowledged_by_the_owner(world: World,
         await wait_for_events(events, lambda: len(created(events, "resnapshot")) >= len(live), "the resnapshot")
         assert sorted(created(events, "resnapshot")) == sorted(live)
 
+        status, reset = await call(running, "POST", f"/admin/integrations/{ACME}/reset", {"yes": True})
+        assert (status, reset["outcome"]) == (200, "done"), reset
+        assert "its next poll is a snapshot" in reset["message"]
+        # The snapshot follows at once: every live record announced again, as after the first one.
+        await wait_for_events(events, lambda: all(created(events, None).count(e) == 2 for e in live), "the snapshot")
+
         # Not waited for: 202 once Kafka has it.
         status, sent = await call(running, "POST", f"/admin/integrations/{ACME}/reconcile", {"wait": False})
         assert (status, sent["outcome"], sent["ack"]) == (202, "sent", None), sent
@@ -231,3 +237,23 @@ async def test_refusals_unknown_integrations_bad_bodies_and_tokens(world: World)
         status, answer = await call(without, "GET", "/admin/integrations")
         assert status == 404
         assert "the admin API is off" in answer["error"]
+
+
+async def test_a_command_nobody_acknowledges_is_202_no_ack(world: World) -> None:
+    """A relay that serves HTTP but has not joined the fleet: the API works (it talks to Kafka itself), and no owner
+    answers the command."""
+    config = world.config(state_topic_partitions=str(PARTITIONS), admin_token=TOKEN)
+    await event_topics(world)  # and the control topic, which a relay of this configuration would have created
+    await registry_topic_known(config)
+    running = Relay(config)
+    await running.start_http()
+    try:
+        assert (await call(running, "POST", f"/admin/integrations/{ACME}"))[0] == 200
+        status, answer = await call(running, "POST", f"/admin/integrations/{ACME}/resnapshot", {"timeout": 3})
+        assert (status, answer["outcome"], answer["sent"], answer["ack"]) == (202, "no_ack", True, None), answer
+        assert answer["message"].endswith(
+            "no owner acknowledged it within 3 s (no relay running, a long poll in "
+            "progress, or a handover meanwhile); it may still run"
+        )
+    finally:
+        await running.close()
