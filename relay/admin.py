@@ -15,10 +15,11 @@ unless RELAY_ADMIN_TOKEN (or RELAY_ADMIN_TOKEN_FILE) is set; off, every path und
 request must carry ``Authorization: Bearer <token>``, compared in constant time; without it, or with another token,
 it gets 401 with ``WWW-Authenticate``. The token is never logged.
 
-What belongs here: the routes, the bearer check, the parsing of request bodies (untrusted: at most MAX_BODY_BYTES,
-JSON objects of known fields and types, each problem named), the mapping of outcomes to HTTP statuses and the
-requests' log lines and metric. The conversations with Kafka, and their wording, are the CLIs'
-(:mod:`relay.registry_cli`, :mod:`relay.commands_cli`): an operation says over HTTP what its command prints.
+What belongs here: the routes, the bearer check, the bound on requests in flight (MAX_IN_FLIGHT), the parsing of
+request bodies (untrusted: at most MAX_BODY_BYTES, JSON objects of known fields and types, each problem named), the
+mapping of outcomes to HTTP statuses and the requests' log lines and metric. The conversations with Kafka, and their
+wording, are the CLIs' (:mod:`relay.registry_cli`, :mod:`relay.commands_cli`): an operation says over HTTP what its
+command prints.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ PREFIX: Final = "/admin"
 MAX_BODY_BYTES: Final = 64 * 1024  # a request names one integration: far below this
 BODY_READ_TIMEOUT_SECONDS: Final = 10.0
 MAX_TIMEOUT_SECONDS: Final = 300.0  # a request's own "timeout": longer would outlive most proxies anyway
+# Each request opens Kafka clients of its own and a command may hold them for its whole timeout: a UI polling in a loop
+# must not pile them up on the relay (nor on the brokers). Beyond this many at once, 503 with Retry-After.
+MAX_IN_FLIGHT: Final = 16
+RETRY_AFTER_SECONDS: Final = 1
 REALM: Final = 'Bearer realm="relay admin"'
 REGISTRY_EDITS: Final = ("remove", "pause", "resume")
 COMMANDS: Final = commands_cli.KINDS  # resnapshot, reconcile, reset
@@ -71,6 +76,7 @@ STATUSES: Final[Mapping[str, int]] = {
     "failed": 500,  # the owner acknowledged that the command failed
     "kafka_refused": 502,  # Kafka's ACLs refuse the relay's principal, or Kafka refused its credentials
     "kafka_unavailable": 503,
+    "busy": 503,  # MAX_IN_FLIGHT requests in progress
     "kafka_timeout": 504,
 }
 # What a failure of an operation is, by exception, most specific first (KafkaTimedOut is a KafkaUnavailable,
@@ -241,11 +247,13 @@ Operation = Callable[[str, web.Request, bytes], Awaitable[Answer]]
 class AdminApi:
     """The handlers of the admin API, for one relay's configuration."""
 
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(self, config: Config, metrics: Metrics, *, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         assert config.admin_token is not None, "the admin API is on only with a token"
         self._config = config
         self._token = config.admin_token
         self._metrics = metrics
+        self._max_in_flight = max_in_flight
+        self.in_flight = 0  # requests past the bearer check, not answered yet
         metrics.initialise_admin()
 
     def routes(self) -> list[web.RouteDef]:
@@ -267,6 +275,11 @@ class AdminApi:
                 answer = failure(operation, integration, f"unauthorized: {why}", "unauthorized")
                 challenge = REALM if "Authorization" not in request.headers else f'{REALM}, error="invalid_token"'
                 return self._respond(request, operation, answer, started, {"WWW-Authenticate": challenge})
+            if self.in_flight >= self._max_in_flight:
+                why = f"busy: {self.in_flight} admin requests are in progress; try again"
+                answer = failure(operation, integration, why, "busy")
+                return self._respond(request, operation, answer, started, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+            self.in_flight += 1
             try:
                 body = await _read_body(request)
                 answer = await run(operation, request, body)
@@ -274,6 +287,8 @@ class AdminApi:
                 answer = failure(operation, integration, error, "too_large")
             except _FAILURE_TYPES as error:
                 answer = failure(operation, integration, error, outcome_of(error))
+            finally:
+                self.in_flight -= 1
             return self._respond(request, operation, answer, started)
 
         return handle

@@ -52,6 +52,7 @@ ADMIN_OUTCOMES = (
     "kafka_refused",
     "kafka_unavailable",
     "kafka_timeout",
+    "busy",
 )
 
 
@@ -218,7 +219,7 @@ class Metrics:
             "relay_admin_requests_total",
             "Requests to the admin HTTP API (on only with RELAY_ADMIN_TOKEN), by operation and outcome: done, sent "
             "(not waited for), no_ack, failed (the owner said so), invalid, too_large, unauthorized, "
-            "unknown_integration, kafka_refused, kafka_unavailable, kafka_timeout.",
+            "unknown_integration, kafka_refused, kafka_unavailable, kafka_timeout, busy (too many at once).",
             ["operation", "outcome"],
             registry=r,
         )

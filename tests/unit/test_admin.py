@@ -5,9 +5,11 @@ id, 413 for a body too large. The operations themselves, on the real broker: tes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -17,6 +19,7 @@ from aiohttp import web
 from relay.admin import (
     MAX_BODY_BYTES,
     STATUSES,
+    AdminApi,
     admin_routes,
     bearer_matches,
     outcome_of,
@@ -249,3 +252,44 @@ async def test_kafka_refusing_connections_is_503(api: str) -> None:
     status, document, _ = await call("POST", f"{api}/admin/integrations/personio:acme/pause")
     assert (status, document["outcome"]) == (503, "kafka_unavailable")
     assert document["error"].startswith("no Kafka bootstrap server could be reached")
+
+
+@pytest.fixture
+def silent_broker() -> Iterator[str]:
+    """host:port of a socket that accepts connections (the kernel does, from its backlog) and never answers."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        yield f"127.0.0.1:{listening.getsockname()[1]}"
+
+
+async def test_beyond_the_requests_allowed_in_flight_one_is_503_busy(silent_broker: str, metrics: Metrics) -> None:
+    """Each request holds Kafka clients while it runs: past the bound, one is turned away at once, not queued."""
+    api = AdminApi(
+        config_with(RELAY_ADMIN_TOKEN=TOKEN, RELAY_KAFKA_BOOTSTRAP_SERVERS=silent_broker), metrics, max_in_flight=1
+    )
+    app = web.Application()
+    app.router.add_routes(api.routes())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{bound_port(runner)}/admin/integrations/personio:acme/resnapshot"
+    try:
+        # Kafka never answers: the first request waits its whole timeout, in flight.
+        first = asyncio.create_task(call("POST", url, body=b'{"timeout": 3}'))
+        while api.in_flight < 1:
+            assert not first.done(), await first
+            await asyncio.sleep(0.01)
+        status, document, headers = await call("POST", url)
+        assert (status, document["outcome"], headers["Retry-After"]) == (503, "busy", "1")
+        assert document["error"] == "busy: 1 admin requests are in progress; try again"
+        status, document, _ = await call("POST", url.replace("/resnapshot", "/reconcile"), token="wrong")
+        assert status == 401  # the bearer check comes first: a stranger learns nothing of the load
+        status, document, _ = await first
+        # Its timeout and the connection's end at the same moment: either says Kafka did not answer.
+        assert (status, document["outcome"]) in ((504, "kafka_timeout"), (503, "kafka_unavailable"))
+        assert api.in_flight == 0
+    finally:
+        await runner.cleanup()
+    labels = {"operation": "resnapshot", "outcome": "busy"}
+    assert metrics.registry.get_sample_value("relay_admin_requests_total", labels) == 1
