@@ -36,6 +36,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from relay import __version__
+from relay.admin import admin_routes
 from relay.check_config import add_arguments as add_arguments  # `relay run` takes what check-config takes
 from relay.commands import CommandApplier
 from relay.config import Config, ConfigError, environment_warnings, load_config, print_problems
@@ -189,7 +190,8 @@ class Relay:
         webhook = None
         if self.webhooks is not None:
             webhook = (self.webhooks.settings.path, make_handler(self.webhooks, self.metrics))
-        app = build_app(self.metrics, self.readiness, self.status, self.heartbeat, webhook=webhook)
+        routes = admin_routes(self.config, self.metrics)  # off without RELAY_ADMIN_TOKEN: /admin/* answers 404
+        app = build_app(self.metrics, self.readiness, self.status, self.heartbeat, webhook=webhook, routes=routes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)

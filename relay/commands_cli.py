@@ -30,18 +30,21 @@ Exit status:
 """
 
 # What belongs here: the commands' arguments, output and exit codes, and their Kafka conversation (registry read,
-# command sent, ack awaited). What the owner does with a command is relay.commands'.
+# command sent, ack awaited: send_command), which the admin HTTP API (relay.admin) holds too, with the same wording.
+# What the owner does with a command is relay.commands'.
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 import orjson
@@ -50,7 +53,13 @@ from aiokafka.errors import KafkaError
 
 from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
 from relay.control import ControlAction, UnreadableAction
-from relay.errors import KafkaAuthenticationFailed, KafkaAuthorizationFailed, KafkaUnavailable, UnknownIntegration
+from relay.errors import (
+    KafkaAuthenticationFailed,
+    KafkaAuthorizationFailed,
+    KafkaTimedOut,
+    KafkaUnavailable,
+    UnknownIntegration,
+)
 from relay.kafka_access import check_kafka_access
 from relay.partitioning import partition_for_key
 from relay.registry import DefaultResources, check_integration_id
@@ -73,6 +82,16 @@ _HELP: Final = {
     "reset": "forget what the relay remembers of an integration: its next poll is a snapshot",
 }
 _DID: Final = {"resnapshot": "resnapshot", "reconcile": "reconciliation", "reset": "reset"}
+KINDS: Final = tuple(_DID)
+# What a command's failure to be sent is, by exception, as an exit status (UnknownIntegration first: it is the most
+# specific; KafkaTimedOut is a KafkaUnavailable).
+FAILURES: Final[tuple[tuple[type[Exception], int], ...]] = (
+    (UnknownIntegration, EXIT_UNKNOWN_INTEGRATION),
+    (KafkaAuthorizationFailed, EXIT_KAFKA_AUTHORIZATION),
+    (KafkaAuthenticationFailed, EXIT_KAFKA_AUTHENTICATION),
+    (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE),
+)
+_FAILURE_TYPES: Final = tuple(failure for failure, _ in FAILURES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,68 +160,108 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"{prog}: {error}", file=sys.stderr)
         return EXIT_INVALID
     if kind == "reset" and not args.yes:
-        print(
-            f"{prog}: this forgets what the relay remembers of {args.integration} "
-            f"({args.resource or 'every resource'}): its next poll is a snapshot, which announces every live record "
-            f"again when RELAY_INITIAL_SNAPSHOT=emit. Add --yes to do it",
-            file=sys.stderr,
-        )
+        print(f"{prog}: {reset_unconfirmed_text(args.integration, args.resource, 'Add --yes')}", file=sys.stderr)
         return EXIT_INVALID
     return asyncio.run(_run(config, args, kind, prog, out))
 
 
+def reset_unconfirmed_text(integration: str, resource: str | None, confirm: str) -> str:
+    """Why a reset is refused until it is confirmed (``confirm``: how to, like 'Add --yes')."""
+    return (
+        f"this forgets what the relay remembers of {integration} ({resource or 'every resource'}): its next poll is "
+        f"a snapshot, which announces every live record again when RELAY_INITIAL_SNAPSHOT=emit. {confirm} to do it"
+    )
+
+
 async def _run(config: Config, args: argparse.Namespace, kind: str, prog: str, out: TextIO) -> int:
-    deadline = time.monotonic() + args.timeout
+    try:
+        done = await send_command(
+            config,
+            kind,
+            args.integration,
+            args.resource,
+            timeout=args.timeout,
+            wait=not args.no_wait,
+            on_sent=lambda sent: _print_sent(config, args, sent, out),
+        )
+    except _FAILURE_TYPES as error:
+        return _fail(prog, error, exit_status(error))
+    if args.no_wait:
+        if args.json:  # what was sent, its command id above all: nothing else says it
+            out.write(orjson.dumps(document(done.command, None), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    if done.ack is None:
+        return _no_ack(args, done.command, out)
+    return _print_ack(prog, args, done.command, done.ack, out)
+
+
+def exit_status(error: Exception) -> int:
+    """The exit status of a command that failed with ``error``, one of FAILURES."""
+    return next(code for failure, code in FAILURES if isinstance(error, failure))
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A command Kafka acknowledged, and what for: the resources it applies to, the control topic's partition."""
+
+    command: ControlAction
+    resources: tuple[str, ...]
+    partition: int
+    ack: ControlAction | None = None  # the owner's, once received (None: not waited for, or not within the timeout)
+
+
+async def send_command(
+    config: Config,
+    kind: str,
+    integration: str,
+    resource: str | None,
+    *,
+    timeout: float,
+    wait: bool = True,
+    on_sent: Callable[[Sent], None] = lambda sent: None,
+) -> Sent:
+    """Send the command ``kind`` (one of KINDS) for ``integration`` (``resource``, or every one) to its owner, after
+    checking the registry polls it; ``on_sent`` is told once Kafka has it. With ``wait``, wait for the owner's ack
+    until ``timeout`` seconds after the start. Raises, when the command was not sent, UnknownIntegration (not in the
+    registry, removed, paused, or not polled for ``resource``), KafkaTimedOut, or another error of FAILURES."""
+    deadline = time.monotonic() + timeout
     command = ControlAction(
         kind,  # type: ignore[arg-type]  # one of COMMAND_KINDS
-        args.integration,
-        () if args.resource is None else (args.resource,),
+        integration,
+        () if resource is None else (resource,),
         None,
         round(time.time() * 1000),
         str(uuid.uuid4()),
     )
-    partition = partition_for_key(args.integration.encode(), config.state_topic_partitions)
-    sent = False
+    partition = partition_for_key(integration.encode(), config.state_topic_partitions)
+    sent: Sent | None = None
     try:
-        async with asyncio.timeout(args.timeout):
-            await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=args.timeout)
-            resources = await _check_registry(config, args, timeout=args.timeout)
+        async with asyncio.timeout(timeout):
+            await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=timeout)
+            resources = await _check_registry(config, integration, resource, timeout=timeout)
             async with ControlClient(config, partition) as client:
                 await client.send(command)
-                sent = True
-                _print_sent(config, args, command, resources, partition, out)
-                if args.no_wait:
-                    if args.json:  # what was sent, its command id above all: nothing else says it
-                        out.write(orjson.dumps(_document(args, command, None), option=orjson.OPT_INDENT_2).decode())
-                        out.write("\n")
-                    return EXIT_OK
+                sent = Sent(command, resources, partition)
+                on_sent(sent)
+                if not wait:
+                    return sent
                 ack = await client.wait_for_ack(command.command_id or "", deadline)
     except TimeoutError:
-        if sent:
-            return _no_ack(args, command, out)
-        error = KafkaUnavailable(f"Kafka at {config.kafka_bootstrap_servers} did not answer within {args.timeout:g} s")
-        return _fail(prog, error, EXIT_KAFKA_UNAVAILABLE)
-    except UnknownIntegration as error:
-        return _fail(prog, error, EXIT_UNKNOWN_INTEGRATION)
-    except KafkaAuthorizationFailed as error:
-        return _fail(prog, error, EXIT_KAFKA_AUTHORIZATION)
-    except KafkaAuthenticationFailed as error:
-        return _fail(prog, error, EXIT_KAFKA_AUTHENTICATION)
-    except KafkaUnavailable as error:
-        return _fail(prog, error, EXIT_KAFKA_UNAVAILABLE)
+        if sent is not None:
+            return sent
+        raise KafkaTimedOut(f"Kafka at {config.kafka_bootstrap_servers} did not answer within {timeout:g} s") from None
     except KafkaError as error:
         if refused := authorization_failed(error, config, doing="write"):
-            return _fail(prog, refused, EXIT_KAFKA_AUTHORIZATION)
-        return _fail(prog, KafkaUnavailable(f"{type(error).__name__}: {error}"), EXIT_KAFKA_UNAVAILABLE)
-    return _print_ack(prog, args, command, ack, out)
+            raise refused from error
+        raise KafkaUnavailable(f"{type(error).__name__}: {error}") from error
+    return dataclasses.replace(sent, ack=ack)
 
 
-async def _check_registry(config: Config, args: argparse.Namespace, *, timeout: float) -> tuple[str, ...]:
+async def _check_registry(config: Config, integration: str, resource: str | None, *, timeout: float) -> tuple[str, ...]:
     """The resources the command applies to; raises UnknownIntegration when the registry does not poll it."""
     async with RegistryTopic(config, timeout_seconds=timeout) as topic:
         await topic.ensure_topic()
         registry = await topic.read()
-    integration: str = args.integration
     entry = registry.get(integration)
     if entry is None:
         raise UnknownIntegration(
@@ -219,13 +278,13 @@ async def _check_registry(config: Config, args: argparse.Namespace, *, timeout: 
             f"{integration} is paused: resume it first (relay integrations resume)", integration=integration
         )
     resources = DefaultResources.from_config(config).resources_of(entry)
-    if args.resource is not None:
-        if args.resource not in resources:
+    if resource is not None:
+        if resource not in resources:
             raise UnknownIntegration(
-                f"{integration} is not polled for {args.resource!r}; its resources: {', '.join(resources) or 'none'}",
+                f"{integration} is not polled for {resource!r}; its resources: {', '.join(resources) or 'none'}",
                 integration=integration,
             )
-        return (args.resource,)
+        return (resource,)
     return tuple(resources)
 
 
@@ -307,58 +366,71 @@ class ControlClient:
                     return action
 
 
-def _print_sent(
-    config: Config,
-    args: argparse.Namespace,
-    command: ControlAction,
-    resources: tuple[str, ...],
-    partition: int,
-    out: TextIO,
-) -> None:
+def _print_sent(config: Config, args: argparse.Namespace, sent: Sent, out: TextIO) -> None:
     if args.json:
         return
-    which = args.resource if args.resource is not None else f"every resource: {', '.join(resources)}"
-    print(
-        f"sent {command.kind} of {command.integration} ({which}) as command {command.command_id} to "
-        f"{config.control_topic} partition {partition}",
-        file=out,
-    )
+    print(sent_text(config, sent), file=out)
     if not args.no_wait:
         print(f"waiting up to {args.timeout:g} s for the owner's acknowledgement", file=out, flush=True)
 
 
-def _document(args: argparse.Namespace, command: ControlAction, ack: ControlAction | None) -> dict[str, Any]:
+def sent_text(config: Config, sent: Sent) -> str:
+    """What was sent, where."""
+    command = sent.command
+    which = command.resources[0] if command.resources else f"every resource: {', '.join(sent.resources)}"
+    return (
+        f"sent {command.kind} of {command.integration} ({which}) as command {command.command_id} to "
+        f"{config.control_topic} partition {sent.partition}"
+    )
+
+
+def document(command: ControlAction, ack: ControlAction | None) -> dict[str, Any]:
+    """What ``--json`` prints: the command sent and the owner's ack (None: none within the timeout)."""
     return {
         "command": command.kind,
         "command_id": command.command_id,
         "integration": command.integration,
-        "resource": args.resource,
+        "resource": command.resources[0] if command.resources else None,
         "sent": True,
         "ack": None if ack is None else {"outcome": ack.outcome, "message": ack.message},
     }
 
 
+def done_text(command: ControlAction, ack: ControlAction) -> str:
+    """What the owner said it did (``ack.outcome == "ok"``)."""
+    return f"{_DID[command.kind]} of {command.integration} done: {ack.message}"
+
+
+def failed_text(ack: ControlAction) -> str:
+    """What the owner said went wrong (``ack.outcome != "ok"``)."""
+    return f"the owner answered that it failed: {ack.message}"
+
+
+def no_ack_text(command: ControlAction, timeout: float) -> str:
+    """Why a command sent has no answer."""
+    return (
+        f"command {command.command_id} was sent, but no owner acknowledged it within {timeout:g} s "
+        "(no relay running, a long poll in progress, or a handover meanwhile); it is kept: the partition's owner "
+        "runs it if it comes within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS of now"
+    )
+
+
 def _print_ack(prog: str, args: argparse.Namespace, command: ControlAction, ack: ControlAction, out: TextIO) -> int:
     code = EXIT_OK if ack.outcome == "ok" else EXIT_FAILED
     if args.json:
-        out.write(orjson.dumps(_document(args, command, ack), option=orjson.OPT_INDENT_2).decode() + "\n")
+        out.write(orjson.dumps(document(command, ack), option=orjson.OPT_INDENT_2).decode() + "\n")
     elif code == EXIT_OK:
-        print(f"{_DID[command.kind]} of {command.integration} done: {ack.message}", file=out)
+        print(done_text(command, ack), file=out)
     else:
-        print(f"{prog}: the owner answered that it failed: {ack.message}", file=sys.stderr)
+        print(f"{prog}: {failed_text(ack)}", file=sys.stderr)
     return code
 
 
 def _no_ack(args: argparse.Namespace, command: ControlAction, out: TextIO) -> int:
     if args.json:
-        out.write(orjson.dumps(_document(args, command, None), option=orjson.OPT_INDENT_2).decode() + "\n")
+        out.write(orjson.dumps(document(command, None), option=orjson.OPT_INDENT_2).decode() + "\n")
     prog = "relay state reset" if command.kind == "reset" else f"relay {command.kind}"
-    print(
-        f"{prog}: command {command.command_id} was sent, but no owner acknowledged it within {args.timeout:g} s "
-        "(no relay running, a long poll in progress, or a handover meanwhile); it is kept: the partition's owner "
-        "runs it if it comes within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS of now",
-        file=sys.stderr,
-    )
+    print(f"{prog}: {no_ack_text(command, args.timeout)}", file=sys.stderr)
     return EXIT_NO_ACK
 
 

@@ -127,7 +127,10 @@ _RESERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/status")
 
 
 def _is_webhook_path(text: str) -> bool:
-    return re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", text) is not None and text not in _RESERVED_PATHS
+    # /admin and below are the admin HTTP API's (relay.admin), whether it is on or not, so that turning it on never
+    # shadows the webhook endpoint.
+    reserved = text in _RESERVED_PATHS or text == "/admin" or text.startswith("/admin/")
+    return re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", text) is not None and not reserved
 
 
 def _is_host_port(text: str) -> bool:
@@ -402,7 +405,10 @@ class Config:
         "Secret Kombo signs its webhooks with (X-Kombo-Signature); unset turns the webhook endpoint off",
     )
     kombo_webhook_path: str = setting(
-        Text("a URL path like /webhooks/kombo (not /metrics, /livez, /readyz, /status)", _is_webhook_path),
+        Text(
+            "a URL path like /webhooks/kombo (not /metrics, /livez, /readyz, /status, nor under /admin)",
+            _is_webhook_path,
+        ),
         "/webhooks/kombo",
         "Path of the webhook endpoint, on the HTTP server of RELAY_HTTP_PORT",
     )
@@ -428,6 +434,13 @@ class Config:
         "integration-created adds (ATS, HRIS), integration-deleted removes, integration-state-changed pauses "
         "(INACTIVE, INVALID) and resumes (ACTIVE); a webhook older than the entry's last change changes nothing "
         "(README: Webhooks)",
+    )
+    # The admin HTTP API
+    admin_token: Secret | None = setting(
+        SecretValue(),
+        None,
+        "Bearer token of the admin HTTP API (POST /admin/..., README: Admin HTTP API) on the server of "
+        "RELAY_HTTP_PORT; unset turns the API off (its paths answer 404)",
     )
 
     def topic_for(self, resource: str, event: str) -> str:

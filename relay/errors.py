@@ -13,6 +13,7 @@
     │   └── AuthenticationError     the API key is wrong: loud, an operator must act
     ├── SinkError                   Kafka did not accept a transaction
     │   ├── KafkaUnavailable        retry with backoff from the last committed state
+    │   │   └── KafkaTimedOut       an operator's command gave up: Kafka did not answer within its timeout
     │   ├── Fenced                  another instance took over our transactional id: stop, never write again
     │   ├── RecordTooLarge          a record is larger than Kafka accepts: that pair backs off, Kafka is not down
     │   ├── PartitionLost           another replica owns the pair's state partition now: hand its pairs over
@@ -103,6 +104,12 @@ class SinkError(RelayError):
 
 class KafkaUnavailable(SinkError):
     """Kafka is unreachable or erroring; retry from the last committed state."""
+
+
+class KafkaTimedOut(KafkaUnavailable):
+    """Kafka did not answer an operator's command (``relay integrations``, ``relay resnapshot``, the admin HTTP API)
+    within its timeout: unavailable, as far as that command can tell. Told apart so that the admin API can answer 504
+    rather than 503."""
 
 
 class Fenced(SinkError):

@@ -38,6 +38,23 @@ HANDOVER_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # Operators' commands (resnapshot, reconcile, reset) count too, and their acks sent.
 CONTROL_KINDS = ("trigger", "pause", "resume", "resnapshot", "reconcile", "reset", "ack", "unknown")
 CONTROL_OUTCOMES = ("sent", "delivered", "duplicate", "unreadable", "replayed")
+# relay_admin_requests_total: the operations of the admin HTTP API (relay.admin), and their outcomes (its README
+# section maps each to an HTTP status).
+ADMIN_OPERATIONS = ("list", "add", "remove", "pause", "resume", "resnapshot", "reconcile", "reset")
+ADMIN_OUTCOMES = (
+    "done",
+    "sent",
+    "no_ack",
+    "failed",
+    "invalid",
+    "too_large",
+    "unauthorized",
+    "unknown_integration",
+    "kafka_refused",
+    "kafka_unavailable",
+    "kafka_timeout",
+    "busy",
+)
 
 
 class Metrics:
@@ -200,6 +217,14 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.admin_requests = Counter(
+            "relay_admin_requests_total",
+            "Requests to the admin HTTP API (on only with RELAY_ADMIN_TOKEN), by operation and outcome: done, sent "
+            "(not waited for), no_ack, failed (the owner said so), invalid, too_large, unauthorized, "
+            "unknown_integration, kafka_refused, kafka_unavailable, kafka_timeout, busy (too many at once).",
+            ["operation", "outcome"],
+            registry=r,
+        )
         self._by_resource: dict[str, ResourceSeries] = {}
         self._initialise(tuple(resources))
 
@@ -244,6 +269,13 @@ class Metrics:
             self.rate_limit_waits.labels(reason)
         self.fenced.set(0)
         self.ready.set(0)
+
+    def initialise_admin(self) -> None:
+        """Create the admin API's series at 0: only when it is on (it is off by default), so that a relay without it
+        does not expose 88 series that stay at 0."""
+        for operation in ADMIN_OPERATIONS:
+            for outcome in ADMIN_OUTCOMES:
+                self.admin_requests.labels(operation, outcome)
 
 
 class ResourceSeries:

@@ -32,24 +32,29 @@ Exit status:
      does not exist, and the command says so at once), or the integration's partition is changing owner. The
      change stays in the registry: the relay that owns the partition next polls as it says
 
+
 A running relay follows the registry: it polls an integration added within one poll interval, stops polling one
 removed, and pauses and resumes with it, with no restart.
 """
 
 # What belongs here: the `relay integrations` command (this docstring is its --help description): arguments, output
-# and exit codes. The edits are relay.registry's, the Kafka work relay.registry_topic's.
+# and exit codes, and the conversation with Kafka of each action (read_registry, edit_registry), which the admin HTTP
+# API (relay.admin) holds too, with the same wording. The edits are relay.registry's, the Kafka work
+# relay.registry_topic's.
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import logging
 import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 import orjson
@@ -62,6 +67,7 @@ from relay.control import ControlAction, registry_revision_acked
 from relay.errors import (
     KafkaAuthenticationFailed,
     KafkaAuthorizationFailed,
+    KafkaTimedOut,
     KafkaUnavailable,
     UnknownIntegration,
 )
@@ -96,6 +102,18 @@ EXIT_NO_ACK: Final = 10  # as relay resnapshot, reconcile, state reset (relay.co
 
 _RESOURCES: Final = Items(Text("a path like ats/users (a-z, 0-9, _, - between slashes)", is_resource_path))
 Edit = Callable[..., RegistryEntry | None]
+EditOf = Callable[[Registry], RegistryEntry | None]  # an edit with its arguments given: of the registry read
+ACTIONS: Final = ("add", "remove", "pause", "resume")
+# What an action's failure is, by exception, as an exit status (most specific first: UnknownIntegration is no
+# ValueError, KafkaTimedOut is a KafkaUnavailable).
+FAILURES: Final[tuple[tuple[type[Exception], int], ...]] = (
+    (UnknownIntegration, EXIT_UNKNOWN_INTEGRATION),
+    (ValueError, EXIT_INVALID),
+    (KafkaAuthorizationFailed, EXIT_KAFKA_AUTHORIZATION),
+    (KafkaAuthenticationFailed, EXIT_KAFKA_AUTHENTICATION),
+    (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE),
+)
+_FAILURE_TYPES: Final = tuple(failure for failure, _ in FAILURES)
 _EDITS: Final[dict[str, tuple[Edit, str]]] = {  # command -> (edit, what it did)
     "add": (add, "added"),
     "remove": (remove, "removed"),
@@ -179,18 +197,34 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return asyncio.run(_run(config, args, edit, out))
 
 
-def _edit_of(args: argparse.Namespace) -> Callable[[Registry], RegistryEntry | None]:
+def _edit_of(args: argparse.Namespace) -> EditOf:
     """The edit ``args`` ask for, as a function of the registry read; raises ValueError for an invalid argument."""
-    integration: str = args.integration
-    check_integration_id(integration)
+    check_integration_id(args.integration)  # first: the id is the argument most worth naming
     by = args.by if args.by is not None else f"{PROG} ({_user()}@{socket.gethostname()})"
-    if not by or len(by) > MAX_BY_LENGTH or not by.isprintable():
-        raise ValueError(f"--by must be printable text of 1 to {MAX_BY_LENGTH} characters")
-    function, _ = _EDITS[args.action]
     if args.action != "add":
-        return lambda registry: function(registry, integration, at=now_text(), by=by)
-    category: Category | None = args.category
+        return make_edit(args.action, args.integration, by=by, by_name="--by")
     resources = _resources(args.resources)
+    return make_edit(args.action, args.integration, by=by, by_name="--by", category=args.category, resources=resources)
+
+
+def make_edit(
+    action: str,
+    integration: str,
+    *,
+    by: str,
+    by_name: str = "by",
+    category: Category | None = None,
+    resources: tuple[str, ...] | None = None,
+) -> EditOf:
+    """The edit ``action`` (add, remove, pause, resume) of ``integration``, as a function of the registry read; raises
+    ValueError, naming the argument (``by_name`` for ``by``), for an invalid one. ``category`` and ``resources``
+    are add's."""
+    check_integration_id(integration)
+    if not by or len(by) > MAX_BY_LENGTH or not by.isprintable():
+        raise ValueError(f"{by_name} must be printable text of 1 to {MAX_BY_LENGTH} characters")
+    function, _ = _EDITS[action]
+    if action != "add":
+        return lambda registry: function(registry, integration, at=now_text(), by=by)
     check_resources(category, resources)  # again with the registry's category, when only one of them is given
     return lambda registry: function(
         registry, integration, category=category, resources=resources, at=now_text(), by=by
@@ -213,72 +247,183 @@ def _user() -> str:
         return "unknown"
 
 
-async def _run(
-    config: Config, args: argparse.Namespace, edit: Callable[[Registry], RegistryEntry | None] | None, out: TextIO
-) -> int:
-    deadline = time.monotonic() + args.timeout
-    written: RegistryEntry | None = None
-    before: RegistryEntry | None = None
+async def _run(config: Config, args: argparse.Namespace, edit: EditOf | None, out: TextIO) -> int:
     try:
-        # Each step is bounded by the timeout, and so is the whole: an operator waits --timeout at most.
-        async with asyncio.timeout(args.timeout):
-            await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=args.timeout)
-            async with RegistryTopic(config, timeout_seconds=args.timeout) as topic:
-                await topic.ensure_topic()
-                registry = await topic.read()
-                if edit is None:
-                    _print_list(config, registry, json=args.json, out=out)
-                    return EXIT_OK
-                before = registry.get(args.integration)
-                entry = edit(registry)  # UnknownIntegration, or ValueError: a category its resources are not of
-                if entry is None:  # nothing to do, nothing to wait for
-                    _print_edit(config, args, before, None, out=out)
-                    return EXIT_OK
-                async with _owner_acks(config, args) as owner:  # reading from before the write: no ack missed
-                    written = (await topic.write([entry]))[0]
-                    if owner is None:
-                        return _unacknowledged(config, args, before, written, out=out)
-                    if not args.json:
-                        _print_edit(config, args, before, written, out=out)
-                        print(f"waiting up to {args.timeout:g} s for the owner's acknowledgement", file=out, flush=True)
-                    ack = await owner.wait_for(_acknowledges(written), deadline)
-    except TimeoutError:
-        if written is not None:
-            return _no_ack(args, before, written, out=out)
-        error = KafkaUnavailable(
-            f"Kafka at {config.kafka_bootstrap_servers} did not answer within {args.timeout:g} s"
-            + ("" if edit is None else ": the change may still have been written; list the registry to see")
-        )
-        return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
-    except UnknownIntegration as error:
-        return _fail(args, error, EXIT_UNKNOWN_INTEGRATION)
-    except ValueError as error:
-        return _fail(args, error, EXIT_INVALID)
-    except KafkaAuthorizationFailed as error:
-        return _fail(args, error, EXIT_KAFKA_AUTHORIZATION)
-    except KafkaAuthenticationFailed as error:
-        return _fail(args, error, EXIT_KAFKA_AUTHENTICATION)
-    except KafkaUnavailable as error:
-        return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
-    except KafkaError as error:  # reading the control topic for the ack (the registry's own errors are mapped)
-        if refused := authorization_failed(error, config, doing="read"):
-            return _fail(args, refused, EXIT_KAFKA_AUTHORIZATION)
-        return _fail(args, KafkaUnavailable(f"{type(error).__name__}: {error}"), EXIT_KAFKA_UNAVAILABLE)
+        if edit is None:
+            registry = await read_registry(config, timeout=args.timeout)
+        else:
+            done = await edit_registry(
+                config,
+                args.action,
+                args.integration,
+                edit,
+                timeout=args.timeout,
+                wait=not _no_wait(args),
+                on_written=lambda written: _print_written(config, args, written, out),
+            )
+    except _FAILURE_TYPES as error:
+        return _fail(args, error, exit_status(error))
+    if edit is None:
+        _print_list(config, registry, json=args.json, out=out)
+        return EXIT_OK
     if args.json:
-        _print_edit(config, args, before, written, out=out, ack=ack)
-    else:
-        print(f"the owner acknowledged it: {ack.message or ack.outcome}", file=out)
+        out.write(orjson.dumps(done.document(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    if done.written is None or not done.waited:  # nothing to do, or --no-wait
+        return EXIT_OK
+    if done.ack is None:
+        print(f"{PROG} {args.action}: {no_ack_text(config, done, args.timeout)}", file=sys.stderr)
+        return EXIT_NO_ACK
+    if not args.json:
+        print(f"the owner acknowledged it: {done.ack.message or done.ack.outcome}", file=out)
     return EXIT_OK
 
 
+def _print_written(config: Config, args: argparse.Namespace, done: EditDone, out: TextIO) -> None:
+    """As soon as the record is written (or found needless): what was done, and whether an ack is awaited."""
+    if args.json:
+        return
+    print(done.text(config), file=out, flush=True)
+    if done.waited and done.written is not None and not done.control_topic_missing:
+        print(f"waiting up to {args.timeout:g} s for the owner's acknowledgement", file=out, flush=True)
+
+
+def no_ack_text(config: Config, done: EditDone, timeout: float) -> str:
+    """Why a change written has no acknowledgement."""
+    assert done.written is not None
+    if done.control_topic_missing:
+        return (
+            f"no relay of this configuration has run yet (the control topic {config.control_topic} does not exist), "
+            "so none acknowledges the change; the first to start polls as the registry says"
+        )
+    return (
+        f"the change is written (revision {done.written.revision}), but no relay acknowledged it within {timeout:g} s "
+        "(no relay running, or the integration's partition changing owner); the relay that owns the partition next "
+        "polls as the registry says"
+    )
+
+
+def exit_status(error: Exception) -> int:
+    """The exit status of an action that failed with ``error``, one of FAILURES."""
+    return next(code for failure, code in FAILURES if isinstance(error, failure))
+
+
+async def read_registry(config: Config, *, timeout: float) -> Registry:
+    """The registry, read to its end (its topic created when missing); raises KafkaTimedOut after ``timeout``
+    seconds, or another error of FAILURES."""
+    try:
+        # Each step is bounded by the timeout, and so is the whole: an operator waits the timeout at most.
+        async with asyncio.timeout(timeout):
+            await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=timeout)
+            async with RegistryTopic(config, timeout_seconds=timeout) as topic:
+                await topic.ensure_topic()
+                return await topic.read()
+    except TimeoutError:
+        raise _timed_out(config, timeout, editing=False) from None
+
+
+@dataclass(frozen=True, slots=True)
+class EditDone:
+    """What an edit did: ``written`` is the entry it wrote, None when there was nothing to do (``before`` stays)."""
+
+    action: str
+    integration: str
+    before: RegistryEntry | None
+    written: RegistryEntry | None
+    waited: bool = False  # for the owner's acknowledgement (not with --no-wait, not when nothing was written)
+    control_topic_missing: bool = False  # no relay ever ran, so none could acknowledge: not waited for long
+    ack: ControlAction | None = None  # the owner's acknowledgement, when one came within the timeout
+
+    @property
+    def did(self) -> str:
+        """What it did, in a word: added, updated, removed, paused, resumed, or none."""
+        if self.written is None:
+            return "none"
+        if self.action == "add" and self.before is not None and not self.before.removed:
+            return "updated"
+        return _EDITS[self.action][1]
+
+    def document(self) -> dict[str, Any]:
+        """What ``--json`` prints."""
+        entry = self.before if self.written is None else self.written
+        return {
+            "action": self.did,
+            "integration": self.integration,
+            "changed": self.written is not None,
+            "entry": None if entry is None else entry.as_json(),
+            # The owner's acknowledgement that it applied the change; null when none was waited for or none came.
+            "ack": None if self.ack is None else {"outcome": self.ack.outcome, "message": self.ack.message},
+        }
+
+    def text(self, config: Config) -> str:
+        """The line printed without ``--json``."""
+        if self.written is None:
+            return f"{self.integration} {_ALREADY[self.action]}: nothing written"
+        defaults = DefaultResources.from_config(config)
+        written = self.written
+        return (
+            f"{self.did} {written.integration} in {config.integrations_topic} (revision {written.revision}): "
+            f"{written.state}, category {written.category or '-'}, resources {_resources_text(written, defaults)}"
+        )
+
+
+async def edit_registry(
+    config: Config,
+    action: str,
+    integration: str,
+    edit: EditOf,
+    *,
+    timeout: float,
+    wait: bool = False,
+    on_written: Callable[[EditDone], None] = lambda done: None,
+) -> EditDone:
+    """Read the registry (its topic created when missing), apply ``edit`` (``make_edit``) and write the entry it
+    makes, if any (acks=all); ``on_written`` is told what was done once it is. With ``wait``, then wait for the
+    owner's acknowledgement that it applied the change (:attr:`EditDone.ack`; None when none came within
+    ``timeout``). Raises UnknownIntegration, ValueError (a category its resources are not of), KafkaTimedOut after
+    ``timeout`` seconds before the write (the change may have been written), or another error of FAILURES."""
+    deadline = time.monotonic() + timeout
+    done: EditDone | None = None
+    try:
+        # Each step is bounded by the timeout, and so is the whole: an operator waits the timeout at most.
+        async with asyncio.timeout(timeout):
+            await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=timeout)
+            async with RegistryTopic(config, timeout_seconds=timeout) as topic:
+                await topic.ensure_topic()
+                registry = await topic.read()
+                before = registry.get(integration)
+                entry = edit(registry)
+                if entry is None:  # nothing to do, nothing to wait for
+                    done = EditDone(action, integration, before, None)
+                    on_written(done)
+                    return done
+                async with _owner_acks(config, integration, wait=wait) as owner:  # from before the write: none missed
+                    written = (await topic.write([entry]))[0]
+                    done = EditDone(
+                        action, integration, before, written, waited=wait, control_topic_missing=wait and owner is None
+                    )
+                    on_written(done)
+                    if owner is None:
+                        return done
+                    ack = await owner.wait_for(_acknowledges(written), deadline)
+    except TimeoutError:
+        if done is not None:
+            return done
+        raise _timed_out(config, timeout, editing=True) from None
+    except KafkaError as error:  # reading the control topic for the ack (the registry's own errors are mapped)
+        if refused := authorization_failed(error, config, doing="read"):
+            raise refused from error
+        raise KafkaUnavailable(f"{type(error).__name__}: {error}") from error
+    return dataclasses.replace(done, ack=ack)
+
+
 @contextlib.asynccontextmanager
-async def _owner_acks(config: Config, args: argparse.Namespace) -> AsyncIterator[ControlClient | None]:
-    """A reader of the integration's partition of the control topic, from its end; None with --no-wait, or when no
+async def _owner_acks(config: Config, integration: str, *, wait: bool) -> AsyncIterator[ControlClient | None]:
+    """A reader of the integration's partition of the control topic, from its end; None without ``wait``, or when no
     relay ever created the control topic (then nobody can acknowledge: the command says so, after writing)."""
-    if _no_wait(args):
+    if not wait:
         yield None
         return
-    partition = partition_for_key(args.integration.encode(), config.state_topic_partitions)
+    partition = partition_for_key(integration.encode(), config.state_topic_partitions)
     client = ControlClient(config, partition, sending=False)
     try:
         await client.__aenter__()
@@ -307,31 +452,11 @@ def _acknowledges(written: RegistryEntry) -> Callable[[ControlAction], bool]:
     return answers
 
 
-def _unacknowledged(
-    config: Config, args: argparse.Namespace, before: RegistryEntry | None, written: RegistryEntry, *, out: TextIO
-) -> int:
-    """Written, and not waited for: --no-wait (done), or no control topic (exit 10 at once: nobody to answer)."""
-    _print_edit(config, args, before, written, out=out)
-    if _no_wait(args):
-        return EXIT_OK
-    print(
-        f"{PROG} {args.action}: no relay of this configuration has run yet (the control topic {config.control_topic} "
-        "does not exist), so none acknowledges the change; the first to start polls as the registry says",
-        file=sys.stderr,
+def _timed_out(config: Config, timeout: float, *, editing: bool) -> KafkaTimedOut:
+    return KafkaTimedOut(
+        f"Kafka at {config.kafka_bootstrap_servers} did not answer within {timeout:g} s"
+        + (": the change may still have been written; list the registry to see" if editing else "")
     )
-    return EXIT_NO_ACK
-
-
-def _no_ack(args: argparse.Namespace, before: RegistryEntry | None, written: RegistryEntry, *, out: TextIO) -> int:
-    if args.json:
-        out.write(orjson.dumps(_edit_document(args, before, written), option=orjson.OPT_INDENT_2).decode() + "\n")
-    print(
-        f"{PROG} {args.action}: the change is written (revision {written.revision}), but no relay acknowledged it "
-        f"within {args.timeout:g} s (no relay running, or the integration's partition changing owner); the relay "
-        "that owns the partition next polls as the registry says",
-        file=sys.stderr,
-    )
-    return EXIT_NO_ACK
 
 
 def _fail(args: argparse.Namespace, error: Exception, code: int) -> int:
@@ -343,12 +468,11 @@ def _fail(args: argparse.Namespace, error: Exception, code: int) -> int:
 
 
 def _print_list(config: Config, registry: Registry, *, json: bool, out: TextIO) -> None:
+    if json:
+        out.write(orjson.dumps(list_document(config, registry), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
     defaults = DefaultResources.from_config(config)
     entries = [registry[integration] for integration in sorted(registry)]
-    if json:
-        listed = [{**entry.as_json(), "effective_resources": list(defaults.resources_of(entry))} for entry in entries]
-        out.write(orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return
     if not entries:
         print(f"no integrations in {config.integrations_topic}", file=out)
         return
@@ -369,54 +493,20 @@ def _print_list(config: Config, registry: Registry, *, json: bool, out: TextIO) 
         print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]), file=out)
 
 
+def list_document(config: Config, registry: Registry) -> list[dict[str, Any]]:
+    """What ``list --json`` prints: every entry, removed ones too, by id, with the resources it is polled for."""
+    defaults = DefaultResources.from_config(config)
+    entries = [registry[integration] for integration in sorted(registry)]
+    return [{**entry.as_json(), "effective_resources": list(defaults.resources_of(entry))} for entry in entries]
+
+
 def _resources_text(entry: RegistryEntry, defaults: DefaultResources) -> str:
     polled = ",".join(defaults.resources_of(entry))
     return polled if entry.resources is not None else f"{polled} (default)"
 
 
-def _print_edit(
-    config: Config,
-    args: argparse.Namespace,
-    before: RegistryEntry | None,
-    written: RegistryEntry | None,
-    *,
-    out: TextIO,
-    ack: ControlAction | None = None,
-) -> None:
-    """What an edit did: ``written`` is the entry it wrote, None when there was nothing to do (``before`` stays);
-    ``ack``: the owner's acknowledgement, if one was waited for (JSON only: text prints it as it comes)."""
+def _print_edit(config: Config, args: argparse.Namespace, done: EditDone, *, out: TextIO) -> None:
     if args.json:
-        out.write(orjson.dumps(_edit_document(args, before, written, ack), option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif written is None:
-        print(f"{args.integration} {_ALREADY[args.action]}: nothing written", file=out)
+        out.write(orjson.dumps(done.document(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        _, did = _EDITS[args.action]
-        if args.action == "add" and before is not None and not before.removed:
-            did = "updated"
-        defaults = DefaultResources.from_config(config)
-        print(
-            f"{did} {written.integration} in {config.integrations_topic} (revision {written.revision}): "
-            f"{written.state}, category {written.category or '-'}, resources {_resources_text(written, defaults)}",
-            file=out,
-            flush=True,
-        )
-
-
-def _edit_document(
-    args: argparse.Namespace,
-    before: RegistryEntry | None,
-    written: RegistryEntry | None,
-    ack: ControlAction | None = None,
-) -> dict[str, Any]:
-    _, did = _EDITS[args.action]
-    if args.action == "add" and before is not None and not before.removed:
-        did = "updated"
-    entry = before if written is None else written
-    return {
-        "action": did if written is not None else "none",
-        "integration": args.integration,
-        "changed": written is not None,
-        "entry": None if entry is None else entry.as_json(),
-        # The owner's acknowledgement that it applied the change; null when none was waited for or none came.
-        "ack": None if ack is None else {"outcome": ack.outcome, "message": ack.message},
-    }
+        print(done.text(config), file=out)

@@ -1,5 +1,6 @@
-"""The relay's HTTP server: ``/metrics``, ``/livez``, ``/readyz``, ``/status`` and, when a webhook secret is
-configured, ``POST /webhooks/kombo`` (``relay/webhooks.py``).
+"""The relay's HTTP server: ``/metrics``, ``/livez``, ``/readyz``, ``/status``, when a webhook secret is configured
+``POST /webhooks/kombo`` (``relay/webhooks.py``), and the routes it is given besides (the admin API's under
+``/admin``, ``relay/admin.py``).
 
 * ``/livez`` answers 200 while the event loop is alive and not stuck: a heartbeat task ticks every second, and a
   heartbeat older than ``stuck_after`` seconds fails the probe, so Kubernetes restarts a wedged process.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -60,6 +61,7 @@ def build_app(
     *,
     stuck_after: float = 30.0,
     webhook: tuple[str, Handler] | None = None,
+    routes: Iterable[web.RouteDef] = (),
 ) -> web.Application:
     async def get_metrics(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -86,6 +88,7 @@ def build_app(
     if webhook is not None:
         path, handler = webhook
         app.router.add_post(path, handler)
+    app.router.add_routes(routes)
     return app
 
 

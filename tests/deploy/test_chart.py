@@ -39,6 +39,7 @@ def test_ci_values_files_are_there() -> None:
         "monitoring-values.yaml",
         "sasl-tls-existing-secrets-values.yaml",
         "webhooks-values.yaml",
+        "admin-values.yaml",
         "fleet-values.yaml",
         "autoscaling-values.yaml",
     }
@@ -339,7 +340,9 @@ def test_pod_is_hardened(helm: Helm, values_files: tuple[Path, ...]) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
-    for container in (relay_container(rendered), *rendered.one("Pod")["spec"]["containers"]):
+    test_containers = [container for pod in rendered.all("Pod") for container in pod["spec"]["containers"]]
+    assert len(test_containers) == 2  # /readyz, relay integrations list
+    for container in (relay_container(rendered), *test_containers):
         context = container["securityContext"]
         assert context["runAsNonRoot"] is True
         assert context["readOnlyRootFilesystem"] is True
@@ -497,9 +500,9 @@ def test_service_selects_the_relay_pods_only(helm: Helm) -> None:
     rendered = helm.template()
     selector = rendered.one("Service")["spec"]["selector"]
     pod_labels = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
-    test_pod_labels = rendered.one("Pod")["metadata"]["labels"]
     assert selector.items() <= pod_labels.items()
-    assert not selector.items() <= test_pod_labels.items()
+    for test_pod in rendered.all("Pod"):
+        assert not selector.items() <= test_pod["metadata"]["labels"].items()
     assert rendered.one("Service")["spec"]["publishNotReadyAddresses"] is True
     assert rendered.one("Deployment")["spec"]["selector"]["matchLabels"] == selector
 
@@ -583,7 +586,7 @@ def readyz_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
 
 def test_helm_test_pod_checks_readyz(helm: Helm, readyz_server: tuple[str, int]) -> None:
     """The hook's script, run here against a stand-in /readyz: 0 when ready, non-zero once its time is up."""
-    pod = helm.template().one("Pod")
+    [pod] = [pod for pod in helm.template().all("Pod") if pod["metadata"]["name"].endswith("-test-readyz")]
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     [container] = pod["spec"]["containers"]
     assert container["command"] == ["python", "-c"]
@@ -600,3 +603,47 @@ def test_helm_test_pod_checks_readyz(helm: Helm, readyz_server: tuple[str, int])
     else:
         assert result.returncode == 1
         assert "is not ready: HTTP Error 503" in result.stderr
+
+
+def integrations_list_pod(rendered: Rendered) -> dict[str, Any]:
+    [pod] = [pod for pod in rendered.all("Pod") if pod["metadata"]["name"].endswith("-test-integrations-list")]
+    return pod
+
+
+@pytest.mark.parametrize(
+    "values_files",
+    [(), (CHART / "ci" / "sasl-tls-existing-secrets-values.yaml",)],
+    ids=["default", "sasl-tls-existing-secrets"],
+)
+def test_helm_test_pod_lists_the_integrations_configured_like_the_relay(
+    helm: Helm, values_files: tuple[Path, ...]
+) -> None:
+    """`relay integrations list` with the relay's own ConfigMap, extra environment and secret files: every *_FILE
+    setting of the ConfigMap holds in the test pod as in the relay's."""
+    rendered = helm.template(values_files)
+    pod = integrations_list_pod(rendered)
+    relay_pod = pod_spec(rendered)
+    relay = relay_container(rendered)
+    [container] = pod["spec"]["containers"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert "command" not in container  # the image's entrypoint, `relay`
+    assert container["args"] == ["integrations", "list", "--timeout", "60"]
+    assert container["image"] == relay["image"]
+    assert container["envFrom"] == relay["envFrom"]
+    assert container.get("env") == relay.get("env")
+    assert container["securityContext"] == relay["securityContext"]
+    assert pod["spec"]["securityContext"] == relay_pod["securityContext"]
+    assert {m["name"]: m for m in container["volumeMounts"]} == {m["name"]: m for m in relay["volumeMounts"]}
+    assert {v["name"]: v for v in pod["spec"]["volumes"]} == {v["name"]: v for v in relay_pod["volumes"]}
+    if values_files:
+        sources = {v["name"]: v for v in pod["spec"]["volumes"]}["secrets"]["projected"]["sources"]
+        files = {item["path"] for source in sources for item in source["secret"]["items"]}
+        assert {"api-key", "kafka-sasl-password", "kafka-tls-ca.crt", "kafka-tls-client.key"} <= files
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "registry-credentials"}]
+        assert {"name": "RELAY_TOPIC_TEMPLATE", "value": "{prefix}.{resource}.{event}"} in container["env"]
+
+
+def test_helm_test_pod_of_relay_integrations_list_can_be_left_out(helm: Helm) -> None:
+    rendered = helm.template(sets=["tests.integrationsList.enabled=false"])
+    assert [pod["metadata"]["name"] for pod in rendered.all("Pod")] == ["change-relay-test-readyz"]

@@ -64,6 +64,8 @@ CONTRACT = {
     "RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS",
     "RELAY_FOLLOW_INTEGRATION_STATE",
     "RELAY_FOLLOW_INTEGRATIONS",
+    # The admin HTTP API (admin.*)
+    "RELAY_ADMIN_TOKEN_FILE",
 }
 # Secrets the relay could also take as plain values: the chart must only ever render their *_FILE variants.
 DIRECT_SECRETS = (
@@ -71,6 +73,7 @@ DIRECT_SECRETS = (
     "RELAY_KAFKA_SASL_PASSWORD",
     "RELAY_KAFKA_SSL_KEY_PASSWORD",
     "RELAY_KOMBO_WEBHOOK_SECRET",
+    "RELAY_ADMIN_TOKEN",
 )
 VALUES_SETS = [pytest.param((), id="default"), *(pytest.param((path,), id=path.stem) for path in CI_VALUES)]
 
@@ -145,6 +148,11 @@ def test_the_relay_accepts_what_the_chart_renders(helm: Helm, values_file: Path,
         assert config.kombo_webhook_secret.reveal() == "stand-in for RELAY_KOMBO_WEBHOOK_SECRET_FILE"
     else:
         assert config.kombo_webhook_secret is None, "webhooks are off unless the values turn them on"
+    if "RELAY_ADMIN_TOKEN_FILE" in environment:
+        assert config.admin_token is not None
+        assert config.admin_token.reveal() == "stand-in for RELAY_ADMIN_TOKEN_FILE"
+    else:
+        assert config.admin_token is None, "the admin API is off unless the values turn it on"
 
 
 def test_with_the_defaults_the_relay_names_the_missing_settings(helm: Helm) -> None:

@@ -141,6 +141,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "kombo_webhook_dedup_seconds": 3600.0,
     "follow_integration_state": False,
     "follow_integrations": False,
+    "admin_token": None,
 }
 
 
@@ -256,6 +257,7 @@ OVERRIDES: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS", "0", "kombo_webhook_dedup_seconds", 0.0, {}),
     ("RELAY_FOLLOW_INTEGRATION_STATE", "on", "follow_integration_state", True, {}),
     ("RELAY_FOLLOW_INTEGRATIONS", "yes", "follow_integrations", True, {}),
+    ("RELAY_ADMIN_TOKEN", " adm1n-t0ken\n", "admin_token", Secret("adm1n-t0ken"), {}),
 ]
 
 

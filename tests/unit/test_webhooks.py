@@ -319,6 +319,7 @@ def test_the_model_map_from_a_file(tmp_path: Path) -> None:
         ({"kombo_webhook_model_map": ";"}, "at least one"),
         ({"kombo_webhook_path": "webhooks"}, "RELAY_KOMBO_WEBHOOK_PATH"),
         ({"kombo_webhook_path": "/metrics"}, "RELAY_KOMBO_WEBHOOK_PATH"),
+        ({"kombo_webhook_path": "/admin/integrations"}, "RELAY_KOMBO_WEBHOOK_PATH"),  # the admin API's
         ({"kombo_webhook_path": "/a b"}, "RELAY_KOMBO_WEBHOOK_PATH"),
         ({"kombo_webhook_max_body_bytes": "0"}, "RELAY_KOMBO_WEBHOOK_MAX_BODY_BYTES"),
         ({"kombo_webhook_dedup_seconds": "-1"}, "RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS"),

@@ -145,6 +145,100 @@ true
 {{- end }}
 {{- end }}
 
+{{/* Non-empty when the admin HTTP API is on (admin.enabled; validate checks it has a Secret). */}}
+{{- define "change-relay.admin" -}}
+{{- if and .Values.admin.enabled .Values.admin.existingSecret -}}
+true
+{{- end }}
+{{- end }}
+
+{{/* Non-empty when any secret is configured, so the projected volume of secret files is mounted. */}}
+{{- define "change-relay.secretFiles" -}}
+{{- if or (include "change-relay.hasApiKey" .) (include "change-relay.sasl" .) (and (include "change-relay.tls" .) .Values.kafka.tls.existingSecret) (include "change-relay.webhooks" .) (include "change-relay.admin" .) -}}
+true
+{{- end }}
+{{- end }}
+
+{{/*
+The volume of secret files: every secret as a file directly under change-relay.secretsDir, whichever Secret it comes
+from. The relay's pods and the `helm test` pod that runs the relay's CLI mount the same, so that the *_FILE settings
+of the ConfigMap hold in both.
+*/}}
+{{- define "change-relay.secretsVolume" -}}
+{{- $kafka := .Values.kafka }}
+{{- $saslSecret := default (include "change-relay.secretName" .) $kafka.sasl.existingSecret }}
+{{- $saslKey := ternary $kafka.sasl.existingSecretPasswordKey "kafka-sasl-password" (ne $kafka.sasl.existingSecret "") }}
+{{- $webhookSecret := .Values.webhooks.secret -}}
+- name: secrets
+  projected:
+    # 0440 (288 in decimal): read-only for the owner and for the group, which is fsGroup.
+    defaultMode: 288
+    sources:
+      {{- if include "change-relay.hasApiKey" . }}
+      - secret:
+          name: {{ default (include "change-relay.secretName" .) .Values.apiKey.existingSecret }}
+          items:
+            - key: {{ ternary .Values.apiKey.existingSecretKey "api-key" (ne .Values.apiKey.existingSecret "") }}
+              path: api-key
+      {{- end }}
+      {{- if include "change-relay.sasl" . }}
+      - secret:
+          name: {{ $saslSecret }}
+          items:
+            - key: {{ $saslKey }}
+              path: kafka-sasl-password
+      {{- end }}
+      {{- if and (include "change-relay.tls" .) $kafka.tls.existingSecret }}
+      - secret:
+          name: {{ $kafka.tls.existingSecret }}
+          items:
+            {{- with $kafka.tls.caKey }}
+            - key: {{ . }}
+              path: kafka-tls-ca.crt
+            {{- end }}
+            {{- with $kafka.tls.certKey }}
+            - key: {{ . }}
+              path: kafka-tls-client.crt
+            {{- end }}
+            {{- with $kafka.tls.keyKey }}
+            - key: {{ . }}
+              path: kafka-tls-client.key
+            {{- end }}
+            {{- with $kafka.tls.keyPasswordKey }}
+            - key: {{ . }}
+              path: kafka-tls-key-password
+            {{- end }}
+      {{- end }}
+      {{- if include "change-relay.webhooks" . }}
+      - secret:
+          name: {{ default (include "change-relay.secretName" .) $webhookSecret.existingSecret }}
+          items:
+            - key: {{ ternary $webhookSecret.existingSecretKey "kombo-webhook-secret" (ne $webhookSecret.existingSecret "") }}
+              path: kombo-webhook-secret
+      {{- end }}
+      {{- if include "change-relay.admin" . }}
+      - secret:
+          name: {{ .Values.admin.existingSecret }}
+          items:
+            - key: {{ .Values.admin.existingSecretKey }}
+              path: admin-token
+      {{- end }}
+{{- end }}
+
+{{/* The environment of a container running the relay (or its CLI): the ConfigMap, extraEnvFrom and extraEnv. */}}
+{{- define "change-relay.containerEnv" -}}
+envFrom:
+  - configMapRef:
+      name: {{ include "change-relay.fullname" . }}
+  {{- with .Values.extraEnvFrom }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with .Values.extraEnv }}
+env:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
 {{/* Whether an API key is configured at all. */}}
 {{- define "change-relay.hasApiKey" -}}
 {{- if or .Values.apiKey.value .Values.apiKey.existingSecret -}}
@@ -219,5 +313,11 @@ Checks that no schema can express: fail the render with a message naming the val
 {{- if $webhooks.ingress.enabled }}
 {{- fail "webhooks.ingress.enabled needs webhooks.enabled: the relay serves no webhook endpoint without it" }}
 {{- end }}
+{{- end }}
+{{- if and .Values.admin.enabled (not .Values.admin.existingSecret) }}
+{{- fail "admin.enabled needs admin.existingSecret (a Secret holding the admin API's bearer token): without a token the relay serves no admin API" }}
+{{- end }}
+{{- if and .Values.admin.existingSecret (not .Values.admin.enabled) }}
+{{- fail "admin.existingSecret is set, but admin.enabled is false" }}
 {{- end }}
 {{- end }}
