@@ -8,7 +8,8 @@ the group (``RELAY_GROUP_ID``), and for each state partition assigned fence its 
 then poll its pairs: those of the registry's integrations placed there. Alone in the group, a relay owns every
 partition. Until Kafka is reachable the relay keeps trying, with backoff, and stays not ready. While it runs, it
 follows the registry: an integration added to an owned partition is polled (within one poll interval), one removed no
-longer, one paused not until resumed.
+longer, one paused not until resumed; with RELAY_REMOVED_STATE_RETENTION, the state of one removed that long ago is
+tombstoned (:mod:`relay.retention`).
 
 Exit codes: 0 after SIGTERM/SIGINT, 2 invalid configuration, 3 the source refused the API key, 5 the state topic holds
 records this version cannot read (or state placed by another RELAY_STATE_TOPIC_PARTITIONS), 6 Kafka's ACLs refuse the
@@ -66,6 +67,7 @@ from relay.registry import MAX_BY_LENGTH, Registry
 from relay.registry_topic import RegistryTopic
 from relay.registry_webhooks import RegistryFollower
 from relay.reload_gate import ReloadGate
+from relay.retention import check_interval, every
 from relay.scheduler import PairStatus, Scheduler
 from relay.sink import authorization_failed
 from relay.source import SourceClient
@@ -324,6 +326,12 @@ class Relay:
 
         following = asyncio.create_task(control.follow(on_action), name="control topic")
         following_registry = asyncio.create_task(self._follow_registry(), name="registry topic")
+        forgetting = None
+        if self.config.removed_state_retention is not None:  # removed integrations' state: tombstoned once it is due
+            every_so_often = check_interval(self.config.removed_state_retention)
+            forgetting = asyncio.create_task(
+                every(every_so_often, self.ownership.forget_removed, self._leaving), name="removed state"
+            )
         try:
             delay = 1.0
             while not self._leaving.is_set():
@@ -342,6 +350,7 @@ class Relay:
                     await asyncio.wait_for(self._leaving.wait(), delay)
                 delay = min(delay * 2, 30.0)
         finally:
+            await cancel_and_wait(forgetting)
             await cancel_and_wait(following_registry)
             await commands.close()
             await control.stop()

@@ -171,6 +171,12 @@ class Metrics:
             buckets=HANDOVER_BUCKETS,
             registry=r,
         )
+        self.removed_state_tombstoned = Counter(
+            "relay_removed_state_tombstoned_total",
+            "Integrations removed from the registry whose state this replica tombstoned once "
+            "RELAY_REMOVED_STATE_RETENTION had passed.",
+            registry=r,
+        )
         self.ready = Gauge("relay_ready", "1 when the relay is ready (state restored, Kafka reachable).", registry=r)
         self.webhooks_received = Counter(
             "relay_webhooks_received_total",
