@@ -30,7 +30,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -63,7 +63,7 @@ from relay.metrics import Metrics
 from relay.netaddr import bound_port
 from relay.partition_sinks import PartitionSinks
 from relay.pipeline import Pipeline
-from relay.registry import MAX_BY_LENGTH, Registry
+from relay.registry import MAX_BY_LENGTH, DefaultResources, Registry, RegistryChange
 from relay.registry_topic import RegistryTopic
 from relay.registry_webhooks import RegistryFollower
 from relay.reload_gate import ReloadGate
@@ -92,7 +92,7 @@ class Relay:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.metrics = Metrics(config.all_resources())
+        self.metrics = Metrics()
         self.store = StateStore(config.state_topic_partitions)
         self.source = SourceClient(config, self.metrics)
         self.sink = PartitionSinks(config, self.metrics)
@@ -113,10 +113,7 @@ class Relay:
         self.commands: CommandApplier | None = None  # in a fleet: operators' commands run, registry changes acked
         self.metrics.state_partitions.set(config.state_topic_partitions)
         self.registry_topic = RegistryTopic(config)
-        # Read at each scrape, from what is remembered: no pair can hide another. The resources of RELAY_RESOURCES*;
-        # one that only an integration of the registry names (--resources) has no series of its own.
-        for resource in config.all_resources():
-            self.metrics.watermark.labels(resource).set_function(functools.partial(self._oldest_watermark, resource))
+        self._count_resources(config.all_resources())  # and those only the registry names, once it does
         self.heartbeat = Heartbeat()
         webhook_settings = WebhookSettings.from_config(config)  # None: no secret, no endpoint
         self.webhooks = None if webhook_settings is None else WebhookReceiver(webhook_settings, self.scheduler)
@@ -223,8 +220,7 @@ class Relay:
         if self.config.integrations:
             seeder = f"relay run ({socket.gethostname()})"[:MAX_BY_LENGTH]
             await self.registry_topic.seed(self.config.integrations, by=seeder)
-        registry = await self.registry_topic.read()
-        await self.ownership.use_registry(registry)
+        await self.apply_registry(await self.registry_topic.read())
         counts = self._registry_status()["integrations"]
         log.info("registry of integrations read", extra={"topic": self.config.integrations_topic, **counts})
         if not counts["active"] and not counts["paused"]:
@@ -250,7 +246,7 @@ class Relay:
                                     "by": None if change.after is None else change.after.updated_by,
                                 },
                             )
-                        await self.ownership.apply_registry(update.registry, update.changes)
+                        await self.apply_registry(update.registry, update.changes)
                         if self.commands is not None:  # for `relay integrations`, waiting for the owner
                             self.commands.registry_applied(update.changes, self._owns)
                         delay = 1.0
@@ -406,6 +402,23 @@ class Relay:
             await asyncio.sleep(interval)
             await self.sink.probe()
 
+    def _count_resources(self, resources: Iterable[str]) -> None:
+        """Give each resource polled its series, pre-initialised, and its watermark gauge, once: those of
+        RELAY_RESOURCES* at start, one only an integration of the registry names (its own --resources) as soon as the
+        registry applied names it. The gauge is read at each scrape, from what is remembered: no pair hides another."""
+        new = self.metrics.add_resources(resources)
+        for resource in new:
+            self.metrics.watermark.labels(resource).set_function(functools.partial(self._oldest_watermark, resource))
+        if new:  # a claim may have read state of it already: count what is remembered
+            self._update_entity_gauges()
+
+    async def apply_registry(self, registry: Registry, changes: Iterable[RegistryChange] | None = None) -> None:
+        """Make ``registry`` the one this relay polls by (see :meth:`Ownership.apply_registry`), and give each resource
+        it names its series."""
+        await self.ownership.apply_registry(registry, changes)
+        defaults = DefaultResources.from_config(self.config)
+        self._count_resources(resource for _, resource in defaults.pairs(registry))
+
     def _oldest_watermark(self, resource: str) -> float:
         """The oldest committed watermark among the owned pairs of ``resource``, in seconds; 0 while none has one."""
         watermarks = [
@@ -416,7 +429,7 @@ class Relay:
         return min(watermarks) / 1000 if watermarks else 0.0
 
     def _update_entity_gauges(self) -> None:
-        for resource in self.config.all_resources():
+        for resource in self.metrics.resources:
             count = sum(len(state.entities) for (_, r), state in self.store.pairs() if r == resource)
             self.metrics.entities.labels(resource).set(count)
 
