@@ -218,12 +218,14 @@ class Ownership:
     async def _forget_removed(self) -> None:
         """:meth:`forget_removed`, under the lock: no claim, handover or registry change (a removed integration added
         again) runs meanwhile, and a removed integration's pairs are not polled. A failure is logged: the next claim,
-        registry change or timer tries again."""
+        registry change or timer tries again. (After a failed commit the partition's new producer commits nothing
+        until its state was read again, which a poll of one of its pairs does, or its next claim: a partition whose
+        integrations are all removed is tombstoned at its next claim then, not before.)"""
+        retention = self._config.removed_state_retention
+        if retention is None:  # kept for ever: not even a look at what is remembered
+            return
         due = due_for_tombstones(
-            self.registry,
-            self._store.held(self.owned),
-            now_ms=round(time.time() * 1000),
-            retention_seconds=self._config.removed_state_retention,
+            self.registry, self._store.held(self.owned), now_ms=round(time.time() * 1000), retention_seconds=retention
         )
         for removed in due:
             try:
@@ -240,7 +242,7 @@ class Ownership:
                 extra={
                     "integration": removed.integration,
                     "removed_at": removed.removed_at,
-                    "retention_seconds": self._config.removed_state_retention,
+                    "retention_seconds": retention,
                     "resources": list(removed.resources),
                     "entities": sum(entities),
                 },
