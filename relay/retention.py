@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from relay.registry import RegistryEntry
 from relay.timestamps import parse_timestamp_ms
+
+log = logging.getLogger(__name__)
 
 # A retention measured in days is checked once a minute: its tombstones come at most a minute late, at the cost of a
 # look at the registry entries of what the owner remembers. A short one (tests, a trial) is checked twice per
@@ -74,9 +77,14 @@ def check_interval(retention_seconds: float) -> float:
 
 
 async def every(seconds: float, action: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
-    """Run ``action`` every ``seconds`` until ``stop`` is set (never once it is)."""
+    """Run ``action`` every ``seconds`` until ``stop`` is set (never once it is). An error of one run is logged and
+    the next run comes as planned: the timer is what catches a retention that passes while nothing else happens."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
-        if not stop.is_set():
+        if stop.is_set():
+            return
+        try:
             await action()
+        except Exception:  # a bug: said loudly, with its traceback, and the timer goes on
+            log.exception("looking for removed integrations' state to tombstone failed")

@@ -3,13 +3,15 @@ what the owner remembers and the time: pure, no Kafka."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from relay.registry import EMPTY, Registry, RegistryEntry
 from relay.registry import add as add_entry
 from relay.registry import pause as pause_entry
 from relay.registry import remove as remove_entry
-from relay.retention import DueState, check_interval, due_for_tombstones
+from relay.retention import DueState, check_interval, due_for_tombstones, every
 from relay.timestamps import format_timestamp_ms, parse_timestamp_ms
 
 REMOVED_AT = "2026-12-01T00:00:00.000Z"
@@ -96,3 +98,31 @@ def test_the_check_interval_is_half_the_retention_from_one_second_to_one_minute(
     retention: float, interval: float
 ) -> None:
     assert check_interval(retention) == interval
+
+
+async def test_the_timer_runs_until_stopped_and_outlives_a_failing_run(caplog: pytest.LogCaptureFixture) -> None:
+    stop = asyncio.Event()
+    runs: list[int] = []
+
+    async def action() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise RuntimeError("a bug")
+        if len(runs) == 3:
+            stop.set()
+
+    await asyncio.wait_for(every(0.001, action, stop), 10)
+    assert runs == [0, 1, 2]  # not run again once stopped
+    assert "a bug" in caplog.text
+
+
+async def test_the_timer_never_runs_once_stopped() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    ran: list[None] = []
+
+    async def action() -> None:
+        ran.append(None)
+
+    await every(0.001, action, stop)
+    assert ran == []
