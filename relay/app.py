@@ -8,7 +8,8 @@ the group (``RELAY_GROUP_ID``), and for each state partition assigned fence its 
 then poll its pairs: those of the registry's integrations placed there. Alone in the group, a relay owns every
 partition. Until Kafka is reachable the relay keeps trying, with backoff, and stays not ready. While it runs, it
 follows the registry: an integration added to an owned partition is polled (within one poll interval), one removed no
-longer, one paused not until resumed.
+longer, one paused not until resumed; with RELAY_REMOVED_STATE_RETENTION, the state of one removed that long ago is
+tombstoned (:mod:`relay.retention`).
 
 Exit codes: 0 after SIGTERM/SIGINT, 2 invalid configuration, 3 the source refused the API key, 5 the state topic holds
 records this version cannot read (or state placed by another RELAY_STATE_TOPIC_PARTITIONS), 6 Kafka's ACLs refuse the
@@ -29,7 +30,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -63,10 +64,11 @@ from relay.metrics import Metrics
 from relay.netaddr import bound_port
 from relay.partition_sinks import PartitionSinks
 from relay.pipeline import Pipeline
-from relay.registry import MAX_BY_LENGTH, Registry
+from relay.registry import MAX_BY_LENGTH, DefaultResources, Registry, RegistryChange
 from relay.registry_topic import RegistryTopic
 from relay.registry_webhooks import RegistryFollower
 from relay.reload_gate import ReloadGate
+from relay.retention import check_interval, every
 from relay.scheduler import PairStatus, Scheduler
 from relay.sink import authorization_failed
 from relay.source import SourceClient
@@ -91,7 +93,7 @@ class Relay:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.metrics = Metrics(config.all_resources())
+        self.metrics = Metrics()
         self.store = StateStore(config.state_topic_partitions)
         self.source = SourceClient(config, self.metrics)
         self.sink = PartitionSinks(config, self.metrics)
@@ -112,10 +114,7 @@ class Relay:
         self.commands: CommandApplier | None = None  # in a fleet: operators' commands run, registry changes acked
         self.metrics.state_partitions.set(config.state_topic_partitions)
         self.registry_topic = RegistryTopic(config)
-        # Read at each scrape, from what is remembered: no pair can hide another. The resources of RELAY_RESOURCES*;
-        # one that only an integration of the registry names (--resources) has no series of its own.
-        for resource in config.all_resources():
-            self.metrics.watermark.labels(resource).set_function(functools.partial(self._oldest_watermark, resource))
+        self._count_resources(config.all_resources())  # and those only the registry names, once it does
         self.heartbeat = Heartbeat()
         webhook_settings = WebhookSettings.from_config(config)  # None: no secret, no endpoint
         self.webhooks = None if webhook_settings is None else WebhookReceiver(webhook_settings, self.scheduler)
@@ -223,8 +222,7 @@ class Relay:
         if self.config.integrations:
             seeder = f"relay run ({socket.gethostname()})"[:MAX_BY_LENGTH]
             await self.registry_topic.seed(self.config.integrations, by=seeder)
-        registry = await self.registry_topic.read()
-        await self.ownership.use_registry(registry)
+        await self.apply_registry(await self.registry_topic.read())
         counts = self._registry_status()["integrations"]
         log.info("registry of integrations read", extra={"topic": self.config.integrations_topic, **counts})
         if not counts["active"] and not counts["paused"]:
@@ -250,7 +248,7 @@ class Relay:
                                     "by": None if change.after is None else change.after.updated_by,
                                 },
                             )
-                        await self.ownership.apply_registry(update.registry, update.changes)
+                        await self.apply_registry(update.registry, update.changes)
                         if self.commands is not None:  # for `relay integrations`, waiting for the owner
                             self.commands.registry_applied(update.changes, self._owns)
                         delay = 1.0
@@ -326,6 +324,12 @@ class Relay:
 
         following = asyncio.create_task(control.follow(on_action), name="control topic")
         following_registry = asyncio.create_task(self._follow_registry(), name="registry topic")
+        forgetting = None
+        if self.config.removed_state_retention is not None:  # removed integrations' state: tombstoned once it is due
+            every_so_often = check_interval(self.config.removed_state_retention)
+            forgetting = asyncio.create_task(
+                every(every_so_often, self.ownership.forget_removed, self._leaving), name="removed state"
+            )
         try:
             delay = 1.0
             while not self._leaving.is_set():
@@ -344,6 +348,7 @@ class Relay:
                     await asyncio.wait_for(self._leaving.wait(), delay)
                 delay = min(delay * 2, 30.0)
         finally:
+            await cancel_and_wait(forgetting)
             await cancel_and_wait(following_registry)
             await commands.close()
             await control.stop()
@@ -399,6 +404,23 @@ class Relay:
             await asyncio.sleep(interval)
             await self.sink.probe()
 
+    def _count_resources(self, resources: Iterable[str]) -> None:
+        """Give each resource polled its series, pre-initialised, and its watermark gauge, once: those of
+        RELAY_RESOURCES* at start, one only an integration of the registry names (its own --resources) as soon as the
+        registry applied names it. The gauge is read at each scrape, from what is remembered: no pair hides another."""
+        new = self.metrics.add_resources(resources)
+        for resource in new:
+            self.metrics.watermark.labels(resource).set_function(functools.partial(self._oldest_watermark, resource))
+        if new:  # a claim may have read state of it already: count what is remembered
+            self._update_entity_gauges()
+
+    async def apply_registry(self, registry: Registry, changes: Iterable[RegistryChange] | None = None) -> None:
+        """Make ``registry`` the one this relay polls by (see :meth:`Ownership.apply_registry`), and give each resource
+        it names its series."""
+        await self.ownership.apply_registry(registry, changes)
+        defaults = DefaultResources.from_config(self.config)
+        self._count_resources(resource for _, resource in defaults.pairs(registry))
+
     def _oldest_watermark(self, resource: str) -> float:
         """The oldest committed watermark among the owned pairs of ``resource``, in seconds; 0 while none has one."""
         watermarks = [
@@ -409,7 +431,7 @@ class Relay:
         return min(watermarks) / 1000 if watermarks else 0.0
 
     def _update_entity_gauges(self) -> None:
-        for resource in self.config.all_resources():
+        for resource in self.metrics.resources:
             count = sum(len(state.entities) for (_, r), state in self.store.pairs() if r == resource)
             self.metrics.entities.labels(resource).set(count)
 

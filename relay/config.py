@@ -19,6 +19,7 @@ import orjson
 from relay.config_docs import add_config_argument, help_text, markdown_table, print_problems
 from relay.config_kinds import (
     Choice,
+    Duration,
     ExistingFile,
     Flag,
     HttpUrl,
@@ -337,6 +338,13 @@ class Config:
         Derived("{topic_prefix}.relay-integrations", _derive_integrations_topic),
         "Compacted topic of the registry of integrations (relay integrations), keyed by integration id; created "
         "with the partitions of the state topic",
+    )
+    removed_state_retention: float | None = setting(
+        Duration(),
+        None,
+        "How long the state of an integration removed from the registry is kept; then the owner of its state "
+        "partition writes tombstones for it, and adding it again takes a new snapshot (RELAY_INITIAL_SNAPSHOT). "
+        "Unset: kept for ever, so adding it again resumes where it was",
     )
     topic_partitions: int = setting(Integer(1), 6, "Partitions of the event topics the relay creates")
     topic_replication_factor: int = setting(

@@ -161,6 +161,29 @@ def _finite_float(raw: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
+_DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Duration:
+    """A span of time, not negative: a number of seconds, or a number with a unit (``90s``, ``30m``, ``12h``,
+    ``7d``); in seconds."""
+
+    description: str = "a duration like 90s, 30m, 12h or 7d (a bare number is seconds)"
+
+    def parse(self, raw: object) -> float:
+        seconds = _duration_seconds(raw)
+        if seconds is None or seconds < 0:
+            raise Invalid(f"must be {self.description}, got {shown(raw)}")
+        return seconds
+
+
+def _duration_seconds(raw: object) -> float | None:
+    if isinstance(raw, str) and (match := re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd])\s*", raw.lower())):
+        return float(match[1]) * _DURATION_UNITS[match[2]]
+    return _finite_float(raw)
+
+
 _FLAG_WORDS: Final = {
     **dict.fromkeys(("true", "1", "yes", "on"), True),
     **dict.fromkeys(("false", "0", "no", "off"), False),

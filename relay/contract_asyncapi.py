@@ -1,8 +1,10 @@
 """Print the AsyncAPI 3.0 document of the topics the configuration produces, as YAML (or JSON).
 
-One channel per event topic (``RELAY_TOPIC_PREFIX``, ``RELAY_TOPIC_TEMPLATE``, ``RELAY_RESOURCES``), its message
-the resource's event schema (``event...schema.json`` beside the document; see ``relay schema``), the key, the
-headers and the read_committed requirement; the state topic is listed as internal. The configuration is loaded as
+One channel per event topic (``RELAY_TOPIC_PREFIX``, ``RELAY_TOPIC_TEMPLATE``, and the resources of
+``RELAY_RESOURCES``, ``RELAY_RESOURCES_ATS`` and ``RELAY_RESOURCES_HRIS``), its message the resource's event schema
+(``event...schema.json`` beside the document; see ``relay schema``), the key, the headers and the read_committed
+requirement; the state topic is listed as internal. The resources an integration of the registry names of its own
+are not in the configuration: the document's description says that they add topics. The configuration is loaded as
 ``relay run`` loads it (``--config``, ``RELAY_*``), but needs no API key. The committed copy is
 deploy/schemas/asyncapi.yaml (``make schemas``).
 """

@@ -267,6 +267,13 @@ class ShapeTable:
         self._by_names[shape] = shape_id
         self._next_id = max(self._next_id, shape_id + 1)
 
+    def forget(self, shape_id: int) -> None:
+        """Forget a shape whose record was tombstoned: only ever done with every record of its pair (the state of an
+        integration removed from the registry), so no remembered fingerprint refers to it any more."""
+        names = self._by_id.pop(shape_id, None)
+        if names is not None:
+            del self._by_names[names]
+
     def shape_records(self) -> Iterator[tuple[int, Shape]]:
         return iter(self._by_id.items())
 

@@ -15,6 +15,9 @@ no leader of our own, no database.
   cooperative rebalancing is not implemented there), so the sticky assignor keeps partitions where they were and a
   partition that comes back to the replica that held it is claimed again: its state is read anew, since another
   replica may have owned it in between.
+* The owner of a partition also tombstones the state of its integrations removed from the registry longer than
+  ``RELAY_REMOVED_STATE_RETENTION`` ago (:mod:`relay.retention`), under the same lock as claims and handovers: at each
+  claim, at each registry change, and on a timer.
 * A partition whose producer was fenced (a replica that was paused past its session timeout and woke up: a zombie)
   is lost at once: its pairs stop, nothing of theirs is committed, and the group's next assignment says what to own.
 """
@@ -39,11 +42,18 @@ from aiokafka.structs import TopicPartition
 from relay.commands import CommandApplier
 from relay.config import Config, relay_identity
 from relay.control import ControlAction, ControlChannel
-from relay.errors import KafkaAuthenticationFailed, KafkaAuthorizationFailed, KafkaUnavailable, StateError
+from relay.errors import (
+    KafkaAuthenticationFailed,
+    KafkaAuthorizationFailed,
+    KafkaUnavailable,
+    SinkError,
+    StateError,
+)
 from relay.metrics import Metrics
 from relay.partition_sinks import PartitionSinks
 from relay.pipeline import Pipeline
 from relay.registry import EMPTY, DefaultResources, EntryState, PairsPlan, Registry, RegistryChange, plan_change
+from relay.retention import due_for_tombstones
 from relay.scheduler import BY_REGISTRY, Scheduler
 from relay.sink import authorization_failed
 from relay.state import StateStore
@@ -161,6 +171,7 @@ class Ownership:
                         "pairs_removed": len(plan.disown),
                     },
                 )
+            await self._forget_removed()
             return plan
 
     async def claim(self, partitions: Iterable[int]) -> None:
@@ -196,6 +207,46 @@ class Ownership:
             self._metrics.owned_partitions.set(len(self.owned))
             self._metrics.partition_handover.observe(time.monotonic() - started)
             log.info("state partitions claimed", extra={"partitions": sorted(fresh), "pairs": len(pairs)})
+            await self._forget_removed()
+
+    async def forget_removed(self) -> None:
+        """Tombstone the state of the integrations of the owned partitions removed from the registry longer than
+        RELAY_REMOVED_STATE_RETENTION ago (a timer calls this; claims and registry changes do it too)."""
+        async with self._changing:
+            await self._forget_removed()
+
+    async def _forget_removed(self) -> None:
+        """:meth:`forget_removed`, under the lock: no claim, handover or registry change (a removed integration added
+        again) runs meanwhile, and a removed integration's pairs are not polled. A failure is logged: the next claim,
+        registry change or timer tries again. (After a failed commit the partition's new producer commits nothing
+        until its state was read again, which a poll of one of its pairs does, or its next claim: a partition whose
+        integrations are all removed is tombstoned at its next claim then, not before.)"""
+        retention = self._config.removed_state_retention
+        if retention is None:  # kept for ever: not even a look at what is remembered
+            return
+        due = due_for_tombstones(
+            self.registry, self._store.held(self.owned), now_ms=round(time.time() * 1000), retention_seconds=retention
+        )
+        for removed in due:
+            try:
+                entities = [await self._pipeline.forget(removed.integration, r) for r in removed.resources]
+            except (SinkError, KafkaError, OSError) as error:
+                log.warning(
+                    "cannot tombstone the state of a removed integration yet; trying again later",
+                    extra={"integration": removed.integration, "error": f"{type(error).__name__}: {error}"},
+                )
+                continue
+            self._metrics.removed_state_tombstoned.inc()
+            log.info(
+                "state of a removed integration tombstoned",
+                extra={
+                    "integration": removed.integration,
+                    "removed_at": removed.removed_at,
+                    "retention_seconds": retention,
+                    "resources": list(removed.resources),
+                    "entities": sum(entities),
+                },
+            )
 
     async def hand_over(self, partitions: Iterable[int], grace_seconds: float | None = None) -> None:
         """Give ``partitions`` up: stop their polls (pages in flight get the grace to commit), close their producers,

@@ -188,6 +188,12 @@ class Metrics:
             buckets=HANDOVER_BUCKETS,
             registry=r,
         )
+        self.removed_state_tombstoned = Counter(
+            "relay_removed_state_tombstoned_total",
+            "Integrations removed from the registry whose state this replica tombstoned once "
+            "RELAY_REMOVED_STATE_RETENTION had passed.",
+            registry=r,
+        )
         self.ready = Gauge("relay_ready", "1 when the relay is ready (state restored, Kafka reachable).", registry=r)
         self.webhooks_received = Counter(
             "relay_webhooks_received_total",
@@ -226,7 +232,9 @@ class Metrics:
             registry=r,
         )
         self._by_resource: dict[str, ResourceSeries] = {}
-        self._initialise(tuple(resources))
+        self.resources: tuple[str, ...] = ()  # those whose series are pre-initialised, in the order they came
+        self._initialise_common()
+        self.add_resources(resources)
 
     def for_resource(self, resource: str) -> ResourceSeries:
         """The series every poll of ``resource`` touches, resolved once and then shared."""
@@ -235,9 +243,14 @@ class Metrics:
             series = self._by_resource[resource] = ResourceSeries(self, resource)
         return series
 
-    def _initialise(self, resources: tuple[str, ...]) -> None:
-        """Create every known series at 0, so that rate() and absent() work from the first scrape."""
-        for resource in resources:
+    def add_resources(self, resources: Iterable[str]) -> tuple[str, ...]:
+        """Create the series of each of ``resources`` not known yet at 0, so that rate() and absent() work from the
+        first scrape; return those that were new. The resources of RELAY_RESOURCES* at start, and later those only an
+        integration of the registry names (its own ``--resources``): as bounded as the registry's resource lists,
+        which operators write (a webhook adds an integration with its category's, never resources of its own)."""
+        new = tuple(resource for resource in dict.fromkeys(resources) if resource not in self.resources)
+        self.resources += new
+        for resource in new:
             for kind in POLL_KINDS:
                 self.poll_duration.labels(resource, kind)
                 for outcome in POLL_OUTCOMES:
@@ -257,6 +270,10 @@ class Metrics:
             for trigger in POLL_TRIGGERS:
                 self.polls_triggered.labels(resource, trigger)
             self.webhook_to_event.labels(resource)
+        return new
+
+    def _initialise_common(self) -> None:
+        """Create the series of no resource at 0."""
         for webhook_type in WEBHOOK_TYPES:
             for outcome in WEBHOOK_OUTCOMES:
                 self.webhooks_received.labels(webhook_type, outcome)

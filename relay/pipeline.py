@@ -22,7 +22,9 @@ A poll is one of three kinds:
   are not known any more).
 
 An operator's ``relay state reset`` is no poll but runs like one (:meth:`Pipeline.reset`): the pair's entities and
-checkpoint are forgotten, by tombstones committed on the state topic, so that its next poll is a snapshot.
+checkpoint are forgotten, by tombstones committed on the state topic, so that its next poll is a snapshot. The pairs of
+an integration removed from the registry longer than ``RELAY_REMOVED_STATE_RETENTION`` ago are forgotten entirely in
+the same way, shapes included (:meth:`Pipeline.forget`, asked by the owner: :mod:`relay.retention`).
 
 Each page is one unit of work: its events, the state it changes and the pair's checkpoint (including the cursor of
 the next page, so a restart resumes a long snapshot where it stopped) go to Kafka in one transaction, and only then
@@ -57,6 +59,11 @@ log = logging.getLogger(__name__)
 # Pages of one pair sent to the sink and not yet committed: enough for the sink to group several pages per
 # transaction while the source keeps sending, few enough to bound what a poll holds in memory (their messages).
 MAX_PAGES_IN_FLIGHT = 4
+
+# Tombstones of a removed integration's pair committed per transaction: a pair of a million entities is forgotten in
+# several transactions, each well within RELAY_KAFKA_COMMIT_TIMEOUT_SECONDS. The checkpoint's comes last, so a pair
+# half forgotten (a failure between two) still has its checkpoint, and the next try forgets the rest.
+FORGET_KEYS_PER_TRANSACTION = 50_000
 
 # The source's Date header and this relay's clock may differ by this much before the Date is taken for untrue.
 MAX_SOURCE_CLOCK_SKEW_MS = 15 * 60 * 1000
@@ -200,6 +207,26 @@ class Pipeline:
         self.deferred.persisted((integration, resource))
         self.metrics.entities.labels(resource).dec(entities)
         log.info("pair reset", extra={"integration": integration, "resource": resource, "entities": entities})
+        return entities
+
+    async def forget(self, integration: str, resource: str) -> int:
+        """Forget a pair entirely (its integration was removed from the registry longer than
+        ``RELAY_REMOVED_STATE_RETENTION`` ago: :mod:`relay.retention`): tombstones for every key of its state, shapes
+        included, committed by its partition's producer (a zombie cannot write them) in transactions of at most
+        FORGET_KEYS_PER_TRANSACTION keys, its checkpoint's in the last; then memory forgets it. Its next poll, if the
+        integration is added again, is a snapshot. Returns the number of entities forgotten."""
+        pair = self.store.pair(integration, resource)
+        entities = len(pair.entities)
+        partition = self.store.partition_of(integration)
+        keys = self.store.every_key(integration, resource)
+        for start in range(0, len(keys), FORGET_KEYS_PER_TRANSACTION):
+            chunk = keys[start : start + FORGET_KEYS_PER_TRANSACTION]
+            await self.sink.commit(
+                [OutMessage(self.config.state_topic, key, None, partition=partition) for key in chunk]
+            )
+        self.store.discard(integration, resource)
+        self.deferred.persisted((integration, resource))
+        self.metrics.entities.labels(resource).dec(entities)
         return entities
 
     def _finished(self, integration: str, resource: str, outcome: PollOutcome, seconds: float) -> None:

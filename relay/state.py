@@ -23,6 +23,7 @@ from relay.state_records import (
     SHAPE,
     StateRecord,
     encode_records,
+    every_key,
     forget_keys,
     read_fingerprint,
     read_shape,
@@ -83,6 +84,10 @@ class PairState:
     shapes: ShapeTable = field(default_factory=ShapeTable)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     live_entities: int = 0
+
+    def is_empty(self) -> bool:
+        """Whether nothing is remembered of the pair: as if it had never been polled."""
+        return not self.entities and not len(self.shapes) and self.checkpoint == Checkpoint()
 
 
 class StateStore:
@@ -165,6 +170,28 @@ class StateStore:
         state.live_entities = 0
         state.checkpoint = Checkpoint()
 
+    def held(self, partitions: Iterable[int]) -> dict[str, tuple[str, ...]]:
+        """The integrations placed in ``partitions`` of which something is remembered, with the resources of their
+        pairs that hold it."""
+        wanted = set(partitions)
+        held: dict[str, tuple[str, ...]] = {}
+        for (integration, resource), state in self._pairs.items():
+            if not state.is_empty() and self.partition_of(integration) in wanted:
+                held[integration] = (*held.get(integration, ()), resource)
+        return held
+
+    def every_key(self, integration: str, resource: str) -> list[bytes]:
+        """The state-topic keys whose tombstones forget a pair entirely: its entities', its shapes', its checkpoint's
+        (last)."""
+        state = self.pair(integration, resource)
+        return every_key(
+            integration, resource, state.entities, (shape_id for shape_id, _ in state.shapes.shape_records())
+        )
+
+    def discard(self, integration: str, resource: str) -> None:
+        """Forget everything of a pair, shapes included (once the tombstones of :meth:`every_key` committed)."""
+        self._pairs.pop((integration, resource), None)
+
     def tombstone_keys(self, integration: str, resource: str) -> list[bytes]:
         """The state-topic keys that forget a pair: its entities', then its checkpoint's (last)."""
         return forget_keys(integration, resource, self.pair(integration, resource).entities)
@@ -179,12 +206,8 @@ class StateStore:
             kind, integration, resource = parsed[0], parsed[1], parsed[2]
         except (orjson.JSONDecodeError, IndexError, TypeError) as exc:
             raise StateError(f"unreadable state key {key[:80]!r}") from exc
-        if value is None:  # a tombstone (relay state reset): the entity, or the checkpoint, is forgotten
-            state = self._pairs.get((integration, resource))
-            if state is not None and kind == ENTITY:
-                state.live_entities -= _liveness(state.entities.pop(parsed[3], None))
-            elif state is not None and kind == CHECKPOINT:
-                state.checkpoint = Checkpoint()
+        if value is None:  # a tombstone (relay state reset, a removed integration): forget what it names
+            self._forget_record(kind, (integration, resource), parsed)
             return
         if kind == ENTITY:
             fingerprint = read_fingerprint(key, value)
@@ -195,6 +218,19 @@ class StateStore:
             self.set_checkpoint(integration, resource, Checkpoint.from_json(value))
         else:
             raise StateError(f"state record with unknown kind {kind!r}")
+
+    def _forget_record(self, kind: str, pair: Pair, parsed: list[object]) -> None:
+        state = self._pairs.get(pair)
+        if state is None:
+            return
+        if kind == ENTITY:
+            state.live_entities -= _liveness(state.entities.pop(str(parsed[3]), None))
+        elif kind == SHAPE and isinstance(parsed[3], int):
+            state.shapes.forget(parsed[3])
+        elif kind == CHECKPOINT:
+            state.checkpoint = Checkpoint()
+        if state.is_empty():  # every record of the pair was tombstoned: as if never polled
+            del self._pairs[pair]
 
     def restore_records(self, records: Iterable[tuple[bytes, bytes | None]]) -> set[str]:
         """Apply many records read back from the state topic, in order: :meth:`restore_record`, faster. Returns the
@@ -207,8 +243,10 @@ class StateStore:
         others: set[str] = set()
         loads = orjson.loads
         for key, value in records:
-            if value is None:  # a tombstone: rare (relay state reset), the general path
+            if value is None:  # a tombstone: rare (relay state reset, a removed integration), the general path
                 self.restore_record(key, value)
+                others.update(integration for integration, _ in touched)
+                touched.clear()  # it may have dropped a pair from memory: look each one up again
                 continue
             try:
                 parsed = loads(key)

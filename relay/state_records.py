@@ -16,7 +16,9 @@ key                                           value
 Format ``b"\\x01"`` (fingerprints with 32-bit field hashes, written by earlier versions) is still read: each field
 hash keeps its low 16 bits (:func:`relay.diff.narrow_fingerprint`).
 
-A tombstone (null value) of an entity or checkpoint key forgets it: ``relay state reset`` writes them for a pair.
+A tombstone (null value) of an entity or checkpoint key forgets it: ``relay state reset`` writes them for a pair. The
+owner of an integration removed from the registry writes tombstones for every key of its pairs, shapes included, once
+``RELAY_REMOVED_STATE_RETENTION`` has passed (:mod:`relay.retention`).
 
 Deleted entities keep their (small) fingerprint: the relay must remember that they are deleted, to detect restores
 and never announce them again.
@@ -80,6 +82,16 @@ def forget_keys(integration: str, resource: str, entity_ids: Iterable[str]) -> l
     prefix = orjson.dumps([ENTITY, integration, resource])[:-1] + b","
     keys = [prefix + orjson.dumps(entity_id) + b"]" for entity_id in entity_ids]
     keys.append(orjson.dumps([CHECKPOINT, integration, resource]))
+    return keys
+
+
+def every_key(integration: str, resource: str, entity_ids: Iterable[str], shape_ids: Iterable[int]) -> list[bytes]:
+    """Every key of a pair's state, whose tombstones forget it entirely: its entities', its shapes', then its
+    checkpoint's (last)."""
+    keys = forget_keys(integration, resource, entity_ids)
+    checkpoint = keys.pop()
+    keys.extend(orjson.dumps([SHAPE, integration, resource, shape_id]) for shape_id in shape_ids)
+    keys.append(checkpoint)
     return keys
 
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from typing import Final
 
-# The Kombo webhook types the relay acts on.
-HANDLED_TYPES: Final = ("data-changed", "sync-finished", "integration-state-changed", "integration-deleted")
+# Kombo's integration lifecycle, each counted under its own type: acted on with RELAY_FOLLOW_INTEGRATIONS (the
+# registry), the last two also with RELAY_FOLLOW_INTEGRATION_STATE (pauses); answered and ignored otherwise. Counted
+# apart from ``other`` so that a dashboard sees customers come and go, whichever setting is on.
+INTEGRATION_TYPES: Final = ("integration-created", "integration-state-changed", "integration-deleted")
+
+# The Kombo webhook types the relay acts on (the integration ones when a setting says so).
+HANDLED_TYPES: Final = ("data-changed", "sync-finished", *INTEGRATION_TYPES)
 
 # Types: the handled ones, ``other`` for a Kombo type the relay ignores, ``unknown`` when unsigned, too large,
 # unparseable or undocumented.

@@ -53,7 +53,6 @@ SIGNATURE_HEADER: Final = "X-Kombo-Signature"
 # so that Kombo does not retry them.
 OTHER_KOMBO_TYPES: Final = (
     "connection-flow-failed",
-    "integration-created",
     "assessment:order-received",
     "inline-assessment:order-received",
     "ai-apply-application-status-updated",
@@ -134,7 +133,7 @@ class IntegrationDeleted:
 
 @dataclass(frozen=True, slots=True)
 class IntegrationCreated:
-    """Acted on only with RELAY_FOLLOW_INTEGRATIONS (relay.registry_webhooks); labelled ``other`` in the metrics."""
+    """Acted on only with RELAY_FOLLOW_INTEGRATIONS (relay.registry_webhooks); answered and ignored otherwise."""
 
     id: str
     integration_id: str  # data.id; empty when the body has none (then nothing is done)

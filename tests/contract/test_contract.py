@@ -159,3 +159,18 @@ def _resolve_pointer(document: Any, ref: str) -> Any:
     for part in ref.removeprefix("#/").split("/"):
         node = node[part.replace("~1", "/").replace("~0", "~")]
     return node
+
+
+def test_asyncapi_lists_the_topics_of_the_category_defaults_too() -> None:
+    environ = {
+        "RELAY_RESOURCES": "ats/users",
+        "RELAY_RESOURCES_ATS": "ats/jobs",
+        "RELAY_RESOURCES_HRIS": "hris/employees",
+    }
+    config = load_reader_config(None, environ)
+    document = asyncapi(config)
+    addresses = {c["address"] for c in document["channels"].values()}
+    assert addresses == {"kombo.ats.users", "kombo.ats.jobs", "kombo.hris.employees", config.state_topic}
+    assert set(document["components"]["messages"]) == {"event_ats_users", "event_ats_jobs", "event_hris_employees"}
+    # Resources only an integration of the registry names are not in the configuration: the document says so.
+    assert "relay integrations add --resources" in document["info"]["description"]

@@ -121,6 +121,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "state_topic": "kombo.relay-state",
     "control_topic": "kombo.relay-control",
     "integrations_topic": "kombo.relay-integrations",
+    "removed_state_retention": None,
     "topic_partitions": 6,
     "topic_replication_factor": -1,
     "state_topic_partitions": 6,
@@ -229,6 +230,7 @@ OVERRIDES: list[tuple[str, str, str, object, dict[str, str]]] = [
     ("RELAY_STATE_TOPIC", "relay.state", "state_topic", "relay.state", {}),
     ("RELAY_CONTROL_TOPIC", "relay.control", "control_topic", "relay.control", {}),
     ("RELAY_INTEGRATIONS_TOPIC", "relay.integrations", "integrations_topic", "relay.integrations", {}),
+    ("RELAY_REMOVED_STATE_RETENTION", "7d", "removed_state_retention", 7 * 86400.0, {}),
     ("RELAY_TOPIC_PARTITIONS", "12", "topic_partitions", 12, {}),
     ("RELAY_TOPIC_REPLICATION_FACTOR", "3", "topic_replication_factor", 3, {}),
     ("RELAY_STATE_TOPIC_PARTITIONS", "1", "state_topic_partitions", 1, {}),
@@ -271,6 +273,39 @@ def test_every_setting_can_be_overridden_by_its_environment_variable(
 
 def test_the_override_cases_cover_every_setting() -> None:
     assert {case[0] for case in OVERRIDES} == {setting.env for setting in SETTINGS}
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("30m", 1800.0),
+        (" 12 H ", 43200.0),
+        ("7d", 604800.0),
+        ("0.5d", 43200.0),
+        ("0", 0.0),
+    ],
+)
+def test_the_retention_of_removed_state_is_a_duration(given: str, seconds: float) -> None:
+    assert load(RELAY_REMOVED_STATE_RETENTION=given).removed_state_retention == seconds
+
+
+def test_removed_state_is_kept_for_ever_by_default() -> None:
+    assert load().removed_state_retention is None
+
+
+@pytest.mark.parametrize("given", ["-1", "7w", "d", "1.d", "nan", "inf", "7 days"])
+def test_a_retention_that_is_not_a_duration_is_refused_naming_the_setting(given: str) -> None:
+    assert problems_with(RELAY_REMOVED_STATE_RETENTION=given) == [
+        f"RELAY_REMOVED_STATE_RETENTION: must be a duration like 90s, 30m, 12h or 7d (a bare number is seconds), got "
+        f"{given!r}"
+    ]
+
+
+def test_a_retention_in_a_file_may_be_a_number_of_seconds(tmp_path: Path) -> None:
+    path = write(tmp_path / "relay.toml", f'api_key = "{API_KEY}"\nremoved_state_retention = 3600\n')
+    assert load_config(path, environ={}).removed_state_retention == 3600.0
 
 
 @pytest.mark.parametrize(

@@ -108,3 +108,71 @@ def test_a_state_topic_with_fewer_partitions_than_the_setting_is_refused() -> No
     check_partition_count("relay-state", 12, 4)  # more is fine: state is placed over the first four
     with pytest.raises(StateError, match=r"has 2 partition\(s\), fewer than RELAY_STATE_TOPIC_PARTITIONS=4"):
         check_partition_count("relay-state", 2, 4)
+
+
+def shape(shape_id: int, names: list[str]) -> tuple[bytes, bytes]:
+    return orjson.dumps(["s", ACME, USERS, shape_id]), orjson.dumps(names)
+
+
+def remembered_pair() -> list[tuple[bytes, bytes | None]]:
+    return [
+        shape(0, ["a", "b"]),
+        (key("u1"), FINGERPRINT_FORMAT + live(1, [1, 2])),
+        (key("u2"), FINGERPRINT_FORMAT + live(2, [3, 4])),
+        (orjson.dumps(["c", ACME, USERS]), Checkpoint(watermark_ms=5, snapshot_done=True).to_json()),
+    ]
+
+
+def test_every_key_of_a_pair_names_its_entities_shapes_and_checkpoint_last() -> None:
+    store = StateStore(6)
+    store.restore_records(remembered_pair())
+    keys = [orjson.loads(k) for k in store.every_key(ACME, USERS)]
+    assert keys == [["e", ACME, USERS, "u1"], ["e", ACME, USERS, "u2"], ["s", ACME, USERS, 0], ["c", ACME, USERS]]
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one by one", "many at once"])
+def test_a_pair_whose_every_key_was_tombstoned_is_forgotten_and_may_start_again_with_other_shapes(many: bool) -> None:
+    """A removed integration's state tombstoned, then the integration added again: its new first shape takes id 0 with
+    other names, which must not clash with the shape forgotten (a clash is a StateError: the relay would stop)."""
+    written = StateStore(6)
+    written.restore_records(remembered_pair())
+    tombstones: list[tuple[bytes, bytes | None]] = [(k, None) for k in written.every_key(ACME, USERS)]
+    again = [shape(0, ["x"]), (key("u9"), FINGERPRINT_FORMAT + live(9, [7]))]
+    store = StateStore(6)
+    if many:
+        store.restore_records([*remembered_pair(), *tombstones, *again])
+    else:
+        for k, v in [*remembered_pair(), *tombstones, *again]:
+            store.restore_record(k, v)
+    pair = store.pair(ACME, USERS)
+    assert list(pair.entities) == ["u9"]
+    assert pair.live_entities == 1
+    assert diff.field_hashes(pair.entities["u9"], pair.shapes) == {"x": 7}
+    assert pair.checkpoint == Checkpoint()  # no snapshot done: the next poll is one
+
+
+def test_a_pair_tombstoned_entirely_is_not_held_any_more() -> None:
+    store = StateStore(6)
+    store.restore_records(remembered_pair())
+    partition = store.partition_of(ACME)
+    assert store.held([partition]) == {ACME: (USERS,)}
+    assert store.held([p for p in range(6) if p != partition]) == {}
+    store.restore_records([(k, None) for k in store.every_key(ACME, USERS)])
+    assert store.held(range(6)) == {}
+    assert list(store.pairs()) == []
+
+
+def test_a_pair_reset_keeps_its_shapes_and_so_is_still_held() -> None:
+    store = StateStore(6)
+    store.restore_records(remembered_pair())
+    store.restore_records([(k, None) for k in store.tombstone_keys(ACME, USERS)])  # relay state reset
+    assert store.held(range(6)) == {ACME: (USERS,)}
+    assert len(store.pair(ACME, USERS).shapes) == 1
+
+
+def test_discard_forgets_a_pair_shapes_included() -> None:
+    store = StateStore(6)
+    store.restore_records(remembered_pair())
+    store.discard(ACME, USERS)
+    assert store.held(range(6)) == {}
+    assert store.pair(ACME, USERS).is_empty()

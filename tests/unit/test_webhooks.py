@@ -21,7 +21,7 @@ from relay.metrics import Metrics
 from relay.scheduler import Scheduler
 from relay.simulator import webhooks as sim_webhooks
 from relay.web import Heartbeat, build_app
-from relay.webhook_labels import HANDLED_TYPES, WEBHOOK_OUTCOMES, WEBHOOK_TYPES
+from relay.webhook_labels import HANDLED_TYPES, INTEGRATION_TYPES, WEBHOOK_OUTCOMES, WEBHOOK_TYPES
 from relay.webhooks import (
     DEFAULT_MODEL_MAP,
     OTHER_KOMBO_TYPES,
@@ -536,9 +536,28 @@ def test_a_deleted_integration_is_paused_when_followed(target: FakePoller) -> No
 
 
 def test_other_kombo_types_are_ignored(target: FakePoller) -> None:
-    body = body_of({"id": "x", "type": "integration-created", "data": {}})
+    body = body_of({"id": "x", "type": "connection-flow-failed", "data": {}})
     reply = deliver(receiver_for(target), body)
     assert (reply.status, reply.outcome, reply.type) == (200, "ignored", "other")
+
+
+@pytest.mark.parametrize("follow", ["false", "true"])
+def test_integration_created_is_counted_under_its_own_type_whether_followed_or_not(
+    target: FakePoller, follow: str
+) -> None:
+    body = body_of({"id": "c-1", "type": "integration-created", "data": {"id": GLOBEX, "category": "HRIS"}})
+    reply = deliver(receiver_for(target, follow_integrations=follow), body)
+    outcome = "accepted" if follow == "true" else "ignored"  # accepted: handed to the registry's follower
+    assert (reply.status, reply.outcome, reply.type) == (200, outcome, "integration-created")
+
+
+def test_the_integration_lifecycle_types_have_series_of_their_own() -> None:
+    assert set(INTEGRATION_TYPES) == {"integration-created", "integration-state-changed", "integration-deleted"}
+    assert not set(INTEGRATION_TYPES) & set(OTHER_KOMBO_TYPES)
+    registry = Metrics().registry
+    for webhook_type in INTEGRATION_TYPES:  # pre-initialised at 0, like every type
+        labels = {"type": webhook_type, "outcome": "accepted"}
+        assert registry.get_sample_value("relay_webhooks_received_total", labels) == 0.0
 
 
 def test_unsigned_or_wrongly_signed_bodies_get_401_with_no_detail(target: FakePoller) -> None:
