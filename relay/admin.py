@@ -2,18 +2,20 @@
 state reset`` as HTTP requests on the relay's port (RELAY_HTTP_PORT), for teams that operate through a UI.
 
   GET  /admin/integrations                     relay integrations list
-  POST /admin/integrations/{id}                relay integrations add ID    {"category", "resources", "by"}
-  POST /admin/integrations/{id}/remove         relay integrations remove ID {"by"}
-  POST /admin/integrations/{id}/pause          relay integrations pause ID  {"by"}
-  POST /admin/integrations/{id}/resume         relay integrations resume ID {"by"}
+  POST /admin/integrations/{id}                relay integrations add ID    {"category", "resources", "by", ...}
+  POST /admin/integrations/{id}/remove         relay integrations remove ID {"by", ...}
+  POST /admin/integrations/{id}/pause          relay integrations pause ID  {"by", ...}
+  POST /admin/integrations/{id}/resume         relay integrations resume ID {"by", ...}
   POST /admin/integrations/{id}/resnapshot     relay resnapshot ID          {"resource", "wait", "timeout"}
   POST /admin/integrations/{id}/reconcile      relay reconcile ID           {"resource", "wait", "timeout"}
   POST /admin/integrations/{id}/reset          relay state reset ID --yes   {"resource", "wait", "timeout", "yes"}
 
-Every body field is optional (reset's ``"yes": true`` excepted, as ``--yes``), and so is the body. The API is off
-unless RELAY_ADMIN_TOKEN (or RELAY_ADMIN_TOKEN_FILE) is set; off, every path under /admin answers 404. On, each
-request must carry ``Authorization: Bearer <token>``, compared in constant time; without it, or with another token,
-it gets 401 with ``WWW-Authenticate``. The token is never logged.
+The registry's edits take ``"wait"`` and ``"timeout"`` too (``...``): like the CLI without --no-wait, they wait (30
+s by default) for the owner's acknowledgement that it applied the change. Every body field is optional (reset's
+``"yes": true`` excepted, as ``--yes``), and so is the body. The API is off unless RELAY_ADMIN_TOKEN (or
+RELAY_ADMIN_TOKEN_FILE) is set; off, every path under /admin answers 404. On, each request must carry
+``Authorization: Bearer <token>``, compared in constant time; without it, or with another token, it gets 401 with
+``WWW-Authenticate``. The token is never logged.
 
 What belongs here: the routes, the bearer check, the bound on requests in flight (MAX_IN_FLIGHT), the parsing of
 request bodies (untrusted: at most MAX_BODY_BYTES, JSON objects of known fields and types, each problem named), the
@@ -109,11 +111,15 @@ class AddRequest:
     category: Category | None
     resources: tuple[str, ...] | None
     by: str | None
+    wait: bool = True  # for the owner's acknowledgement, as the CLI without --no-wait
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
 class EditRequest:
     by: str | None
+    wait: bool = True
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +132,7 @@ class CommandRequest:
 
 def parse_add(body: bytes) -> AddRequest:
     """The body of an add; raises ValueError naming the field at fault."""
-    document = _object(body, ("category", "resources", "by"))
+    document = _object(body, ("category", "resources", "by", "wait", "timeout"))
     category = _optional(document, "category", str)
     if category is not None and category not in CATEGORIES:
         raise ValueError(f"field 'category' must be one of {', '.join(CATEGORIES)} or null, got {category!r}")
@@ -142,28 +148,31 @@ def parse_add(body: bytes) -> AddRequest:
         category,  # one of CATEGORIES: checked above
         None if resources is None else tuple(resources),
         _optional(document, "by", str),
+        *_waiting(document, DEFAULT_TIMEOUT_SECONDS),
     )
 
 
 def parse_edit(body: bytes) -> EditRequest:
     """The body of a remove, pause or resume; raises ValueError naming the field at fault."""
-    return EditRequest(_optional(_object(body, ("by",)), "by", str))
+    document = _object(body, ("by", "wait", "timeout"))
+    return EditRequest(_optional(document, "by", str), *_waiting(document, DEFAULT_TIMEOUT_SECONDS))
 
 
 def parse_command(body: bytes, kind: str) -> CommandRequest:
     """The body of a resnapshot, reconcile or reset; raises ValueError naming the field at fault."""
     fields = ("resource", "wait", "timeout", "yes") if kind == "reset" else ("resource", "wait", "timeout")
     document = _object(body, fields)
+    wait, timeout = _waiting(document, commands_cli.DEFAULT_WAIT_SECONDS)
+    return CommandRequest(_optional(document, "resource", str), wait, timeout, _optional(document, "yes", bool) is True)
+
+
+def _waiting(document: Mapping[str, object], default_timeout: float) -> tuple[bool, float]:
+    """The ``wait`` (default true) and ``timeout`` fields: whether, and how long, to wait for the owner's ack."""
     timeout = _optional(document, "timeout", (int, float))
     if isinstance(timeout, bool) or (timeout is not None and not 0 < timeout <= MAX_TIMEOUT_SECONDS):
         raise ValueError(f"field 'timeout' must be a number of seconds > 0 and <= {MAX_TIMEOUT_SECONDS:g}")
     wait = _optional(document, "wait", bool)
-    return CommandRequest(
-        _optional(document, "resource", str),
-        True if wait is None else wait,
-        commands_cli.DEFAULT_WAIT_SECONDS if timeout is None else float(timeout),
-        _optional(document, "yes", bool) is True,
-    )
+    return True if wait is None else wait, default_timeout if timeout is None else float(timeout)
 
 
 def _object(body: bytes, fields: tuple[str, ...]) -> dict[str, object]:
@@ -335,19 +344,26 @@ class AdminApi:
             category=asked.category,
             resources=asked.resources,
         )
-        return await self._registry_edit("add", integration, edit)
+        return await self._registry_edit("add", integration, edit, wait=asked.wait, timeout=asked.timeout)
 
     async def _edit(self, action: str, request: web.Request, body: bytes) -> Answer:
         integration = _integration(request)
-        edit = registry_cli.make_edit(action, integration, by=_by(parse_edit(body).by, request))
-        return await self._registry_edit(action, integration, edit)
+        asked = parse_edit(body)
+        edit = registry_cli.make_edit(action, integration, by=_by(asked.by, request))
+        return await self._registry_edit(action, integration, edit, wait=asked.wait, timeout=asked.timeout)
 
-    async def _registry_edit(self, action: str, integration: str, edit: registry_cli.EditOf) -> Answer:
-        done = await registry_cli.edit_registry(
-            self._config, action, integration, edit, timeout=DEFAULT_TIMEOUT_SECONDS
-        )
-        document = {"operation": action, "outcome": "done", "message": done.text(self._config), **done.document()}
-        return Answer("done", document)
+    async def _registry_edit(
+        self, action: str, integration: str, edit: registry_cli.EditOf, *, wait: bool, timeout: float
+    ) -> Answer:
+        done = await registry_cli.edit_registry(self._config, action, integration, edit, timeout=timeout, wait=wait)
+        message = done.text(self._config)
+        if done.written is not None and done.waited and done.ack is None:  # written; its owner did not say so
+            outcome, message = "no_ack", f"{message}; {registry_cli.no_ack_text(self._config, done, timeout)}"
+        else:
+            outcome = "done"
+            if done.ack is not None:
+                message = f"{message}; the owner acknowledged it: {done.ack.message or done.ack.outcome}"
+        return Answer(outcome, {"operation": action, "outcome": outcome, "message": message, **done.document()})
 
     async def _command(self, kind: str, request: web.Request, body: bytes) -> Answer:
         integration = _integration(request)

@@ -148,7 +148,8 @@ async def test_an_integration_added_over_http_is_in_the_registry_and_polled_and_
         assert status == 200, added
         assert (added["outcome"], added["action"], added["changed"]) == ("done", "added", True)
         assert added["message"].startswith(f"added {ACME} in {running.config.integrations_topic} (revision ")
-        assert added["message"].endswith("active, category ats, resources ats/users (default)")
+        assert "active, category ats, resources ats/users (default); the owner acknowledged it: " in added["message"]
+        assert added["ack"]["outcome"] == "ok", added
         assert (added["entry"]["added_by"], added["entry"]["category"]) == ("alice", "ats")
         # Polled at once by its owner (the poll interval is 10 minutes): its snapshot arrives.
         live = live_ids(world)
@@ -166,17 +167,17 @@ async def test_an_integration_added_over_http_is_in_the_registry_and_polled_and_
         status, paused = await call(running, "POST", f"/admin/integrations/{ACME}/pause")
         assert (status, paused["action"], paused["entry"]["paused"]) == (200, "paused", True), paused
         assert paused["entry"]["updated_by"].startswith("admin API (127.0.0.1")
-        await wait_until(lambda: running.scheduler.is_paused(ACME), 30, "the pause to reach the relay")
+        assert running.scheduler.is_paused(ACME)  # the answer waited for the owner's acknowledgement
         status, refused = await call(running, "POST", f"/admin/integrations/{ACME}/resnapshot", {"timeout": 20})
         assert (status, refused["outcome"]) == (404, "unknown_integration")
         assert refused["error"] == f"{ACME} is paused: resume it first (relay integrations resume)"
 
         status, resumed = await call(running, "POST", f"/admin/integrations/{ACME}/resume")
         assert (status, resumed["action"], resumed["entry"]["paused"]) == (200, "resumed", False), resumed
-        await wait_until(lambda: not running.scheduler.is_paused(ACME), 30, "the resume to reach the relay")
+        assert not running.scheduler.is_paused(ACME)
 
-        status, removed = await call(running, "POST", f"/admin/integrations/{ACME}/remove")
-        assert (status, removed["action"]) == (200, "removed")
+        status, removed = await call(running, "POST", f"/admin/integrations/{ACME}/remove", {"wait": False})
+        assert (status, removed["action"], removed["ack"]) == (200, "removed", None)
         await wait_until(lambda: not any(i == ACME for i, _ in running.scheduler.status), 30, "the removal")
 
     labels = {"operation": "add", "outcome": "done"}
@@ -247,7 +248,9 @@ async def test_a_command_nobody_acknowledges_is_202_no_ack(world: World) -> None
     running = Relay(config)
     await running.start_http()
     try:
-        assert (await call(running, "POST", f"/admin/integrations/{ACME}"))[0] == 200
+        status, added = await call(running, "POST", f"/admin/integrations/{ACME}", {"timeout": 2})
+        assert (status, added["outcome"], added["changed"], added["ack"]) == (202, "no_ack", True, None), added
+        assert "but no relay acknowledged it within 2 s" in added["message"]
         status, answer = await call(running, "POST", f"/admin/integrations/{ACME}/resnapshot", {"timeout": 3})
         assert (status, answer["outcome"], answer["sent"], answer["ack"]) == (202, "no_ack", True, None), answer
         assert answer["message"].endswith(

@@ -48,7 +48,9 @@ TOKEN = "s3cret-admin-t0ken"
 def test_an_empty_body_asks_for_the_defaults() -> None:
     added = parse_add(b"")
     assert (added.category, added.resources, added.by) == (None, None, None)
-    assert parse_edit(b"  ").by is None
+    assert (added.wait, added.timeout) == (True, 30.0)
+    edit = parse_edit(b"  ")
+    assert (edit.by, edit.wait, edit.timeout) == (None, True, 30.0)
     command = parse_command(b"{}", "resnapshot")
     assert (command.resource, command.wait, command.timeout, command.yes) == (None, True, 60.0, False)
 
@@ -56,6 +58,8 @@ def test_an_empty_body_asks_for_the_defaults() -> None:
 def test_a_full_body_is_read() -> None:
     added = parse_add(b'{"category": "ats", "resources": ["ats/users", "ats/jobs"], "by": "alice"}')
     assert (added.category, added.resources, added.by) == ("ats", ("ats/users", "ats/jobs"), "alice")
+    edit = parse_edit(b'{"by": "bob", "wait": false, "timeout": 2.5}')
+    assert (edit.by, edit.wait, edit.timeout) == ("bob", False, 2.5)
     command = parse_command(b'{"resource": "ats/users", "wait": false, "timeout": 5, "yes": true}', "reset")
     assert (command.resource, command.wait, command.timeout, command.yes) == ("ats/users", False, 5.0, True)
 
@@ -67,7 +71,7 @@ def test_a_full_body_is_read() -> None:
         (b"\xff\xfe", "the body is not JSON"),
         (b'["ats"]', "the body must be a JSON object, not a list"),
         (b'"ats"', "the body must be a JSON object, not a string"),
-        (b'{"categroy": "ats"}', "unknown field 'categroy'; the fields are category, resources, by"),
+        (b'{"categroy": "ats"}', "unknown field 'categroy'; the fields are category, resources, by, wait, timeout"),
         (b'{"category": 1}', "field 'category' must be a string, not a number"),
         (b'{"category": "crm"}', "field 'category' must be one of ats, hris or null, got 'crm'"),
         (b'{"resources": "ats/users"}', "field 'resources' must be a list, not a string"),
