@@ -289,3 +289,35 @@ async def test_relay_integrations_waits_for_the_owner_to_acknowledge_the_change_
         assert await cli("remove", GLOBEX) == 0
         assert GLOBEX not in polled(running)
         assert capsys.readouterr().out.endswith("the owner acknowledged it: polling stopped\n")
+
+
+async def test_upgrading_from_a_fixed_list_announces_nothing_again_and_loses_nothing(world: World) -> None:
+    """The upgrade path: state written while RELAY_INTEGRATIONS was the only source of integrations, then a first
+    start with a registry topic that does not exist yet (here: a new name, as for a release before the registry)."""
+    await event_topics(world)
+    listed = [ACME, GLOBEX]
+    async with collect(world.bootstrap_servers, world.topics()) as events:
+        async with replica(world, integrations=listed) as before:
+            for integration in listed:
+                await wait_for_snapshot(world, events, integration, timeout=60)
+            await wait_until(lambda: not any(s.polling for s in before.scheduler.status.values()), 30, "polls to end")
+        snapshot = Counter(e.entity for e in events.events if e.kind == "created")
+        record = next(iter(world.sim.records(ACME, USERS, include_deleted=False)))
+        world.sim.update(ACME, USERS, record["id"], {"first_name": "Upgraded"})  # while no relay runs
+
+        fresh_registry = f"{world.topic_prefix}.relay-integrations-upgrade"
+        async with replica(world, integrations=listed, integrations_topic=fresh_registry) as after:
+            seeded = lambda: sorted(entry.integration for entry in after.registry.active()) == sorted(listed)  # noqa: E731
+            await wait_until(seeded, 60, "the registry seeded from the list")
+            async with asyncio.timeout(60):  # nothing lost: the change made meanwhile is published
+                while not any(
+                    e.kind == "updated" and e.data["record"]["first_name"] == "Upgraded" for e in events.events
+                ):
+                    await events.drain(timeout_ms=200)
+            await wait_until(lambda: not any(s.polling for s in after.scheduler.status.values()), 30, "polls to end")
+            await events.drain(timeout_ms=500)
+    # Nothing announced again: every pair resumed at its checkpoint, no second snapshot.
+    assert Counter(e.entity for e in events.events if e.kind == "created") == snapshot
+    async with RegistryTopic(world.config(integrations_topic=fresh_registry)) as topic:
+        entries = await topic.read()
+    assert {entry.integration: entry.state for entry in entries.values()} == {ACME: "active", GLOBEX: "active"}
