@@ -30,7 +30,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -61,6 +61,13 @@ from relay.state import StateStore
 log = logging.getLogger(__name__)
 
 ReadState = Callable[[set[int]], Awaitable[None]]
+
+
+class StateReading(Protocol):
+    """How a claim reads its partitions' state, given the relay's own reading of them (``read``). The relay reads
+    directly; a test's fake takes its time, as the restore of a large state does."""
+
+    async def __call__(self, partitions: set[int], read: ReadState) -> None: ...
 
 
 class Ownership:
