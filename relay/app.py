@@ -54,6 +54,7 @@ from relay.fleet import (
     FATAL_CLAIM_ERRORS,
     Membership,
     Ownership,
+    StateReading,
     fence_single_instance_writer,
     legacy_transactional_id,
 )
@@ -91,7 +92,7 @@ EXIT_KAFKA_AUTHENTICATION = 7
 class Relay:
     """The running service: HTTP server, Kafka sink, state, pipeline and scheduler, started and stopped together."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, state_reading: StateReading | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
         self.store = StateStore(config.state_topic_partitions)
@@ -106,8 +107,14 @@ class Relay:
             on_stop=self.pipeline.stop,
             pairs=(),  # none until this relay owns their state partitions
         )
+        read_state = self._read_partitions
+        if state_reading is not None:  # a claim's reading of its partitions' state, as a test's fake does it
+
+            async def read_state(partitions: set[int]) -> None:
+                await state_reading(partitions, self._read_partitions)
+
         self.ownership = Ownership(
-            config, self.store, self.sink, self.pipeline, self.scheduler, self.metrics, self._read_partitions
+            config, self.store, self.sink, self.pipeline, self.scheduler, self.metrics, read_state
         )
         self.membership: Membership | None = None  # in a fleet: this replica's seat in the consumer group
         self.control: ControlChannel | None = None  # in a fleet: webhook triggers to and from the owners

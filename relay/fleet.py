@@ -7,7 +7,9 @@ no leader of our own, no database.
 
 * Claiming a partition opens its producer (``{RELAY_TRANSACTIONAL_ID}-{partition}``), which fences the previous
   owner's for that partition; then reads the partition's state to its end, and the last window of its control
-  partition; then polls its pairs, the operators' commands no owner acknowledged first.
+  partition; then polls its pairs, the operators' commands no owner acknowledged first. The claim runs beside the
+  group's protocol, not in its assignment callback, so the member heartbeats however long the state takes to read
+  (aiokafka heartbeats only between callbacks); the group's next decision cancels a claim still reading.
 * Handing one over stops taking pages for its pairs, lets pages in flight commit within
   ``RELAY_SHUTDOWN_GRACE_SECONDS`` (else aborts them), waits for the acks of the commands that ran, closes the
   producer and forgets the state.
@@ -30,7 +32,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -63,6 +65,13 @@ log = logging.getLogger(__name__)
 ReadState = Callable[[set[int]], Awaitable[None]]
 
 
+class StateReading(Protocol):
+    """How a claim reads its partitions' state, given the relay's own reading of them (``read``). The relay reads
+    directly; a test's fake takes its time, as the restore of a large state does."""
+
+    async def __call__(self, partitions: set[int], read: ReadState) -> None: ...
+
+
 class Ownership:
     """The partitions this replica owns, and what claiming and handing over one does to the rest of the relay."""
 
@@ -92,6 +101,8 @@ class Ownership:
         self._defaults = DefaultResources.from_config(config)
         self.settled = False  # the group assigned this replica its partitions (maybe none) and they are restored
         self._changing = asyncio.Lock()  # one change of ownership at a time: a claim, a handover, a loss
+        # A claim is under way and owns nothing of its partitions yet: cancelling it leaves them as if it had failed.
+        self.restoring = False
         self._losing: set[asyncio.Task[None]] = set()
 
     def pairs_of(self, partitions: Iterable[int]) -> list[tuple[str, str]]:
@@ -175,7 +186,17 @@ class Ownership:
             return plan
 
     async def claim(self, partitions: Iterable[int]) -> None:
-        """Own ``partitions``: fence their previous owners, read their state, poll their pairs."""
+        """Own ``partitions``: fence their previous owners, read their state, poll their pairs.
+
+        While :attr:`restoring`, it may be cancelled: it then owns nothing of them, as after a failure. Past that (the
+        partitions owned, their pairs polled), let it finish."""
+        self.restoring = True
+        try:
+            await self._claim(partitions)
+        finally:
+            self.restoring = False
+
+    async def _claim(self, partitions: Iterable[int]) -> None:
         async with self._changing:
             fresh = set(partitions) - self.owned
             if not fresh:
@@ -197,6 +218,7 @@ class Ownership:
             pairs = self.pairs_of(fresh)
             self._pipeline.unhalt(integration for integration, _ in pairs)
             self.owned = self.owned | fresh
+            self.restoring = False  # owned: no await since the state was read, none until the pairs are polled
             self._scheduler.own(pairs, paused=self._paused())
             # Queued before the pairs' first polls start (no await since they were owned): a resnapshot the former
             # owner left in progress is resumed by the command, not done once by a scheduled poll and then again.
@@ -285,8 +307,17 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
     """The group's decisions, handed to :class:`Ownership` in the order the protocol promises: every member gives up
     its partitions before any member is given new ones.
 
-    aiokafka logs and swallows what a listener raises, so a claim that fails here is kept: as partitions still to
-    claim (Kafka unavailable for a while: :class:`Membership` retries) or as the error the replica must stop for.
+    A claim runs in a task of its own, not in the assignment's callback: aiokafka starts the member's heartbeats only
+    once that callback returns, and a claim reads its partitions' state, which takes longer than a session timeout
+    when the state is large (a million entities: 7 to 11 s). Heartbeatless for that long, the member was evicted, and
+    lost the partitions it had just claimed at its next heartbeat, to claim them again, for ever. The callback only
+    pauses the assignment (nothing is read through it) and starts the claim; nothing is polled or committed for those
+    partitions until the claim has read their state and fenced their former owners' producers, as before. The next
+    decision of the group (or a stop) cancels a claim still reading (it owns nothing then) or awaits one that already
+    owns, before anything is handed over.
+
+    A claim that fails is kept: as partitions still to claim (Kafka unavailable for a while: :class:`Membership`
+    retries) or as the error the replica must stop for.
     """
 
     def __init__(self, ownership: Ownership, consumer: AIOKafkaConsumer, metrics: Metrics) -> None:
@@ -298,12 +329,14 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
         self.fatal: BaseException | None = None
         self._decisions = 0  # counts the group's decisions: a claim's failure is kept only if none came since
         self.attention = asyncio.Event()  # set when a claim failed (fatal or to retry): Membership acts on it
+        self._claiming: asyncio.Task[None] | None = None  # the claim of this generation's partitions, under way
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self._decisions += 1
         self._ownership.unsettle()
         self._metrics.rebalances.inc()
         self.unclaimed = frozenset()
+        await self.stop_claiming()
         await self._ownership.hand_over(tp.partition for tp in revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -311,10 +344,37 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
         self._consumer.pause(*assigned)
         self.generation = getattr(getattr(self._consumer, "_coordinator", None), "generation", None)
         self._decisions += 1
-        await self.claim(frozenset(tp.partition for tp in assigned))
+        await self.stop_claiming()  # none: the revocation before this assignment stopped it
+        self.start_claim(frozenset(tp.partition for tp in assigned))
 
-    async def claim(self, partitions: frozenset[int]) -> None:
-        decision = self._decisions
+    def start_claim(self, partitions: frozenset[int]) -> asyncio.Task[None]:
+        """Claim ``partitions`` in the background, for the group's latest decision."""
+        claiming = asyncio.get_running_loop().create_task(
+            self.claim(partitions, self._decisions), name=f"claim {sorted(partitions)}"
+        )
+        self._claiming = claiming
+        return claiming
+
+    async def retry(self) -> None:
+        """Claim again the partitions whose claim failed (unless one is under way), and wait for it to end."""
+        if self._claiming is None or self._claiming.done():
+            await asyncio.wait([self.start_claim(self.unclaimed)])
+
+    async def stop_claiming(self) -> None:
+        """End the claim under way: cancelled while it reads the state (it owns nothing of its partitions then),
+        awaited once it owns them (their handover comes next)."""
+        claiming, self._claiming = self._claiming, None
+        if claiming is None:
+            return
+        if not claiming.done() and self._ownership.restoring:
+            claiming.cancel()
+        await asyncio.wait([claiming])
+
+    async def claim(self, partitions: frozenset[int], decision: int | None = None) -> None:
+        """Claim ``partitions`` for the group's decision ``decision`` (by default the latest); keep its failure."""
+        decision = self._decisions if decision is None else decision
+        if decision != self._decisions:
+            return  # the group moved these partitions before the claim started
         try:
             await self._ownership.claim(partitions)
         except FATAL_CLAIM_ERRORS as error:
@@ -329,6 +389,8 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aio
                 "cannot claim the state partitions assigned; retrying",
                 extra={"partitions": sorted(partitions), "error": str(error)},
             )
+        except Exception:  # what aiokafka did with what a callback raised (the claim ran in one): log, go on
+            log.exception("claiming the state partitions assigned failed", extra={"partitions": sorted(partitions)})
         else:
             if decision == self._decisions:
                 self.unclaimed = frozenset()
@@ -360,7 +422,8 @@ class Membership:
             # Every partition is paused: its fetcher has nothing to fetch, and what it waits for (a resume, a new
             # assignment) wakes it anyway. aiokafka's default (200 ms) woke every idle replica 5 times a second.
             consumer_timeout_ms=int(CHECK_SECONDS * 1000),
-            # A claim reads its partitions' state inside the group's callback: give it the time a large restore takes.
+            # A retry of a failed claim (in run()) reads its partitions' state between two looks at the consumer:
+            # give it the time a large restore takes. (A claim no longer runs in the group's callback.)
             max_poll_interval_ms=30 * 60 * 1000,
             rebalance_timeout_ms=int((config.shutdown_grace_seconds + 60) * 1000),
             partition_assignment_strategy=(StickyPartitionAssignor,),
@@ -390,7 +453,7 @@ class Membership:
                 if self._listener.fatal is not None:
                     raise self._listener.fatal
                 if self._listener.unclaimed and retry.due():
-                    await self._listener.claim(self._listener.unclaimed)
+                    await self._listener.retry()
                     if self._listener.unclaimed:
                         retry.failed()
                     else:
@@ -413,9 +476,10 @@ class Membership:
                 await asyncio.wait_for(self._listener.attention.wait(), seconds)
 
     async def _leave(self) -> None:
-        # aiokafka does not call on_partitions_revoked when it stops: hand over first, then leave the group, so that
-        # the next owner's producer finds nothing of ours in flight.
+        # aiokafka does not call on_partitions_revoked when it stops: end the claim under way and hand over first,
+        # then leave the group, so that the next owner's producer finds nothing of ours in flight.
         try:
+            await self._listener.stop_claiming()
             await self._ownership.hand_over(self._ownership.owned)
         finally:
             await self._consumer.stop()

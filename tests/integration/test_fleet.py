@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 
 from relay.app import Relay
+from relay.fleet import ReadState, StateReading
 from relay.partitioning import partition_for_key
 from relay.simulator import Simulator, SimulatorServer, WebhookSender
 from tests.integration.harness import Collector, World, collect, wait_until
@@ -46,7 +47,7 @@ async def world(bootstrap_servers: str, topic_prefix: str) -> AsyncIterator[Worl
 
 
 @asynccontextmanager
-async def replica(world: World, **overrides: str) -> AsyncIterator[Relay]:
+async def replica(world: World, state_reading: StateReading | None = None, **overrides: str) -> AsyncIterator[Relay]:
     """A relay joined to the fleet's group, polling what it owns, until the block ends (then it leaves cleanly)."""
     settings = {
         "state_topic_partitions": str(PARTITIONS),
@@ -56,7 +57,7 @@ async def replica(world: World, **overrides: str) -> AsyncIterator[Relay]:
         "shutdown_grace_seconds": "5",
         **overrides,
     }
-    relay = Relay(world.config(**settings))
+    relay = Relay(world.config(**settings), state_reading=state_reading)
     await relay.start_http()
     joined = asyncio.create_task(relay.join_fleet(), name="fleet seat")
     polling = asyncio.create_task(relay.scheduler.run(), name="scheduler")
@@ -202,3 +203,56 @@ async def test_a_webhook_received_by_another_replica_reaches_the_owner_through_t
             )
             assert (triggered or 0.0) >= 1  # the owner polled because of it
     assert doubled(events) == {}
+
+
+class SlowReading:
+    """A claim's reading of its partitions' state that takes ``seconds`` more than the relay's own: the restore of a
+    large state (a million entities took 7 to 11 s)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.claims: list[set[int]] = []
+        self.started = asyncio.Event()
+
+    async def __call__(self, partitions: set[int], read: ReadState) -> None:
+        self.claims.append(set(partitions))
+        self.started.set()
+        await read(partitions)
+        await asyncio.sleep(self.seconds)  # the time a large restore takes, not a wait for something to happen
+
+
+async def holds_for(condition: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``condition`` stays true for ``seconds`` (the window a failure would show within)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not condition():
+            return False
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+async def test_a_claim_whose_restore_outlasts_the_session_timeout_keeps_its_partitions(world: World) -> None:
+    # The member must go on heartbeating while its claim reads the state: a restore longer than the session timeout
+    # got it evicted, and the partitions it had just claimed were lost and claimed again, for ever.
+    session = 6.0
+    await Relay(world.config(state_topic_partitions=str(PARTITIONS))).sink.ensure_topics()
+    reading = SlowReading(seconds=session + 3)
+    async with (
+        collect(world.bootstrap_servers, world.topics()) as events,
+        replica(world, reading, group_session_timeout_seconds=str(session)) as relay,
+    ):
+        await asyncio.wait_for(reading.started.wait(), 60)
+        ready, checks = relay.readiness()
+        assert not checks["state_restored"]  # not ready until the partitions are restored
+        assert not ready
+        await wait_until(lambda: relay.ownership.owned == {0, 1}, 60, "the replica to claim both partitions")
+        assert relay.membership is not None
+        generation = relay.membership.generation
+        await events.wait_for(sum(world.sim.count(i, USERS) for i in INTEGRATIONS), timeout=60)  # it polls them
+        # An evicted member learns it at its first heartbeat after the claim (one heartbeat interval, 2 s here):
+        # watch for a whole session timeout.
+        kept = await holds_for(lambda: relay.ownership.owned == {0, 1} and len(reading.claims) == 1, session)
+        assert kept, f"the partitions were lost and claimed again: claims {reading.claims}"
+        assert relay.membership.generation == generation
+        assert relay.readiness()[0]
+    assert relay.metrics.registry.get_sample_value("relay_rebalances_total") == 1  # the join, nothing since
