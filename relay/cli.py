@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from relay import __version__
+from relay.event_loop import use_uvloop
 
 # name -> (module implementing it, one-line help for `relay --help`).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run":  # a long-lived process: its loop's own cost counts (see relay.event_loop)
+        use_uvloop()
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:

@@ -139,7 +139,7 @@ async def topic_partitions(bootstrap_servers: str, topics: Sequence[str]) -> lis
 class Process:
     """A child process whose output goes to a log file in ``results/tmp``."""
 
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str] | None = None, cwd: Path = REPO) -> None:
         TMP.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log_path = TMP / f"{name}.log"
@@ -149,7 +149,7 @@ class Process:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
-            cwd=REPO,
+            cwd=cwd,
             start_new_session=True,
         )
         self.started = time.monotonic()
@@ -266,14 +266,15 @@ class RelaySettings:
 
 
 class RelayProcess(Process):
-    """``python -m relay run`` with the given settings; its HTTP server on a port of its own."""
+    """``python -m relay run`` with the given settings; its HTTP server on a port of its own. ``tree``: the source
+    tree the relay's code is imported from (``python -m`` puts its current directory first on the path)."""
 
-    def __init__(self, settings: RelaySettings, name: str = "relay") -> None:
+    def __init__(self, settings: RelaySettings, name: str = "relay", tree: Path = REPO) -> None:
         self.http_port = free_port()
         self.settings = settings
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
         env.update(settings.environ(self.http_port))
-        super().__init__(name, [PYTHON, "-m", "relay", "run"], env)
+        super().__init__(name, [PYTHON, "-m", "relay", "run"], env, cwd=tree)
 
     @property
     def base_url(self) -> str:
