@@ -8,6 +8,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from relay import entity_table
 from relay.entity_table import EntityTable
 
 # Few distinct ids, so that writes often replace and removals often hit; any string, surrogates and 0xFF included.
@@ -56,23 +57,40 @@ TestTableAgainstDict = TableAgainstDict.TestCase
 TestTableAgainstDict.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
 
 
-def test_many_entities_survive_rehashes_and_compactions() -> None:
+class SplitTableAgainstDict(TableAgainstDict):
+    """The same, with a table split into 4 shards as soon as its one shard needs more than 8 slots (6 entities):
+    the split, each shard's own growth and compaction, and lookups across shards."""
+
+    def __init__(self) -> None:
+        self.saved = entity_table._SPLIT_CAPACITY, entity_table._SHARDS
+        entity_table._SPLIT_CAPACITY, entity_table._SHARDS = 8, 4
+        super().__init__()
+
+    def teardown(self) -> None:
+        entity_table._SPLIT_CAPACITY, entity_table._SHARDS = self.saved
+
+
+TestSplitTableAgainstDict = SplitTableAgainstDict.TestCase
+TestSplitTableAgainstDict.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+
+
+def test_many_entities_survive_the_split_rehashes_and_compactions() -> None:
     table = EntityTable()
     model: dict[str, bytes] = {}
-    for n in range(5_000):
+    for n in range(20_000):  # split into shards at about 5,500, as the relay's own tables are
         model[f"u{n}"] = n.to_bytes(4, "little")
         table[f"u{n}"] = model[f"u{n}"]
-    for n in range(0, 5_000, 3):  # another length: appended again, the old records dead until compacted away
+    for n in range(20_000):  # another length: appended again, the old records dead until compacted away
         model[f"u{n}"] = n.to_bytes(6, "little")
         table[f"u{n}"] = model[f"u{n}"]
-    for n in range(0, 5_000, 7):
+    for n in range(0, 20_000, 7):  # the dead records now over half of each shard's: compacted
         del model[f"u{n}"]
         del table[f"u{n}"]
     assert table == model
     assert all(table[entity_id] == fingerprint for entity_id, fingerprint in model.items())
 
 
-def test_iteration_follows_the_order_entities_were_first_remembered() -> None:
+def test_iteration_of_a_small_table_follows_the_order_entities_were_first_remembered() -> None:
     table = EntityTable({"c": b"1", "a": b"2", "b": b"3"})
     table["c"] = b"9"  # same length: written in place, keeps its place
     assert list(table) == ["c", "a", "b"]
