@@ -42,9 +42,10 @@ Why these rules:
   reason ``resnapshot``, after the entity's real change if it had one. A stale record is not re-announced (what is
   remembered is newer than it), nor a deleted one.
 
-Memory: per entity we keep a *fingerprint*, one immutable ``bytes`` (layout below), not the record. Field names
-are kept once per distinct record *shape* (sorted tuple of top-level keys) in a :class:`ShapeTable`. Field names are
-data from the source: any string is fine; they are only ever dict keys and JSON strings here.
+Memory: per entity we keep a *fingerprint*, one immutable ``bytes`` (layout below), not the record; the state store
+packs a pair's ids and fingerprints (:mod:`relay.entity_table`), and this module reads them as a ``Mapping``. Field
+names are kept once per distinct record *shape* (sorted tuple of top-level keys) in a :class:`ShapeTable`. Field names
+are data from the source: any string is fine; they are only ever dict keys and JSON strings here.
 
 Fingerprint layout (little-endian), 25 bytes of header then, for live entities, 2 bytes per field of the record's
 shape::

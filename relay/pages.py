@@ -17,7 +17,7 @@ from relay import diff
 from relay.config import Config
 from relay.events import to_kafka_message
 from relay.metrics import Metrics
-from relay.pending import Prepared, Unapplied, events_by_kind
+from relay.pending import Overlay, Prepared, Unapplied, events_by_kind
 from relay.sink import OutMessage, check_record_sizes
 from relay.source import Page
 from relay.state import Checkpoint, PollKind, StateStore
@@ -146,7 +146,8 @@ class PageMaker:
 
     def _add_vanished(self, prepared: Prepared, seen: set[str]) -> None:
         entities = self._store.pair(self.integration, self.resource).entities
-        merged = {**entities, **prepared.delta} if prepared.delta else entities
+        # Not a merged copy: the remembered entities are packed (relay.entity_table), a copy would unpack them all.
+        merged = Overlay(prepared.delta, entities) if prepared.delta else entities
         result = diff.find_vanished(
             merged,
             seen,

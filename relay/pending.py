@@ -8,7 +8,7 @@ commits; this module only keeps the books.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,25 @@ class Overlay(Mapping[str, bytes]):
 
     def __len__(self) -> int:
         return len(self._base) + sum(1 for key in self._top if key not in self._base)
+
+    def items(self) -> ItemsView[str, bytes]:
+        return _OverlayItems(self)
+
+    def layers(self) -> tuple[Mapping[str, bytes], Mapping[str, bytes]]:
+        """(top, base)."""
+        return self._top, self._base
+
+
+class _OverlayItems(ItemsView[str, bytes]):
+    """``Overlay.items()``: each layer's own items, not a lookup per key (the remembered entities are packed, see
+    :mod:`relay.entity_table`, and a lookup there costs far more than a step of its own iteration)."""
+
+    _mapping: Overlay
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        top, base = self._mapping.layers()
+        yield from top.items()
+        yield from ((key, value) for key, value in base.items() if key not in top)
 
 
 def with_shapes(shapes: diff.ShapeTable, pending: list[tuple[int, diff.Shape]]) -> diff.ShapeTable:

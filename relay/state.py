@@ -1,9 +1,10 @@
 """What the relay remembers, in memory: per ``(integration, resource)`` (a *pair*) the entities' fingerprints, the
 record shapes and the :class:`Checkpoint`, with the rule that moves a checkpoint on when a poll completes.
 
-What belongs here: the in-memory store and the checkpoint types, pure (no I/O). How this is written to the state topic
-is :mod:`relay.state_records`; reading the topic back from Kafka is :mod:`relay.state_topic`. Every record of an
-integration's state goes to one partition of the state topic, :meth:`StateStore.partition_of`.
+What belongs here: the in-memory store and the checkpoint types, pure (no I/O). A pair's entities are packed in an
+:class:`~relay.entity_table.EntityTable` (most of the relay's memory: see there why not a dict). How this is written
+to the state topic is :mod:`relay.state_records`; reading the topic back from Kafka is :mod:`relay.state_topic`.
+Every record of an integration's state goes to one partition of the state topic, :meth:`StateStore.partition_of`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal
 import orjson
 
 from relay.diff import ShapeTable, is_deleted
+from relay.entity_table import EntityTable
 from relay.errors import StateError
 from relay.partitioning import partition_for_key
 from relay.state_records import (
@@ -80,7 +82,7 @@ class Checkpoint:
 
 @dataclass(slots=True)
 class PairState:
-    entities: dict[str, bytes] = field(default_factory=dict)
+    entities: EntityTable = field(default_factory=EntityTable)
     shapes: ShapeTable = field(default_factory=ShapeTable)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     live_entities: int = 0
@@ -156,9 +158,8 @@ class StateStore:
         for shape_id, names in new_shapes:
             state.shapes.add_known(shape_id, names)
         for entity_id, fingerprint in delta.items():
-            old = state.entities.get(entity_id)
+            old = state.entities.put(entity_id, fingerprint)
             state.live_entities += _liveness(fingerprint) - _liveness(old)
-            state.entities[entity_id] = fingerprint
         if checkpoint is not None:
             state.checkpoint = checkpoint
 
@@ -166,7 +167,7 @@ class StateStore:
         """Forget a pair's entities and checkpoint (``relay state reset``, once their tombstones committed): its next
         poll is a snapshot. Its shapes stay: ids the entities written later refer to, harmless to keep."""
         state = self.pair(integration, resource)
-        state.entities = {}
+        state.entities = EntityTable()
         state.live_entities = 0
         state.checkpoint = Checkpoint()
 
@@ -262,8 +263,7 @@ class StateStore:
             if state is None:
                 state = touched[pair] = self.pair(*pair)
             fingerprint = read_fingerprint(key, value)
-            old = state.entities.get(parsed[3])
-            state.entities[parsed[3]] = fingerprint
+            old = state.entities.put(parsed[3], fingerprint)
             state.live_entities += (not is_deleted(fingerprint)) - (old is not None and not is_deleted(old))
         return others.union(integration for integration, _ in touched)
 

@@ -10,6 +10,7 @@ import pytest
 
 import relay.cli
 from relay import diff
+from relay.entity_table import EntityTable
 from relay.registry import RegistryEntry
 from relay.state import Checkpoint, InProgress, PairState
 from relay.state_cli import EXIT_INVALID, EXIT_KAFKA_UNAVAILABLE, key_prefixes
@@ -67,7 +68,7 @@ def test_a_fingerprint_is_summarized() -> None:
 
 
 def test_entities_are_listed_by_id_up_to_the_limit() -> None:
-    state = PairState(entities={"c": live(), "a": deleted(), "b": live()})
+    state = PairState(entities=EntityTable({"c": live(), "a": deleted(), "b": live()}))
     shown, left_out = entity_summaries(state, 2)
     assert ([e.id for e in shown], left_out) == (["a", "b"], 1)
     assert entity_summaries(state, 10)[1] == 0
@@ -124,7 +125,7 @@ ENTRY = RegistryEntry(
 
 
 def resource_in_progress() -> ResourceReport:
-    state = PairState(entities={"u1": live(), "u2": deleted()}, live_entities=1)
+    state = PairState(entities=EntityTable({"u1": live(), "u2": deleted()}), live_entities=1)
     state.checkpoint = Checkpoint(
         watermark_ms=NOW - 90_000,
         snapshot_done=True,
