@@ -96,7 +96,7 @@ class Ownership:
         self.control: ControlChannel | None = None  # in a fleet: the webhook triggers of the owned partitions
         self.commands: CommandApplier | None = None  # in a fleet: runs the operators' commands of the owned ones
         # The registry of integrations as this replica last applied it: what its partitions' pairs are. Changed only
-        # under the lock, by apply_registry (the relay's follower of the registry topic) or use_registry (at start).
+        # under the lock, by apply_registry (the registry read at start, then each change the relay follows).
         self.registry: Registry = EMPTY
         self._defaults = DefaultResources.from_config(config)
         self.settled = False  # the group assigned this replica its partitions (maybe none) and they are restored
@@ -137,10 +137,6 @@ class Ownership:
 
     def _paused(self) -> frozenset[str]:
         return frozenset(entry.integration for entry in self.registry.active() if entry.paused)
-
-    async def use_registry(self, registry: Registry) -> None:
-        """Start from ``registry`` (read at start, before anything is owned; else as :meth:`apply_registry`)."""
-        await self.apply_registry(registry)
 
     async def apply_registry(self, registry: Registry, changes: Iterable[RegistryChange] | None = None) -> PairsPlan:
         """Make the registry ``registry``: for the integrations of the owned partitions, poll the pairs added, stop
