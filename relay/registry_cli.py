@@ -24,7 +24,8 @@ Exit status:
   0  done, or nothing to do
   2  invalid configuration, or an invalid argument (an integration id, a resource)
   6  Kafka's ACLs refuse this principal the registry topic (Describe, Read, Write; Create when it is missing), or
-     the control topic (Describe, Read), read to wait for the owner's acknowledgement
+     the control topic (Describe, Read), read to wait for the owner's acknowledgement, or Create on the event topics
+     of resources of its own (add --resources naming a resource no RELAY_RESOURCES* setting lists)
   7  Kafka refused the credentials or the client certificate, or the broker's certificate was refused
   8  Kafka could not be reached, or did not answer, within --timeout
   9  remove, pause or resume of an integration the registry does not hold; pause or resume of a removed one
@@ -89,7 +90,7 @@ from relay.registry import (
     resume,
 )
 from relay.registry_topic import DEFAULT_TIMEOUT_SECONDS, RegistryTopic
-from relay.sink import authorization_failed
+from relay.sink import authorization_failed, ensure_event_topics
 
 PROG: Final = "relay integrations"
 EXIT_OK: Final = 0
@@ -396,6 +397,7 @@ async def edit_registry(
                     done = EditDone(action, integration, before, None)
                     on_written(done)
                     return done
+                await _ensure_event_topics(config, entry)
                 async with _owner_acks(config, integration, wait=wait) as owner:  # from before the write: none missed
                     written = (await topic.write([entry]))[0]
                     done = EditDone(
@@ -450,6 +452,15 @@ def _acknowledges(written: RegistryEntry) -> Callable[[ControlAction], bool]:
         return ack.integration == written.integration and revision is not None and revision >= written.revision
 
     return answers
+
+
+async def _ensure_event_topics(config: Config, entry: RegistryEntry) -> None:
+    """Before an integration is polled for resources of its own that no RELAY_RESOURCES* list names, create their
+    event topics (as relay run does for the listed ones): brokers that do not create topics on their own would
+    refuse its owner's first transaction."""
+    own = [resource for resource in entry.resources or () if resource not in config.all_resources()]
+    if own and not entry.removed:
+        await ensure_event_topics(config, own)
 
 
 def _timed_out(config: Config, timeout: float, *, editing: bool) -> KafkaTimedOut:

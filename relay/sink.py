@@ -23,14 +23,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced, RecordListTooLargeError
 
-from relay.config import Config
+from relay.config import EVENT_TYPES, Config
 from relay.errors import Fenced, KafkaAuthorizationFailed, KafkaUnavailable, RecordTooLarge
 from relay.metrics import Metrics
 from relay.partitioning import partitions_for_keys
@@ -168,55 +168,22 @@ class KafkaSink:
 
     async def ensure_topics(self) -> None:
         """Create the event topics, the compacted state topic and the control topic when they are missing."""
-        admin = AIOKafkaAdminClient(**self._config.kafka_client_kwargs())
-        try:
-            await admin.start()
-            existing = set(await admin.list_topics())
-            wanted = [
-                self._new_topic(topic, self._config.topic_partitions)
-                for topic in self._config.event_topics()
-                if topic not in existing
-            ]
-            if self._config.state_topic not in existing:
-                wanted.append(
-                    self._new_topic(
-                        self._config.state_topic, self._config.state_topic_partitions, {"cleanup.policy": "compact"}
-                    )
-                )
-            if self._config.control_topic not in existing:
+        config = self._config
+        await create_missing_topics(
+            config,
+            [
+                *(new_topic(config, topic, config.topic_partitions) for topic in config.event_topics()),
+                new_topic(config, config.state_topic, config.state_topic_partitions, {"cleanup.policy": "compact"}),
                 # Short-lived triggers for the owner of an integration (relay.control), partitioned like the state
                 # topic. Deleted after a day: far longer than any de-duplication window or owner handover.
-                wanted.append(
-                    self._new_topic(
-                        self._config.control_topic,
-                        self._config.state_topic_partitions,
-                        {"cleanup.policy": "delete", "retention.ms": str(CONTROL_TOPIC_RETENTION_MS)},
-                    )
-                )
-            if wanted:
-                response = await admin.create_topics(wanted)
-                for topic, code, *message in response.topic_errors:
-                    if code == TOPIC_AUTHORIZATION_FAILED:
-                        raise KafkaAuthorizationFailed(
-                            f"Kafka refused {principal_of(self._config)} Create on the topic {topic!r} "
-                            f"(TOPIC_AUTHORIZATION_FAILED): grant it Create on the topics prefixed "
-                            f"{self._config.topic_prefix!r}, or create the topics beforehand"
-                        )
-                    if code not in (0, TOPIC_ALREADY_EXISTS):
-                        raise KafkaUnavailable(f"cannot create topic {topic!r}: error {code} {message}")
-                log.info("topics created", extra={"topics": [t.name for t in wanted]})
-        except KafkaError as exc:
-            raise KafkaUnavailable(f"cannot create topics: {exc}") from exc
-        finally:
-            await admin.close()
-
-    def _new_topic(self, name: str, partitions: int, configs: dict[str, str] | None = None) -> NewTopic:
-        replication = self._config.topic_replication_factor
-        topic = NewTopic(name, partitions, max(replication, 1), topic_configs=configs or {})
-        # CreateTopics (v4+) takes -1 as "the broker's default.replication.factor", but aiokafka's NewTopic
-        # refuses -1 in its constructor, so it is set after construction; the request carries it unchanged.
-        topic.replication_factor = replication
-        return topic
+                new_topic(
+                    config,
+                    config.control_topic,
+                    config.state_topic_partitions,
+                    {"cleanup.policy": "delete", "retention.ms": str(CONTROL_TOPIC_RETENTION_MS)},
+                ),
+            ],
+        )
 
     async def start(self) -> None:
         await self._producer_or_start()
@@ -444,3 +411,46 @@ async def _quietly_stop(producer: Any, timeout: float = 10.0) -> None:
         await asyncio.wait_for(producer.stop(), timeout)
     except Exception:
         log.debug("producer stop failed", exc_info=True)
+
+
+async def ensure_event_topics(config: Config, resources: Iterable[str]) -> None:
+    """Create the event topics of ``resources`` when they are missing: for the resources an integration of the
+    registry names itself (``relay integrations add --resources``), which RELAY_RESOURCES* do not list, so that its
+    owner's first transaction does not depend on the brokers creating topics on their own."""
+    topics = dict.fromkeys(config.topic_for(resource, event) for resource in resources for event in EVENT_TYPES)
+    await create_missing_topics(config, [new_topic(config, topic, config.topic_partitions) for topic in topics])
+
+
+async def create_missing_topics(config: Config, topics: Sequence[NewTopic]) -> None:
+    """Create those of ``topics`` that do not exist; raises KafkaAuthorizationFailed
+    when Kafka refuses Create, KafkaUnavailable otherwise."""
+    admin = AIOKafkaAdminClient(**config.kafka_client_kwargs())
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        wanted = [topic for topic in topics if topic.name not in existing]
+        if wanted:
+            response = await admin.create_topics(wanted)
+            for topic, code, *message in response.topic_errors:
+                if code == TOPIC_AUTHORIZATION_FAILED:
+                    raise KafkaAuthorizationFailed(
+                        f"Kafka refused {principal_of(config)} Create on the topic {topic!r} "
+                        f"(TOPIC_AUTHORIZATION_FAILED): grant it Create on the topics prefixed "
+                        f"{config.topic_prefix!r}, or create the topics beforehand"
+                    )
+                if code not in (0, TOPIC_ALREADY_EXISTS):
+                    raise KafkaUnavailable(f"cannot create topic {topic!r}: error {code} {message}")
+            log.info("topics created", extra={"topics": [t.name for t in wanted]})
+    except KafkaError as exc:
+        raise KafkaUnavailable(f"cannot create topics: {exc}") from exc
+    finally:
+        await admin.close()
+
+
+def new_topic(config: Config, name: str, partitions: int, configs: dict[str, str] | None = None) -> NewTopic:
+    replication = config.topic_replication_factor
+    topic = NewTopic(name, partitions, max(replication, 1), topic_configs=configs or {})
+    # CreateTopics (v4+) takes -1 as "the broker's default.replication.factor", but aiokafka's NewTopic
+    # refuses -1 in its constructor, so it is set after construction; the request carries it unchanged.
+    topic.replication_factor = replication
+    return topic

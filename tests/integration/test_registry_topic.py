@@ -235,3 +235,27 @@ async def test_a_registry_topic_just_created_is_read_at_once(bootstrap_servers: 
         async with RegistryTopic(config) as topic:
             await topic.ensure_topic()
             assert len(await topic.read()) == 0
+
+
+def test_resources_of_its_own_get_their_event_topics_before_the_integration_is_written(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resource no RELAY_RESOURCES* lists has no event topics that relay run creates: `add --resources` creates
+    them, so the owner's first transaction does not depend on the brokers creating topics on their own."""
+    own = [config.topic_for("ats/jobs", event) for event in ("created", "updated", "deleted")]
+    listed_resource = config.topic_for("ats/users", "created")  # RELAY_RESOURCES: relay run creates it, not this
+    assert asyncio.run(existing_topics(config)).isdisjoint([*own, listed_resource])
+    code, out, _ = cli(capsys, "add", ACME, "--resources", "ats/users,ats/jobs")
+    assert code == 0, out
+    topics = asyncio.run(existing_topics(config))
+    assert set(own) <= topics
+    assert listed_resource not in topics
+
+
+async def existing_topics(config: Config) -> set[str]:
+    admin = AIOKafkaAdminClient(**config.kafka_client_kwargs())
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
