@@ -51,6 +51,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from relay.cli_args import positive_seconds
 from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
 from relay.control import ControlAction, UnreadableAction
 from relay.errors import (
@@ -126,22 +127,12 @@ def _add_command_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=DEFAULT_WAIT_SECONDS,
         metavar="SECONDS",
         help=f"wait this long for Kafka and the owner's acknowledgement (default {DEFAULT_WAIT_SECONDS:g})",
     )
     parser.add_argument("--no-wait", action="store_true", help="return once Kafka acknowledged the command")
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return seconds
 
 
 def main(args: argparse.Namespace, out: TextIO | None = None) -> int:

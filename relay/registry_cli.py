@@ -61,6 +61,7 @@ from typing import Any, Final, TextIO
 import orjson
 from aiokafka.errors import KafkaError
 
+from relay.cli_args import positive_seconds
 from relay.commands_cli import ControlClient, ControlTopicMissing
 from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
 from relay.config_kinds import Invalid, Items, Text, is_resource_path
@@ -135,7 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     common.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=DEFAULT_TIMEOUT_SECONDS,
         metavar="SECONDS",
         help=f"give up when Kafka has not answered within this long (exit 8), or, once the change is written, the "
@@ -169,16 +170,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ):
         command = sub.add_parser(action, parents=[editing], help=help_text)
         command.add_argument("integration", metavar="ID", help="the integration id")
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return seconds
 
 
 def main(args: argparse.Namespace, out: TextIO | None = None) -> int:

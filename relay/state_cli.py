@@ -65,6 +65,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 
+from relay.cli_args import positive_int, positive_seconds
 from relay.commands_cli import add_reset_parser
 from relay.commands_cli import main as commands_main
 from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
@@ -128,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show.add_argument("--entities", action="store_true", help="list the entities' ids with fingerprint summaries")
     show.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_ENTITY_LIMIT,
         metavar="N",
         help=f"with --entities, at most N per resource, by id (default {DEFAULT_ENTITY_LIMIT})",
@@ -141,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     repartition.add_argument(
         "--partitions",
-        type=_positive_int,
+        type=positive_int,
         required=True,
         metavar="N",
         help="the partition count of the new state topic: RELAY_STATE_TOPIC_PARTITIONS from then on",
@@ -161,32 +162,12 @@ def _common(timeout: float) -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     common.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=timeout,
         metavar="SECONDS",
         help=f"give up when Kafka has not answered within this long (exit 8; default {timeout:g})",
     )
     return common
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return seconds
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
 
 
 def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
