@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from relay.app import Relay
 from relay.config import Config, load_config
 from relay.contract import EVENT_SCHEMA_FILE, schema_file
+from relay.fleet import StateReading
 from relay.simulator import Simulator, SimulatorServer
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "deploy" / "schemas"
@@ -191,6 +192,29 @@ class World:
         return relay_config(**settings, **overrides)
 
     @asynccontextmanager
+    async def fleet_replica(
+        self, *, state_reading: StateReading | None = None, **overrides: Any
+    ) -> AsyncIterator[Relay]:
+        """A relay joined to the fleet's group and polling what it owns, as `relay run`, until the block ends (then
+        it leaves cleanly). No jitter, a 6 s group session and a 5 s shutdown grace unless ``overrides`` say."""
+        settings: dict[str, Any] = {
+            "poll_jitter_fraction": "0",
+            "group_session_timeout_seconds": "6",
+            "shutdown_grace_seconds": "5",
+            **overrides,
+        }
+        relay = Relay(self.config(**settings), state_reading=state_reading)
+        await relay.start_http()
+        joined = asyncio.create_task(relay.join_fleet(), name="fleet seat")
+        polling = asyncio.create_task(relay.scheduler.run(), name="scheduler")
+        try:
+            yield relay
+        finally:
+            relay.request_stop()
+            await asyncio.wait_for(asyncio.gather(joined, polling), 60)
+            await relay.close()
+
+    @asynccontextmanager
     async def relay(self, **overrides: Any) -> AsyncIterator[Relay]:
         """A relay connected to Kafka with its state restored, not yet polling: tests drive polls themselves."""
         relay = Relay(self.config(**overrides))
@@ -211,3 +235,24 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def change_everyone(world: World, collector: Collector, integrations: list[str], name: str) -> list[str]:
+    """Update one user of each of ``integrations``; wait until each change is published; return the changed keys."""
+    changed = []
+    for integration in integrations:
+        record = next(iter(world.sim.records(integration, "ats/users", include_deleted=False)))
+        world.sim.update(integration, "ats/users", record["id"], {"first_name": name})
+        changed.append(f"{integration}:{record['id']}")
+
+    def published() -> bool:
+        return all(
+            any(e.key == key and e.body["data"]["record"]["first_name"] == name for e in collector.events)
+            for key in changed
+        )
+
+    deadline = time.monotonic() + 60
+    while not published():
+        assert time.monotonic() < deadline, f"the changes named {name} were not all published within 60 s"
+        await collector.drain()
+    return changed

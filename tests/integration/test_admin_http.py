@@ -49,23 +49,12 @@ async def replica(world: World, **overrides: str) -> AsyncIterator[Relay]:
     settings = {
         "state_topic_partitions": str(PARTITIONS),
         "poll_interval_seconds": "600",  # what polls comes from the registry and the commands
-        "poll_jitter_fraction": "0",
-        "group_session_timeout_seconds": "6",
-        "shutdown_grace_seconds": "5",
         "admin_token": TOKEN,
         **overrides,
     }
-    running = Relay(world.config(**settings))
-    await running.start_http()
-    joined = asyncio.create_task(running.join_fleet(), name="fleet seat")
-    polling = asyncio.create_task(running.scheduler.run(), name="scheduler")
-    try:
+    async with world.fleet_replica(**settings) as running:
         await wait_until(lambda: running.readiness()[0] and running.ownership.owned == {0, 1}, 60, "the relay")
         yield running
-    finally:
-        running.request_stop()
-        await asyncio.wait_for(asyncio.gather(joined, polling), 60)
-        await running.close()
 
 
 async def registry_topic_known(config: Config, timeout: float = 30) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
@@ -17,7 +17,7 @@ from relay.app import Relay
 from relay.fleet import ReadState, StateReading
 from relay.partitioning import partition_for_key
 from relay.simulator import Simulator, SimulatorServer, WebhookSender
-from tests.integration.harness import Collector, World, collect, wait_until
+from tests.integration.harness import Collector, World, change_everyone, collect, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -46,27 +46,12 @@ async def world(bootstrap_servers: str, topic_prefix: str) -> AsyncIterator[Worl
         yield World(sim, server, bootstrap_servers, topic_prefix, INTEGRATIONS)
 
 
-@asynccontextmanager
-async def replica(world: World, state_reading: StateReading | None = None, **overrides: str) -> AsyncIterator[Relay]:
+def replica(
+    world: World, state_reading: StateReading | None = None, **overrides: str
+) -> AbstractAsyncContextManager[Relay]:
     """A relay joined to the fleet's group, polling what it owns, until the block ends (then it leaves cleanly)."""
-    settings = {
-        "state_topic_partitions": str(PARTITIONS),
-        "poll_interval_seconds": "1",
-        "poll_jitter_fraction": "0",
-        "group_session_timeout_seconds": "6",
-        "shutdown_grace_seconds": "5",
-        **overrides,
-    }
-    relay = Relay(world.config(**settings), state_reading=state_reading)
-    await relay.start_http()
-    joined = asyncio.create_task(relay.join_fleet(), name="fleet seat")
-    polling = asyncio.create_task(relay.scheduler.run(), name="scheduler")
-    try:
-        yield relay
-    finally:
-        relay.request_stop()
-        await asyncio.wait_for(asyncio.gather(joined, polling), 60)
-        await relay.close()
+    settings = {"state_topic_partitions": str(PARTITIONS), "poll_interval_seconds": "1", **overrides}
+    return world.fleet_replica(state_reading=state_reading, **settings)
 
 
 def owned(*relays: Relay) -> list[frozenset[int]]:
@@ -79,34 +64,13 @@ def doubled(collector: Collector) -> dict[str, int]:
     return {event_id: count for event_id, count in counts.items() if count > 1}
 
 
-async def change_everyone(world: World, collector: Collector, name: str) -> list[str]:
-    """Update one user of every integration; wait until each change is published; return the changed keys."""
-    changed = []
-    for integration in INTEGRATIONS:
-        record = next(iter(world.sim.records(integration, USERS, include_deleted=False)))
-        world.sim.update(integration, USERS, record["id"], {"first_name": name})
-        changed.append(f"{integration}:{record['id']}")
-
-    def published() -> bool:
-        return all(
-            any(e.key == key and e.body["data"]["record"]["first_name"] == name for e in collector.events)
-            for key in changed
-        )
-
-    deadline = time.monotonic() + 60
-    while not published():
-        assert time.monotonic() < deadline, f"the changes named {name} were not all published within 60 s"
-        await collector.drain()
-    return changed
-
-
 async def test_two_replicas_split_the_partitions_and_hand_them_over_without_loss_or_duplicates(world: World) -> None:
     await Relay(world.config(state_topic_partitions=str(PARTITIONS))).sink.ensure_topics()
     async with collect(world.bootstrap_servers, world.topics()) as events, replica(world) as first:
         await wait_until(lambda: first.ownership.owned == {0, 1}, 60, "the first replica to own everything")
         snapshot = sum(world.sim.count(i, USERS) for i in INTEGRATIONS)
         await events.wait_for(snapshot, timeout=60)
-        await change_everyone(world, events, "Before")
+        await change_everyone(world, events, INTEGRATIONS, "Before")
         async with replica(world) as second:
             await wait_until(
                 lambda: sorted(map(sorted, owned(first, second))) == [[0], [1]],
@@ -120,10 +84,10 @@ async def test_two_replicas_split_the_partitions_and_hand_them_over_without_loss
             for relay in (first, second):
                 polled = {integration for integration, _ in relay.scheduler.status}
                 assert polled == {i for i in INTEGRATIONS if relay.store.partition_of(i) in relay.ownership.owned}
-            await change_everyone(world, events, "Split")
+            await change_everyone(world, events, INTEGRATIONS, "Split")
         # The second left cleanly: the first owns everything again, and goes on.
         await wait_until(lambda: first.ownership.owned == {0, 1}, 60, "the first to take both partitions back")
-        await change_everyone(world, events, "After")
+        await change_everyone(world, events, INTEGRATIONS, "After")
         await events.settle()
     assert doubled(events) == {}
     assert first.metrics.registry.get_sample_value("relay_rebalances_total") >= 2

@@ -13,7 +13,7 @@ import asyncio
 import io
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import orjson
@@ -57,27 +57,9 @@ def cli_environ(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELAY_RESOURCES", USERS)
 
 
-@asynccontextmanager
-async def replica(world: World) -> AsyncIterator[Relay]:
+def replica(world: World) -> AbstractAsyncContextManager[Relay]:
     """A relay joined to the fleet's group, as `relay run`, polling rarely: what polls comes from the commands."""
-    relay_ = Relay(
-        world.config(
-            state_topic_partitions=str(PARTITIONS),
-            poll_interval_seconds="600",
-            poll_jitter_fraction="0",
-            group_session_timeout_seconds="6",
-            shutdown_grace_seconds="5",
-        )
-    )
-    await relay_.start_http()
-    joined = asyncio.create_task(relay_.join_fleet(), name="fleet seat")
-    polling = asyncio.create_task(relay_.scheduler.run(), name="scheduler")
-    try:
-        yield relay_
-    finally:
-        relay_.request_stop()
-        await asyncio.wait_for(asyncio.gather(joined, polling), 60)
-        await relay_.close()
+    return world.fleet_replica(state_topic_partitions=str(PARTITIONS), poll_interval_seconds="600")
 
 
 async def command(*argv: str) -> tuple[int, dict[str, Any] | None]:

@@ -14,7 +14,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
@@ -59,28 +59,10 @@ async def world(bootstrap_servers: str, topic_prefix: str) -> AsyncIterator[Worl
         yield World(sim, server, bootstrap_servers, topic_prefix, [])  # RELAY_INTEGRATIONS unset unless given
 
 
-@asynccontextmanager
-async def replica(world: World, **overrides: Any) -> AsyncIterator[Relay]:
+def replica(world: World, **overrides: Any) -> AbstractAsyncContextManager[Relay]:
     """A relay joined to the fleet's group, as `relay run` (its registry read, its follower running), until the
     block ends (then it leaves cleanly)."""
-    settings: dict[str, Any] = {
-        "state_topic_partitions": str(PARTITIONS),
-        "poll_interval_seconds": "3",
-        "poll_jitter_fraction": "0",
-        "group_session_timeout_seconds": "6",
-        "shutdown_grace_seconds": "5",
-        **overrides,
-    }
-    relay = Relay(world.config(**settings))
-    await relay.start_http()
-    joined = asyncio.create_task(relay.join_fleet(), name="fleet seat")
-    polling = asyncio.create_task(relay.scheduler.run(), name="scheduler")
-    try:
-        yield relay
-    finally:
-        relay.request_stop()
-        await asyncio.wait_for(asyncio.gather(joined, polling), 60)
-        await relay.close()
+    return world.fleet_replica(**{"state_topic_partitions": str(PARTITIONS), "poll_interval_seconds": "3", **overrides})
 
 
 async def requests_for(world: World) -> Counter[str]:

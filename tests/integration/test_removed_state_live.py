@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import orjson
@@ -44,27 +44,9 @@ async def world(bootstrap_servers: str, topic_prefix: str) -> AsyncIterator[Worl
         yield World(sim, server, bootstrap_servers, topic_prefix, [ACME, GLOBEX])
 
 
-@asynccontextmanager
-async def replica(world: World, **overrides: Any) -> AsyncIterator[Relay]:
+def replica(world: World, **overrides: Any) -> AbstractAsyncContextManager[Relay]:
     """A relay joined to the fleet's group, as `relay run`, until the block ends (then it leaves cleanly)."""
-    settings: dict[str, Any] = {
-        "state_topic_partitions": str(PARTITIONS),
-        "poll_interval_seconds": "2",
-        "poll_jitter_fraction": "0",
-        "group_session_timeout_seconds": "6",
-        "shutdown_grace_seconds": "5",
-        **overrides,
-    }
-    relay = Relay(world.config(**settings))
-    await relay.start_http()
-    joined = asyncio.create_task(relay.join_fleet(), name="fleet seat")
-    polling = asyncio.create_task(relay.scheduler.run(), name="scheduler")
-    try:
-        yield relay
-    finally:
-        relay.request_stop()
-        await asyncio.wait_for(asyncio.gather(joined, polling), 60)
-        await relay.close()
+    return world.fleet_replica(**{"state_topic_partitions": str(PARTITIONS), "poll_interval_seconds": "2", **overrides})
 
 
 async def state_topic(config: Config) -> dict[StateKey, bytes | None]:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import orjson
 import pytest
@@ -31,7 +30,7 @@ from relay.state_cli import (
     EXIT_STATE,
     EXIT_TARGET_NOT_USABLE,
 )
-from tests.integration.harness import Collector, World, collect, wait_until
+from tests.integration.harness import World, change_everyone, collect, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -79,54 +78,17 @@ async def create_topics(world: World) -> None:
         pass
 
 
-@asynccontextmanager
-async def replica(world: World, **overrides: str) -> AsyncIterator[Relay]:
+def replica(world: World, **overrides: str) -> AbstractAsyncContextManager[Relay]:
     """A relay joined to its fleet's group, polling what it owns, as `relay run` does, until the block ends."""
-    settings = {
-        "state_topic_partitions": str(OLD_PARTITIONS),
-        "poll_interval_seconds": "1",
-        "poll_jitter_fraction": "0",
-        "group_session_timeout_seconds": "6",
-        "shutdown_grace_seconds": "5",
-        **overrides,
-    }
-    relay = Relay(world.config(**settings))
-    await relay.start_http()
-    joined = asyncio.create_task(relay.join_fleet(), name="fleet seat")
-    polling = asyncio.create_task(relay.scheduler.run(), name="scheduler")
-    try:
-        yield relay
-    finally:
-        relay.request_stop()
-        await asyncio.wait_for(asyncio.gather(joined, polling), 60)
-        await relay.close()
+    return world.fleet_replica(
+        **{"state_topic_partitions": str(OLD_PARTITIONS), "poll_interval_seconds": "1", **overrides}
+    )
 
 
 async def repartition(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = await asyncio.to_thread(relay.cli.main, ["state", "repartition", *argv, "--timeout", "60"])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-async def change_everyone(world: World, collector: Collector, name: str) -> list[str]:
-    """Update one user of every integration; wait until each change is published; return the changed keys."""
-    changed = []
-    for integration in INTEGRATIONS:
-        record = next(iter(world.sim.records(integration, USERS, include_deleted=False)))
-        world.sim.update(integration, USERS, record["id"], {"first_name": name})
-        changed.append(f"{integration}:{record['id']}")
-
-    def published() -> bool:
-        return all(
-            any(e.key == key and e.body["data"]["record"]["first_name"] == name for e in collector.events)
-            for key in changed
-        )
-
-    deadline = time.monotonic() + 60
-    while not published():
-        assert time.monotonic() < deadline, f"the changes named {name} were not all published within 60 s"
-        await collector.drain()
-    return changed
 
 
 async def end_offsets(world: World, topic: str) -> dict[TopicPartition, int]:
@@ -159,7 +121,7 @@ async def test_a_fleet_restarted_on_the_new_topic_resumes_every_pair_without_a_s
         async with replica(world) as old:
             await wait_until(lambda: old.ownership.owned == {0, 1}, 60, "the replica to own both partitions")
             await events.wait_for(sum(world.sim.count(i, USERS) for i in INTEGRATIONS), timeout=60)
-            await change_everyone(world, events, "Before")
+            await change_everyone(world, events, INTEGRATIONS, "Before")
         assert {event.kind for event in events.events} == {"created", "updated"}
         old_ends = await end_offsets(world, config.state_topic)
 
@@ -186,7 +148,7 @@ async def test_a_fleet_restarted_on_the_new_topic_resumes_every_pair_without_a_s
             await wait_until(lambda: new.readiness()[0], 60, "the new replica to be ready (its state restored)")
             assert {i for (i, _), _ in new.store.pairs()} == set(INTEGRATIONS)
             assert all(state.checkpoint.snapshot_done for _, state in new.store.pairs())
-            changed = await change_everyone(world, events, "After")
+            changed = await change_everyone(world, events, INTEGRATIONS, "After")
             await events.settle()
         after = events.events[before:]
         assert Counter(event.kind for event in after) == Counter({"updated": len(INTEGRATIONS)}), after
