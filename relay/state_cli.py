@@ -109,6 +109,18 @@ EXIT_UNKNOWN_INTEGRATION: Final = 9
 EXIT_FLEET_RUNNING: Final = 12  # 10 and 11 are `relay state reset`'s (relay.commands_cli)
 EXIT_TARGET_NOT_USABLE: Final = 13
 EXIT_COPY_MISMATCH: Final = 14
+# What an action's failure is, by exception, as an exit status (most specific first: the repartition's own errors
+# before StateError, KafkaUnavailable last).
+FAILURES: Final[tuple[tuple[type[Exception], int], ...]] = (
+    (FleetRunning, EXIT_FLEET_RUNNING),
+    (TargetNotUsable, EXIT_TARGET_NOT_USABLE),
+    (CopyMismatch, EXIT_COPY_MISMATCH),
+    (StateError, EXIT_STATE),
+    (KafkaAuthorizationFailed, EXIT_KAFKA_AUTHORIZATION),
+    (KafkaAuthenticationFailed, EXIT_KAFKA_AUTHENTICATION),
+    (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE),
+)
+_FAILURE_TYPES: Final = tuple(failure for failure, _ in FAILURES)
 DEFAULT_REPARTITION_TIMEOUT_SECONDS: Final = 600.0
 
 GROUP_AUTHORIZATION_FAILED: Final = 30  # Kafka's error codes in a DescribeGroups answer
@@ -195,6 +207,11 @@ def _show_main(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     return asyncio.run(_show(config, args, out))
 
 
+def _exit_status(error: Exception) -> int:
+    """The exit status of an action that failed with ``error``, one of FAILURES."""
+    return next(code for failure, code in FAILURES if isinstance(error, failure))
+
+
 def _fail(args: argparse.Namespace, error: BaseException | str, code: int) -> int:
     print(f"{PROG} {args.action}: {error}", file=sys.stderr)
     return code
@@ -243,20 +260,8 @@ async def _repartition(config: Config, target: Config, args: argparse.Namespace,
             f"{target.state_topic!r} may hold part of a copy: delete it before running again"
         )
         return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
-    except FleetRunning as error:
-        return _fail(args, error, EXIT_FLEET_RUNNING)
-    except TargetNotUsable as error:
-        return _fail(args, error, EXIT_TARGET_NOT_USABLE)
-    except CopyMismatch as error:
-        return _fail(args, error, EXIT_COPY_MISMATCH)
-    except StateError as error:
-        return _fail(args, error, EXIT_STATE)
-    except KafkaAuthorizationFailed as error:
-        return _fail(args, error, EXIT_KAFKA_AUTHORIZATION)
-    except KafkaAuthenticationFailed as error:
-        return _fail(args, error, EXIT_KAFKA_AUTHENTICATION)
-    except KafkaUnavailable as error:
-        return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
+    except _FAILURE_TYPES as error:
+        return _fail(args, error, _exit_status(error))
     if args.json:
         out.write(orjson.dumps(render_repartition_json(report), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -282,14 +287,8 @@ async def _show(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     except TimeoutError:
         error = KafkaUnavailable(f"Kafka at {config.kafka_bootstrap_servers} did not answer within {args.timeout:g} s")
         return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
-    except StateError as error:
-        return _fail(args, error, EXIT_STATE)
-    except KafkaAuthorizationFailed as error:
-        return _fail(args, error, EXIT_KAFKA_AUTHORIZATION)
-    except KafkaAuthenticationFailed as error:
-        return _fail(args, error, EXIT_KAFKA_AUTHENTICATION)
-    except KafkaUnavailable as error:
-        return _fail(args, error, EXIT_KAFKA_UNAVAILABLE)
+    except _FAILURE_TYPES as error:
+        return _fail(args, error, _exit_status(error))
     entry = found.entry
     polled = () if entry is None or entry.removed else DefaultResources.from_config(config).resources_of(entry)
     stored = {resource for (integration, resource), _ in found.store.pairs() if integration == args.integration}
