@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import sys
 import time
 import uuid
@@ -51,8 +50,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from relay.cli_args import positive_seconds
-from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
+from relay.cli_args import kafka_command_config, positive_seconds
+from relay.config import Config, add_config_argument
 from relay.control import ControlAction, UnreadableAction
 from relay.errors import (
     KafkaAuthenticationFailed,
@@ -139,11 +138,8 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
     kind: str = args.command_kind
     prog = "relay state reset" if kind == "reset" else f"relay {kind}"
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    try:
-        config = load_config(args.config, kafka_only=True)
-    except ConfigError as error:
-        print_problems(error)
+    config = kafka_command_config(args.config)
+    if config is None:
         return EXIT_INVALID
     try:
         check_integration_id(args.integration)

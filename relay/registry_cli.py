@@ -50,7 +50,6 @@ import asyncio
 import contextlib
 import dataclasses
 import getpass
-import logging
 import socket
 import sys
 import time
@@ -61,9 +60,9 @@ from typing import Any, Final, TextIO
 import orjson
 from aiokafka.errors import KafkaError
 
-from relay.cli_args import positive_seconds
+from relay.cli_args import kafka_command_config, positive_seconds
 from relay.commands_cli import ControlClient, ControlTopicMissing
-from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
+from relay.config import Config, add_config_argument
 from relay.config_kinds import Invalid, Items, Text, is_resource_path
 from relay.control import ControlAction, registry_revision_acked
 from relay.errors import (
@@ -174,12 +173,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
-    # aiokafka logs every failed connection attempt at ERROR; the command says what went wrong once, itself.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    try:
-        config = load_config(args.config, kafka_only=True)
-    except ConfigError as error:
-        print_problems(error)
+    config = kafka_command_config(args.config)
+    if config is None:
         return EXIT_INVALID
     try:
         edit = None if args.action == "list" else _edit_of(args)

@@ -51,7 +51,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import sys
 import time
@@ -65,10 +64,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 
-from relay.cli_args import positive_int, positive_seconds
+from relay.cli_args import kafka_command_config, positive_int, positive_seconds
 from relay.commands_cli import add_reset_parser
 from relay.commands_cli import main as commands_main
-from relay.config import Config, ConfigError, add_config_argument, load_config, print_problems
+from relay.config import Config, ConfigError, add_config_argument, load_config
 from relay.config_kinds import is_resource_path
 from relay.errors import (
     KafkaAuthenticationFailed,
@@ -186,12 +185,8 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
     if args.action == "reset":
         return commands_main(args, out)
-    # aiokafka logs every failed connection attempt at ERROR; the command says what went wrong once, itself.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    try:
-        config = load_config(args.config, kafka_only=True)
-    except ConfigError as error:
-        print_problems(error)
+    config = kafka_command_config(args.config)
+    if config is None:
         return EXIT_INVALID
     handler = ACTIONS[args.action]
     return handler(config, args, out)
