@@ -386,11 +386,6 @@ async def relay_restore(
             "RELAY_POLL_INTERVAL_SECONDS": "3600",
             "RELAY_POLL_JITTER_FRACTION": "0",
             "RELAY_RECONCILE_INTERVAL_SECONDS": "1",
-            # The relay reads its state inside the group's rebalance callback and sends no heartbeat meanwhile: with
-            # the default 10 s session, a restore of 1M entities (7 to 11 s here) outlived the session, the first
-            # heartbeat after it (3.3 s later) found the member expired, and the relay restored again, 55 times in
-            # 16 minutes (2026-12-04, at 8a5858f). A longer session lets the benchmark measure the restore.
-            "RELAY_GROUP_SESSION_TIMEOUT_SECONDS": "120",
         },
     )
     relay = RelayProcess(settings, name=f"restore-{prefix}")
