@@ -7,7 +7,8 @@ no leader of our own, no database.
 
 * Claiming a partition opens its producer (``{RELAY_TRANSACTIONAL_ID}-{partition}``), which fences the previous
   owner's for that partition; then reads the partition's state to its end, and the last window of its control
-  partition; then polls its pairs, the operators' commands no owner acknowledged first. The claim runs beside the
+  partition; then polls its pairs, the operators' commands no owner acknowledged first, and acknowledges the changes of
+  the registry it applied that no owner acknowledged (made while the partition changed owner). The claim runs beside the
   group's protocol, not in its assignment callback, so the member heartbeats however long the state takes to read
   (aiokafka heartbeats only between callbacks); the group's next decision cancels a claim still reading.
 * Handing one over stops taking pages for its pairs, lets pages in flight commit within
@@ -54,7 +55,16 @@ from relay.errors import (
 from relay.metrics import Metrics
 from relay.partition_sinks import PartitionSinks
 from relay.pipeline import Pipeline
-from relay.registry import EMPTY, DefaultResources, EntryState, PairsPlan, Registry, RegistryChange, plan_change
+from relay.registry import (
+    EMPTY,
+    DefaultResources,
+    EntryState,
+    PairsPlan,
+    Registry,
+    RegistryChange,
+    RegistryEntry,
+    plan_change,
+)
 from relay.retention import due_for_tombstones
 from relay.scheduler import BY_REGISTRY, Scheduler
 from relay.sink import authorization_failed
@@ -126,6 +136,10 @@ class Ownership:
         """Whether the registry holds ``integration`` paused."""
         entry = self.registry.get(integration)
         return entry is not None and entry.paused
+
+    def _entries_in(self, partitions: set[int]) -> list[RegistryEntry]:
+        """The registry's entries (removed ones included) of the integrations placed in ``partitions``."""
+        return [entry for entry in self.registry.values() if self._store.partition_of(entry.integration) in partitions]
 
     def owned_states(self) -> dict[str, EntryState]:
         """The integrations of the owned partitions the registry holds (removed ones left out), and their state."""
@@ -221,6 +235,9 @@ class Ownership:
             if self.commands is not None:
                 for action in unanswered:
                     self.commands.apply(action)
+                if self.control is not None:  # for `relay integrations`, waiting for an ack the former owner never sent
+                    applied = self._entries_in(fresh)
+                    self.commands.registry_claimed(self.control.registry_unacknowledged(applied))
             self.settled = True
             self._metrics.owned_partitions.set(len(self.owned))
             self._metrics.partition_handover.observe(time.monotonic() - started)
