@@ -22,6 +22,14 @@ was lost (five failed sends, or the owner killed between the two) runs again on 
 announces again, a reset forgets again; a reconcile finds nothing new); and a command with several pairs, handed over
 when some ran and others had not, runs again on all of them. Only commands within the window
 (``RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS``; 0: none) are run by a new owner.
+
+A change of the registry survives a change of owner in the same way. An owner acknowledges a change it applies to an
+integration of a partition it owns (:meth:`CommandApplier.registry_applied`); one applied while the partition changes
+owner is acknowledged by nobody then (the former owner gave the partition up, the new one applies it at its claim).
+So a claim acknowledges the changes it applied that no ack in the control partition's window answers
+(:meth:`CommandApplier.registry_claimed`, the changes found by
+:meth:`relay.control.ControlChannel.registry_unacknowledged`). A change acknowledged twice (the former owner's ack
+written as the new owner read the window) is harmless: ``relay integrations`` takes the first ack it reads.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from typing import Final
 
 from relay.control import ControlAction, registry_ack_id
 from relay.errors import KafkaUnavailable
-from relay.registry import RegistryChange
+from relay.registry import EntryState, RegistryChange, RegistryEntry
 from relay.scheduler import CommandHandedOver, CommandNotRun, Scheduler
 
 log = logging.getLogger(__name__)
@@ -96,6 +104,27 @@ class CommandApplier:
             log.info(
                 "registry change acknowledged",
                 extra={"integration": change.integration, "change": change.kind, "revision": change.after.revision},
+            )
+            self._send_later(ack)
+
+    def registry_claimed(self, entries: Iterable[RegistryEntry]) -> None:
+        """Acknowledge the registry's ``entries`` a claim of their partitions just applied, for ``relay integrations``
+        waiting for them: the changes no owner acknowledged (made while the partition changed owner). One ``ack`` per
+        entry, naming its revision, saying what the new owner does with it."""
+        for entry in entries:
+            ack = ControlAction(
+                "ack",
+                entry.integration,
+                (),
+                None,
+                round(time.time() * 1000),
+                registry_ack_id(entry.revision),
+                "ok",
+                f"{_REGISTRY_CLAIMED[entry.state]} (applied by the partition's new owner as it claimed it)",
+            )
+            log.info(
+                "registry change acknowledged at a claim",
+                extra={"integration": entry.integration, "state": entry.state, "revision": entry.revision},
             )
             self._send_later(ack)
 
@@ -231,6 +260,12 @@ _REGISTRY_DONE: Final = {
     "resumed": "polling resumed",
     "updated": "its resources applied",
     "forgotten": "polling stopped",
+}
+# What a new owner does, at its claim, with an integration the registry holds in each state.
+_REGISTRY_CLAIMED: Final[dict[EntryState, str]] = {
+    "active": "polling started",
+    "paused": "polling paused",
+    "removed": "polling stopped",
 }
 
 

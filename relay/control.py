@@ -19,7 +19,10 @@ retried to another replica, or delivered again after the owner restarted, is act
 Reading that window, a new owner also finds the operators' commands no owner acknowledged (an ``ack`` record with
 their command id after them): sent while no replica owned the partition, or left by the former owner, which does not
 acknowledge a command it handed over before running it. :meth:`ControlChannel.own` returns them, so that the new owner
-runs them (:mod:`relay.commands`); a command acknowledged once is never run again by a later owner.
+runs them (:mod:`relay.commands`); a command acknowledged once is never run again by a later owner. It finds the
+registry revisions acknowledged there too (``ack`` records whose command id is ``registry:<revision>``):
+:meth:`ControlChannel.registry_unacknowledged` says which changes of the registry made within the window no owner
+acknowledged (made while the partition changed owner), so that the new owner acknowledges them once it applied them.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from aiokafka.errors import KafkaError
 from relay.config import Config
 from relay.errors import KafkaUnavailable, StateError
 from relay.metrics import Metrics
+from relay.registry import RegistryEntry
 from relay.sink import authorization_failed
+from relay.timestamps import parse_timestamp_ms
 from relay.webhooks import PollTarget
 
 log = logging.getLogger(__name__)
@@ -255,6 +260,9 @@ class ControlChannel:
         self._consumer: AIOKafkaConsumer | None = None
         self._consumer_lock = asyncio.Lock()  # getmany, assign and seek never interleave
         self._windows: dict[int, PartitionWindow] = {}  # per owned partition
+        # Per owned partition: integration -> the highest registry revision an ack read since the window's start says
+        # was applied (relay.commands acknowledges the others a claim applied).
+        self._registry_acks: dict[int, dict[str, int]] = {}
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._getting: asyncio.Future[Any] | None = None  # follow()'s getmany in progress, which _taken() ends
@@ -397,16 +405,20 @@ class ControlChannel:
             before = list(self._windows)
             await self._reassign(consumer, [*before, *new])
             windows = {tp.partition: PartitionWindow(self._window_ms) for tp in added}
+            registry_acks: dict[int, dict[str, int]] = {tp.partition: {} for tp in added}
             try:
                 unanswered = [
                     action
                     for tp in added
-                    for action in await self._rebuild(consumer, tp, starts[tp], ends[tp], windows[tp.partition])
+                    for action in await self._rebuild(
+                        consumer, tp, starts[tp], ends[tp], windows[tp.partition], registry_acks[tp.partition]
+                    )
                 ]
             except BaseException:
                 await self._reassign(consumer, before)  # owning none of them, as before
                 raise
             self._windows.update(windows)
+            self._registry_acks.update(registry_acks)
         for action in unanswered:
             self._metrics.control_actions.labels(action.kind, "replayed").inc()
         log.info(
@@ -421,10 +433,17 @@ class ControlChannel:
         return unanswered
 
     async def _rebuild(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, window: PartitionWindow
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        start: int,
+        end: int,
+        window: PartitionWindow,
+        registry_acks: dict[str, int],
     ) -> list[ControlAction]:
-        """Read ``tp`` from ``start`` to ``end`` (exclusive) into ``window``; return the commands read that no ack
-        read after them answers. Never reads past ``end``: what comes later is follow()'s to deliver."""
+        """Read ``tp`` from ``start`` to ``end`` (exclusive) into ``window``, and the registry revisions acknowledged
+        into ``registry_acks``; return the commands read that no ack read after them answers. Never reads past
+        ``end``: what comes later is follow()'s to deliver."""
         consumer.seek(tp, start)
         unanswered: OrderedDict[str, ControlAction] = OrderedDict()  # by command id
         try:
@@ -437,6 +456,7 @@ class ControlChannel:
                             continue
                         if action.kind == "ack":
                             unanswered.pop(action.command_id or "", None)
+                            _remember_registry_ack(registry_acks, action)
                             continue
                         key = action.dedup_key
                         first = key is not None and not window.seen(key, record.timestamp)
@@ -459,6 +479,7 @@ class ControlChannel:
             await self._reassign(consumer, [p for p in self._windows if p not in gone])
             for partition in gone:
                 del self._windows[partition]
+                self._registry_acks.pop(partition, None)
         log.info("control partitions disowned", extra={"partitions": sorted(gone)})
         self._changed.set()
 
@@ -551,6 +572,7 @@ class ControlChannel:
         if action is None:
             return
         if action.kind == "ack":  # this owner's own answers (or a former owner's): for `relay` commands to read
+            _remember_registry_ack(self._registry_acks.setdefault(partition, {}), action)
             return
         key = action.dedup_key
         if key is not None and window.seen(key, record.timestamp):
@@ -562,6 +584,26 @@ class ControlChannel:
             on_action(action)
         except Exception:
             log.exception("a control action failed", extra={"integration": action.integration, "kind": action.kind})
+
+    def registry_unacknowledged(
+        self, entries: Iterable[RegistryEntry], *, now_ms: int | None = None
+    ) -> list[RegistryEntry]:
+        """Of ``entries`` (the registry's entries of owned partitions, as a claim applied them), those changed within
+        the window (by ``updated_at``) that no ack read since the window's start acknowledges (an ack of the same
+        integration with this revision or a later one, as ``relay integrations`` reads them): changes made while the
+        partition changed owner, which the former owner gave up before applying them. None with a window of 0 (no
+        ack is read then)."""
+        if self._window_ms <= 0:
+            return []
+        since = (round(time.time() * 1000) if now_ms is None else now_ms) - self._window_ms
+        unacknowledged = []
+        for entry in entries:
+            acks = self._registry_acks.get(self._partition_of(entry.integration))
+            if acks is None or parse_timestamp_ms(entry.updated_at) < since:
+                continue  # not owned here, or changed before the window: its ack, if any, is not in what was read
+            if acks.get(entry.integration, -1) < entry.revision:
+                unacknowledged.append(entry)
+        return unacknowledged
 
     def _require_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -578,6 +620,13 @@ class ControlChannel:
                 await _quietly(consumer.stop(), timeout=5.0)
         if self._stopping_clients:
             await asyncio.wait(set(self._stopping_clients))
+
+
+def _remember_registry_ack(registry_acks: dict[str, int], ack: ControlAction) -> None:
+    """Keep the registry revision ``ack`` acknowledges, if it acknowledges one: the highest per integration."""
+    revision = registry_revision_acked(ack)
+    if revision is not None and revision > registry_acks.get(ack.integration, -1):
+        registry_acks[ack.integration] = revision
 
 
 async def _quietly(stopping: Any, timeout: float = 10.0) -> None:

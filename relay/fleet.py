@@ -7,7 +7,8 @@ no leader of our own, no database.
 
 * Claiming a partition opens its producer (``{RELAY_TRANSACTIONAL_ID}-{partition}``), which fences the previous
   owner's for that partition; then reads the partition's state to its end, and the last window of its control
-  partition; then polls its pairs, the operators' commands no owner acknowledged first. The claim runs beside the
+  partition; then polls its pairs, the operators' commands no owner acknowledged first, and acknowledges the changes of
+  the registry it applied that no owner acknowledged (made while the partition changed owner). The claim runs beside the
   group's protocol, not in its assignment callback, so the member heartbeats however long the state takes to read
   (aiokafka heartbeats only between callbacks); the group's next decision cancels a claim still reading.
 * Handing one over stops taking pages for its pairs, lets pages in flight commit within
@@ -19,7 +20,8 @@ no leader of our own, no database.
   replica may have owned it in between.
 * The owner of a partition also tombstones the state of its integrations removed from the registry longer than
   ``RELAY_REMOVED_STATE_RETENTION`` ago (:mod:`relay.retention`), under the same lock as claims and handovers: at each
-  claim, at each registry change, and on a timer.
+  claim, at each registry change, and on a timer; after a failed write, the next of these reads the partition's state
+  again first when none of its pairs is polled (its producer commits nothing until then).
 * A partition whose producer was fenced (a replica that was paused past its session timeout and woke up: a zombie)
   is lost at once: its pairs stop, nothing of theirs is committed, and the group's next assignment says what to own.
 """
@@ -45,6 +47,7 @@ from relay.commands import CommandApplier
 from relay.config import Config, relay_identity
 from relay.control import ControlAction, ControlChannel
 from relay.errors import (
+    Fenced,
     KafkaAuthenticationFailed,
     KafkaAuthorizationFailed,
     KafkaUnavailable,
@@ -54,7 +57,16 @@ from relay.errors import (
 from relay.metrics import Metrics
 from relay.partition_sinks import PartitionSinks
 from relay.pipeline import Pipeline
-from relay.registry import EMPTY, DefaultResources, EntryState, PairsPlan, Registry, RegistryChange, plan_change
+from relay.registry import (
+    EMPTY,
+    DefaultResources,
+    EntryState,
+    PairsPlan,
+    Registry,
+    RegistryChange,
+    RegistryEntry,
+    plan_change,
+)
 from relay.retention import due_for_tombstones
 from relay.scheduler import BY_REGISTRY, Scheduler
 from relay.sink import authorization_failed
@@ -104,6 +116,9 @@ class Ownership:
         # A claim is under way and owns nothing of its partitions yet: cancelling it leaves them as if it had failed.
         self.restoring = False
         self._losing: set[asyncio.Task[None]] = set()
+        # Owned partitions where writing tombstones failed: their producers commit nothing until their state was read
+        # again (relay.sink), which _forget_removed does itself when none of their pairs is polled.
+        self._unread: set[int] = set()
 
     def pairs_of(self, partitions: Iterable[int]) -> list[tuple[str, str]]:
         """The pairs of the integrations of the registry placed in ``partitions`` (removed ones have none; paused ones
@@ -126,6 +141,10 @@ class Ownership:
         """Whether the registry holds ``integration`` paused."""
         entry = self.registry.get(integration)
         return entry is not None and entry.paused
+
+    def _entries_in(self, partitions: set[int]) -> list[RegistryEntry]:
+        """The registry's entries (removed ones included) of the integrations placed in ``partitions``."""
+        return [entry for entry in self.registry.values() if self._store.partition_of(entry.integration) in partitions]
 
     def owned_states(self) -> dict[str, EntryState]:
         """The integrations of the owned partitions the registry holds (removed ones left out), and their state."""
@@ -211,6 +230,7 @@ class Ownership:
                 self._store.drop(fresh)
                 raise
             self._sinks.state_read(fresh)
+            self._unread -= fresh
             pairs = self.pairs_of(fresh)
             self._pipeline.unhalt(integration for integration, _ in pairs)
             self.owned = self.owned | fresh
@@ -221,6 +241,9 @@ class Ownership:
             if self.commands is not None:
                 for action in unanswered:
                     self.commands.apply(action)
+                if self.control is not None:  # for `relay integrations`, waiting for an ack the former owner never sent
+                    applied = self._entries_in(fresh)
+                    self.commands.registry_claimed(self.control.registry_unacknowledged(applied))
             self.settled = True
             self._metrics.owned_partitions.set(len(self.owned))
             self._metrics.partition_handover.observe(time.monotonic() - started)
@@ -236,12 +259,17 @@ class Ownership:
     async def _forget_removed(self) -> None:
         """:meth:`forget_removed`, under the lock: no claim, handover or registry change (a removed integration added
         again) runs meanwhile, and a removed integration's pairs are not polled. A failure is logged: the next claim,
-        registry change or timer tries again. (After a failed commit the partition's new producer commits nothing
-        until its state was read again, which a poll of one of its pairs does, or its next claim: a partition whose
-        integrations are all removed is tombstoned at its next claim then, not before.)"""
+        registry change or timer tries again. After a failed commit the partition's new producer commits nothing
+        until its state was read again: a poll of one of its pairs does that (the relay's reload), and for a
+        partition none of whose pairs is polled (its integrations all removed) the next try does it first, as a
+        claim does."""
         retention = self._config.removed_state_retention
         if retention is None:  # kept for ever: not even a look at what is remembered
             return
+        self._unread &= self.owned
+        for partition in sorted(self._unread):
+            if not self._polls_in(partition) and await self._read_state_again(partition):
+                self._unread.discard(partition)
         due = due_for_tombstones(
             self.registry, self._store.held(self.owned), now_ms=round(time.time() * 1000), retention_seconds=retention
         )
@@ -249,6 +277,7 @@ class Ownership:
             try:
                 entities = [await self._pipeline.forget(removed.integration, r) for r in removed.resources]
             except (SinkError, KafkaError, OSError) as error:
+                self._unread.add(self._store.partition_of(removed.integration))
                 log.warning(
                     "cannot tombstone the state of a removed integration yet; trying again later",
                     extra={"integration": removed.integration, "error": f"{type(error).__name__}: {error}"},
@@ -265,6 +294,32 @@ class Ownership:
                     "entities": sum(entities),
                 },
             )
+
+    def _polls_in(self, partition: int) -> bool:
+        """Whether the scheduler holds a pair of ``partition`` (polled or paused: a resume may start a poll)."""
+        return any(self._store.partition_of(integration) == partition for integration, _ in self._scheduler.status)
+
+    async def _read_state_again(self, partition: int) -> bool:
+        """Read the state of ``partition`` again, as a claim does, after a failed commit of tombstones: its producer
+        started anew first (which completes or aborts the transaction in doubt), then its state read, so that it
+        commits again. Only for a partition none of whose pairs the scheduler holds: a poll would diff against the
+        memory replaced. False (logged) when Kafka is not reachable: the next try reads it."""
+        self._store.drop({partition})
+        try:
+            await self._sinks.start([partition])
+            await self._read_state({partition})
+        except Fenced:  # another replica claimed it meanwhile: ours no more
+            self.lost(partition)
+            return False
+        except (SinkError, KafkaError, OSError) as error:
+            log.warning(
+                "cannot read a state partition again before tombstoning its removed integrations; trying again later",
+                extra={"partition": partition, "error": f"{type(error).__name__}: {error}"},
+            )
+            return False
+        self._sinks.state_read([partition])
+        log.info("state partition read again after a failed write of tombstones", extra={"partition": partition})
+        return True
 
     async def hand_over(self, partitions: Iterable[int], grace_seconds: float | None = None) -> None:
         """Give ``partitions`` up: stop their polls (pages in flight get the grace to commit), close their producers,

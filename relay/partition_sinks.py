@@ -77,9 +77,10 @@ class PartitionSinks:
             await sink.start()
             self._sinks[partition] = sink
 
-    async def start(self) -> None:
-        """Start again the producers of the partitions owned (after a failed commit discarded one)."""
-        await asyncio.gather(*(sink.start() for sink in self._sinks.values()))
+    async def start(self, partitions: Iterable[int] | None = None) -> None:
+        """Start again the producers of ``partitions`` (all owned, by default) after a failed commit discarded one."""
+        chosen = self._sinks if partitions is None else partitions
+        await asyncio.gather(*(self._sinks[p].start() for p in chosen if p in self._sinks))
 
     async def close(self, partitions: Iterable[int]) -> None:
         for partition in sorted(set(partitions)):

@@ -11,7 +11,8 @@ Each talks only to Kafka, with the configuration of `relay run` (--config, RELAY
 nor RELAY_INTEGRATIONS. It creates the registry topic when it is missing, reads it to its end, writes at most one
 record (acknowledged by every in-sync replica) and prints what it did; --json prints it as JSON. Then add, remove,
 pause and resume wait until the relay owning the integration (the replica owning its state partition) acknowledges on
-the control topic (RELAY_CONTROL_TOPIC) that it applied the change: polling started, stopped, paused, resumed.
+the control topic (RELAY_CONTROL_TOPIC) that it applied the change: polling started, stopped, paused, resumed. A
+change applied while the partition changes owner is acknowledged by its next owner, once its claim applied it.
 --timeout (default 30 s) bounds the whole command, the wait included; --no-wait returns once the record is written.
 
 An integration without resources of its own is polled for those of its category: RELAY_RESOURCES_ATS or
@@ -30,8 +31,9 @@ Exit status:
   8  Kafka could not be reached, or did not answer, within --timeout
   9  remove, pause or resume of an integration the registry does not hold; pause or resume of a removed one
   10 written, but no relay acknowledged the change within --timeout: none runs (or none ever ran: the control topic
-     does not exist, and the command says so at once), or the integration's partition is changing owner. The
-     change stays in the registry: the relay that owns the partition next polls as it says
+     does not exist, and the command says so at once), or the integration's partition is changing owner and its
+     next owner has not claimed it yet. The change stays in the registry: the relay that owns the partition next
+     polls as it says (and acknowledges it at its claim, within RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS of the change)
 
 
 A running relay follows the registry: it polls an integration added within one poll interval, stops polling one

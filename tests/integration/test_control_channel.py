@@ -1,12 +1,14 @@
 """The control channel on a real broker: two ControlChannels as two replicas, each owning some partitions of the
 control topic. Actions reach exactly the owner, in order; a webhook id is delivered once across replicas and owner
-restarts; disown stops delivery; a new owner is handed the operators' commands no owner acknowledged; an unreadable
+restarts; disown stops delivery; a new owner is handed the operators' commands no owner acknowledged, and told which
+recent changes of the registry no owner acknowledged; an unreadable
 record is skipped and counted; a webhook through the real aiohttp handler is answered only once its action was
 acknowledged."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,11 +20,13 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from relay.config import Config, load_config
-from relay.control import ControlAction, ControlChannel, ForwardingTarget
+from relay.control import ControlAction, ControlChannel, ForwardingTarget, registry_ack_id
 from relay.metrics import Metrics
 from relay.partitioning import partition_for_key
+from relay.registry import RegistryEntry
 from relay.simulator import webhooks as sim_webhooks
 from relay.sink import KafkaSink
+from relay.timestamps import format_timestamp_ms
 from relay.web import Heartbeat, build_app
 from relay.webhooks import SIGNATURE_HEADER, WebhookReceiver, WebhookSettings, make_handler, sign
 from tests.integration.harness import wait_until
@@ -228,6 +232,47 @@ async def test_a_new_owner_is_handed_the_commands_no_owner_acknowledged_in_the_o
         await sender.channel.send(command(name, "c-new"))
         await wait_until(lambda: [a.command_id for a in received] == ["c-new"], what="the command sent afterwards")
         assert await channel.own([2]) == []  # owned already: nothing read again
+    finally:
+        await channel.stop()
+        if following is not None:
+            await asyncio.wait_for(following, 10)
+
+
+def registry_entry(integration: str, revision: int, *, age_ms: int = 0) -> RegistryEntry:
+    updated_at = format_timestamp_ms(round(time.time() * 1000) - age_ms)
+    return RegistryEntry(integration, None, None, False, False, updated_at, "test", updated_at, "test", revision)
+
+
+async def test_a_new_owner_is_told_which_recent_registry_changes_no_owner_acknowledged(
+    replicas: Replicas, config: Config
+) -> None:
+    acked, later, old = integrations_by_partition(3)[1]
+    elsewhere = BY_PARTITION[0][0]
+    sender = await replicas([])  # nobody owns partition 1 meanwhile
+    for action in (
+        ack(acked, registry_ack_id(5)),
+        ack(later, registry_ack_id(3)),
+        ack(later, "c-1"),  # an operator's command's ack: no registry revision
+        ack(old, registry_ack_id(1)),
+    ):
+        await sender.channel.send(action)
+    channel = ControlChannel(
+        config, Metrics(), partition_of=lambda i: partition_for_key(i.encode(), config.state_topic_partitions)
+    )
+    await channel.start()
+    following: asyncio.Task[None] | None = None
+    try:
+        await channel.own([1])
+        entries = [
+            registry_entry(acked, 5),  # acknowledged
+            registry_entry(later, 4),  # changed again after its last ack
+            registry_entry(old, 2, age_ms=2 * 3600 * 1000),  # before the window (an hour): its ack is not read
+            registry_entry(elsewhere, 1),  # not owned here
+        ]
+        assert channel.registry_unacknowledged(entries) == [entries[1]]
+        following = asyncio.create_task(channel.follow(lambda action: None))
+        await sender.channel.send(ack(later, registry_ack_id(4)))  # acks read as they come count too
+        await wait_until(lambda: channel.registry_unacknowledged(entries) == [], what="the ack read live")
     finally:
         await channel.stop()
         if following is not None:

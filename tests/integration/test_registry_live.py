@@ -2,7 +2,8 @@
 integrations add` or the registry's API) is snapshotted within one poll interval, one removed is no longer polled (the
 simulator sees no more requests for it), a pause survives a restart of the relay, in a fleet of two an integration
 added is polled by exactly one replica: the owner of its partition, and `relay integrations` returns once that owner
-acknowledged it applied the change (exit 10 when none does within --timeout).
+acknowledged it applied the change (exit 10 when none does within --timeout), also when the change was written while
+the owning replica was being replaced (the new owner acknowledges it at its claim).
 
 The relays here are in-process replicas (real Relays, real group protocol, real simulator), as in test_fleet.py."""
 
@@ -26,7 +27,7 @@ from relay.app import Relay
 from relay.partitioning import partition_for_key
 from relay.registry import add as add_entry
 from relay.registry import now_text, pause, remove, resume
-from relay.registry_cli import EXIT_NO_ACK
+from relay.registry_cli import EXIT_NO_ACK, EditDone, edit_registry, make_edit
 from relay.registry_topic import RegistryTopic
 from relay.simulator import Simulator, SimulatorServer
 from tests.integration.harness import Collector, World, collect, wait_until
@@ -271,6 +272,33 @@ async def test_relay_integrations_waits_for_the_owner_to_acknowledge_the_change_
         assert await cli("remove", GLOBEX) == 0
         assert GLOBEX not in polled(running)
         assert capsys.readouterr().out.endswith("the owner acknowledged it: polling stopped\n")
+
+
+async def test_a_change_written_while_the_owner_is_replaced_is_acknowledged_by_the_new_owner_at_its_claim(
+    world: World,
+) -> None:
+    config = world.config(state_topic_partitions=str(PARTITIONS))
+    await event_topics(world)
+    async with replica(world) as old:  # the owner of both partitions, replaced below
+        await wait_until(lambda: old.ownership.owned == {0, 1} and old.ownership.settled, 60, "the claim")
+    # No replica runs now: only the next owner can acknowledge what is written meanwhile.
+    written: list[EditDone] = []
+    editing = asyncio.create_task(
+        edit_registry(
+            config, "add", GLOBEX, make_edit("add", GLOBEX, by="test"), timeout=45, wait=True, on_written=written.append
+        )
+    )
+    await wait_until(lambda: bool(written) or editing.done(), 30, "the change to be written")
+    assert not editing.done(), editing  # written, waiting for an ack
+    async with replica(world) as new:  # reads the registry with the change in it, then claims both partitions
+        done = await asyncio.wait_for(editing, 60)
+        assert GLOBEX in polled(new)
+    assert done.written is not None
+    assert done.ack is not None, "the new owner did not acknowledge the change it applied at its claim"
+    assert (done.ack.outcome, done.ack.message) == (
+        "ok",
+        "polling started (applied by the partition's new owner as it claimed it)",
+    )
 
 
 async def test_upgrading_from_a_fixed_list_announces_nothing_again_and_loses_nothing(world: World) -> None:

@@ -1,7 +1,8 @@
 """The state of an integration removed from the registry, on the real broker: once RELAY_REMOVED_STATE_RETENTION has
 passed, the owner of its state partition writes a tombstone for every key of its pairs (and nothing else), an
-integration added again afterwards is snapshotted anew, and a removal whose retention passed while no replica ran is
-tombstoned by the next owner when it claims the partition.
+integration added again afterwards is snapshotted anew, a removal whose retention passed while no replica ran is
+tombstoned by the next owner when it claims the partition, and tombstones whose write failed in a partition holding
+only removed integrations are written at the next check, with no claim.
 
 The relays here are in-process replicas (real Relays, real group protocol, real simulator), as in
 test_registry_live.py; the state topic is read back as any consumer would read it (``read_committed``)."""
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -21,10 +22,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from relay.app import Relay
 from relay.config import Config
+from relay.errors import KafkaUnavailable
 from relay.registry import add as add_entry
 from relay.registry import remove
 from relay.registry_topic import RegistryTopic
 from relay.simulator import Simulator, SimulatorServer
+from relay.sink import Committer, OutMessage
 from relay.timestamps import format_timestamp_ms
 from tests.integration.harness import Collector, World, collect, wait_until
 
@@ -180,6 +183,58 @@ async def test_a_removal_whose_retention_passed_while_no_replica_ran_is_tombston
             assert set(of(after, ACME)) >= set(of(kept, ACME))
             assert all(value is not None for value in of(after, GLOBEX).values())
             assert tombstoned_count(second) == 1
+
+
+class TombstonesGivenUpOnce:
+    """The relay's committer, except that the first transaction of tombstones alone (a removed integration's state
+    forgotten) is given up while in flight, as the relay gives up one Kafka does not commit in time: its producer is
+    discarded, and the partition's next producer commits nothing until the state was read again."""
+
+    def __init__(self, committer: Committer) -> None:
+        self._committer = committer
+        self.given_up = 0
+
+    async def commit(self, messages: Sequence[OutMessage]) -> None:
+        if self.given_up or not all(message.value is None for message in messages):
+            await self._committer.commit(messages)
+            return
+        self.given_up += 1
+        try:
+            async with asyncio.timeout(0):  # cancelled at its first wait for Kafka
+                await self._committer.commit(messages)
+        except TimeoutError:
+            raise KafkaUnavailable("the test gave up this transaction of tombstones") from None
+        raise AssertionError("the transaction of tombstones committed without waiting for Kafka")
+
+
+async def test_tombstones_whose_write_failed_are_written_at_the_next_check_without_a_claim(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = world.config(state_topic_partitions=str(PARTITIONS))
+    await event_topics(world)
+    with caplog.at_level(logging.INFO, logger="relay"):
+        async with (
+            collect(world.bootstrap_servers, world.topics()) as events,
+            RegistryTopic(config) as topic,
+            replica(world, removed_state_retention="2s") as running,
+        ):
+            await wait_for_snapshots(world, events, ACME, 1)
+            await wait_for_snapshots(world, events, GLOBEX, 1)
+            assert {running.store.partition_of(ACME), running.store.partition_of(GLOBEX)} == {1}
+            failing = TombstonesGivenUpOnce(running.pipeline.sink)
+            running.pipeline.sink = failing
+            claims = caplog.messages.count("state partitions claimed")
+            # Both removed a minute ago: due at once, and their partition then holds only removed integrations.
+            registry = await topic.read()
+            removals = [remove(registry, name, at=now_minus(60_000), by="test") for name in (ACME, GLOBEX)]
+            await topic.write([removal for removal in removals if removal is not None])
+            await wait_for_tombstones(config, ACME, timeout=20)
+            await wait_for_tombstones(config, GLOBEX, timeout=20)
+            assert failing.given_up == 1
+            assert "cannot tombstone the state of a removed integration yet; trying again later" in caplog.messages
+            assert caplog.messages.count("state partitions claimed") == claims  # recovered without a claim
+            assert running.ownership.owned == {0, 1}
+            assert tombstoned_count(running) == 2
 
 
 def now_minus(ms: float = 0) -> str:

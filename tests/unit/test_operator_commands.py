@@ -1,7 +1,8 @@
 """Operators' commands, the pure parts: the command and ack records, the resnapshot rule of the diff engine, the
 tombstones of a reset read back, and the scheduler running commands in order with a pair's polls (a real Scheduler
 behind the real ReloadGate, its poll a script), acknowledged once per command, or left unacknowledged to the next
-owner when handed over; and the owner's acks of the registry changes it applied."""
+owner when handed over; and the owner's acks of the registry changes it applied, as it follows the registry or at a
+claim."""
 
 from __future__ import annotations
 
@@ -315,3 +316,23 @@ async def test_the_owner_acknowledges_the_registry_changes_of_the_integrations_i
     assert [registry_revision_acked(a) for a in sent] == [7, 9]
     assert all(ControlAction.decode(a.encode()) == a for a in sent)  # a record older CLIs read (and skip)
     assert registry_revision_acked(ControlAction("ack", ACME, (), None, 0, "c1", "ok", "")) is None
+
+
+async def test_a_claim_acknowledges_what_it_applied_of_each_integration_by_its_state() -> None:
+    sent: list[ControlAction] = []
+
+    async def send(action: ControlAction) -> None:
+        sent.append(action)
+
+    applier = CommandApplier(Scheduler(config(), ReloadGate(None, None), Metrics()), send)  # type: ignore[arg-type]
+    applier.registry_claimed(
+        [entry(ACME, 4), entry("personio:paused", 5, paused=True), entry("personio:gone", 6, removed=True)]
+    )
+    await applier.flush()
+    claimed = "(applied by the partition's new owner as it claimed it)"
+    assert [(a.integration, registry_revision_acked(a), a.outcome, a.message) for a in sent] == [
+        (ACME, 4, "ok", f"polling started {claimed}"),
+        ("personio:paused", 5, "ok", f"polling paused {claimed}"),
+        ("personio:gone", 6, "ok", f"polling stopped {claimed}"),
+    ]
+    assert all(ControlAction.decode(a.encode()) == a for a in sent)
