@@ -223,16 +223,18 @@ async def send_command(
     partition = partition_for_key(integration.encode(), config.state_topic_partitions)
     sent: Sent | None = None
     try:
-        async with asyncio.timeout(timeout):
+        # The clients close outside the timeout's scope: its expiry must not cancel their closing (a consumer left
+        # open), and each close is bounded on its own.
+        async with contextlib.AsyncExitStack() as clients, asyncio.timeout(timeout):
             await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=timeout)
             resources = await _check_registry(config, integration, resource, timeout=timeout)
-            async with ControlClient(config, partition) as client:
-                await client.send(command)
-                sent = Sent(command, resources, partition)
-                on_sent(sent)
-                if not wait:
-                    return sent
-                ack = await client.wait_for_ack(command.command_id or "", deadline)
+            client = await clients.enter_async_context(ControlClient(config, partition))
+            await client.send(command)
+            sent = Sent(command, resources, partition)
+            on_sent(sent)
+            if not wait:
+                return sent
+            ack = await client.wait_for_ack(command.command_id or "", deadline)
     except TimeoutError:
         if sent is not None:
             return sent

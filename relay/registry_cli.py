@@ -300,12 +300,13 @@ async def read_registry(config: Config, *, timeout: float) -> Registry:
     """The registry, read to its end (its topic created when missing); raises KafkaTimedOut after ``timeout``
     seconds, or another error of FAILURES."""
     try:
-        # Each step is bounded by the timeout, and so is the whole: an operator waits the timeout at most.
-        async with asyncio.timeout(timeout):
+        # Each step is bounded by the timeout, and so is the whole: an operator waits the timeout at most. The topic's
+        # clients close outside its scope: its expiry must not cancel their closing.
+        async with contextlib.AsyncExitStack() as clients, asyncio.timeout(timeout):
             await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=timeout)
-            async with RegistryTopic(config, timeout_seconds=timeout) as topic:
-                await topic.ensure_topic()
-                return await topic.read()
+            topic = await clients.enter_async_context(RegistryTopic(config, timeout_seconds=timeout))
+            await topic.ensure_topic()
+            return await topic.read()
     except TimeoutError:
         raise _timed_out(config, timeout, editing=False) from None
 
@@ -373,28 +374,29 @@ async def edit_registry(
     deadline = time.monotonic() + timeout
     done: EditDone | None = None
     try:
-        # Each step is bounded by the timeout, and so is the whole: an operator waits the timeout at most.
-        async with asyncio.timeout(timeout):
+        # Each step is bounded by the timeout, and so is the whole: an operator waits the timeout at most. The clients
+        # close outside its scope: its expiry must not cancel their closing (a consumer left open).
+        async with contextlib.AsyncExitStack() as clients, asyncio.timeout(timeout):
             await check_kafka_access(config.kafka_bootstrap_servers, config.kafka_security, timeout=timeout)
-            async with RegistryTopic(config, timeout_seconds=timeout) as topic:
-                await topic.ensure_topic()
-                registry = await topic.read()
-                before = registry.get(integration)
-                entry = edit(registry)
-                if entry is None:  # nothing to do, nothing to wait for
-                    done = EditDone(action, integration, before, None)
-                    on_written(done)
-                    return done
-                await _ensure_event_topics(config, entry)
-                async with _owner_acks(config, integration, wait=wait) as owner:  # from before the write: none missed
-                    written = (await topic.write([entry]))[0]
-                    done = EditDone(
-                        action, integration, before, written, waited=wait, control_topic_missing=wait and owner is None
-                    )
-                    on_written(done)
-                    if owner is None:
-                        return done
-                    ack = await owner.wait_for(_acknowledges(written), deadline)
+            topic = await clients.enter_async_context(RegistryTopic(config, timeout_seconds=timeout))
+            await topic.ensure_topic()
+            registry = await topic.read()
+            before = registry.get(integration)
+            entry = edit(registry)
+            if entry is None:  # nothing to do, nothing to wait for
+                done = EditDone(action, integration, before, None)
+                on_written(done)
+                return done
+            await _ensure_event_topics(config, entry)
+            owner = await clients.enter_async_context(_owner_acks(config, integration, wait=wait))  # before the write
+            written = (await topic.write([entry]))[0]
+            done = EditDone(
+                action, integration, before, written, waited=wait, control_topic_missing=wait and owner is None
+            )
+            on_written(done)
+            if owner is None:
+                return done
+            ack = await owner.wait_for(_acknowledges(written), deadline)
     except TimeoutError:
         if done is not None:
             return done
