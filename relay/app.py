@@ -105,6 +105,7 @@ class Relay:
             ReloadGate(self.pipeline.poll_once, self.reload_state, self.pipeline.reset),
             self.metrics,
             on_stop=self.pipeline.stop,
+            commits=self.pipeline.commits,
             pairs=(),  # none until this relay owns their state partitions
         )
         read_state = self._read_partitions

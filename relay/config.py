@@ -395,7 +395,10 @@ class Config:
     )
     http_port: int = setting(Integer(0, 65535), 8080, "Port of the health and metrics server; 0 picks a free one")
     shutdown_grace_seconds: float = setting(
-        Number(0), 20.0, "On SIGTERM, time left to the work in flight before the relay exits"
+        Number(0),
+        20.0,
+        "On SIGTERM (and when a replica hands a partition over), time left to the pages being committed before the "
+        "relay exits; a poll with none, waiting on the source, is cancelled at once",
     )
     fatal_exit_delay_seconds: float = setting(
         Number(0, 3600),

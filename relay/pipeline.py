@@ -37,7 +37,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -85,6 +86,57 @@ def _ignore(events: int) -> None:
     pass
 
 
+Pair = tuple[str, str]
+
+
+class CommitsInFlight:
+    """Per pair, the pages handed to Kafka and not yet remembered (committed and applied to memory, or failed).
+
+    What a stop or a handover waits for (:meth:`relay.scheduler.Scheduler.disown`): the grace is for these, so that
+    a page being committed is not done again by the next owner. A poll with none is waiting on the source (or for a
+    slot, or reading the state back): cancelling it at once loses nothing, since what it fetched was never sent.
+    A page counts from the moment its commit is asked for (before any await) until memory knows its outcome, so a
+    cancellation decided while a pair has none can never land inside a transaction or between a commit and memory.
+    """
+
+    __slots__ = ("_ended", "_pages")
+
+    def __init__(self) -> None:
+        self._pages: dict[Pair, int] = {}
+        self._ended: asyncio.Future[None] | None = None  # resolved when a pair's last page in flight ends
+
+    def committing(self, integration: str, resource: str) -> bool:
+        return (integration, resource) in self._pages
+
+    def next_end(self) -> asyncio.Future[None]:
+        """A future resolved when the next pair's last page in flight ends (to look again at what still commits)."""
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+        return self._ended
+
+    def began(self, pair: Pair) -> None:
+        self._pages[pair] = self._pages.get(pair, 0) + 1
+
+    def ended(self, pair: Pair) -> None:
+        left = self._pages[pair] - 1
+        if left:
+            self._pages[pair] = left
+            return
+        del self._pages[pair]
+        ended, self._ended = self._ended, None
+        if ended is not None and not ended.done():
+            ended.set_result(None)
+
+    @contextmanager
+    def page(self, pair: Pair) -> Iterator[None]:
+        """One page of ``pair`` in flight for the duration of the block: its commit, and what memory does after."""
+        self.began(pair)
+        try:
+            yield
+        finally:
+            self.ended(pair)
+
+
 class Pipeline:
     """Runs whole polls of pairs against one source, one sink and one store of what is remembered."""
 
@@ -110,6 +162,7 @@ class Pipeline:
         self._halted: set[str] = set()  # integrations being handed over to another replica
         self._interrupted: asyncio.Future[None] | None = None  # resolved at each stop or halt, for waits to look up
         self.deferred = DeferredCheckpoints()  # they outlive a poll
+        self.commits = CommitsInFlight()  # what a stop or a handover gives its grace to
 
     def stop(self) -> None:
         """Let the polls in progress end at their next page: what committed says where the next run resumes."""
@@ -202,9 +255,10 @@ class Pipeline:
             OutMessage(state_topic, key, None, partition=partition)
             for key in self.store.tombstone_keys(integration, resource)
         ]
-        await self.sink.commit(messages)
-        self.store.forget(integration, resource)
-        self.deferred.persisted((integration, resource))
+        with self.commits.page((integration, resource)):
+            await self.sink.commit(messages)
+            self.store.forget(integration, resource)
+            self.deferred.persisted((integration, resource))
         self.metrics.entities.labels(resource).dec(entities)
         log.info("pair reset", extra={"integration": integration, "resource": resource, "entities": entities})
         return entities
@@ -291,6 +345,8 @@ class PairPoll:
         self._store = pipeline.store
         self.integration = integration
         self.resource = resource
+        self._pair = (integration, resource)
+        self._commits = pipeline.commits
         self.kind = kind = outcome.kind
         self.outcome = outcome
         self._published = published
@@ -429,9 +485,10 @@ class PairPoll:
         checkpoint = self._checkpoint().completed(kind=self.kind, started_at_ms=self._started_at_ms)
         prepared = await self._pages.prepare(page, checkpoint, self._unapplied)
         messages = self._pages.messages_to_commit(prepared, self._seen)
-        if messages is not None:
-            await self._pipeline.sink.commit(messages)
-        self._apply(prepared, committed=messages is not None)
+        with self._commits.page(self._pair):
+            if messages is not None:
+                await self._pipeline.sink.commit(messages)
+            self._apply(prepared, committed=messages is not None)
 
     async def _send(self, page: Page, next_cursor: str) -> None:
         """Prepare a page that has more after it and hand it to the sink, leaving its commit in flight."""
@@ -442,7 +499,10 @@ class PairPoll:
         )
         await self._apply_committed(wait_all=False, room_for_one=True)
         messages = self._pages.messages_to_commit(prepared, None)
-        committing = None if messages is None else asyncio.create_task(self._pipeline.sink.commit(messages))
+        committing = None
+        if messages is not None:
+            self._commits.began(self._pair)  # ends once applied or given up (_apply_committed, _abort_in_flight)
+            committing = asyncio.create_task(self._pipeline.sink.commit(messages))
         self._in_flight.append((prepared, committing))
         self._unapplied.add(prepared)
         # Let the commit hand its batches to the producer, and the producer its first request to Kafka, before the
@@ -467,20 +527,25 @@ class PairPoll:
             if committing is not None and not committing.done() and not must_wait:
                 return
             in_flight.popleft()
-            if committing is not None:
-                try:
-                    await committing
-                except BaseException:
-                    self._abort_in_flight()
-                    raise
-            self._unapplied.remove(prepared)
-            self._apply(prepared, committed=committing is not None)
+            try:
+                if committing is not None:
+                    try:
+                        await committing
+                    except BaseException:
+                        self._abort_in_flight()
+                        raise
+                self._unapplied.remove(prepared)
+                self._apply(prepared, committed=committing is not None)
+            finally:
+                if committing is not None:  # memory knows its outcome now
+                    self._commits.ended(self._pair)
 
     def _abort_in_flight(self) -> None:
         for _, committing in self._in_flight:
             if committing is not None:
                 committing.cancel()
                 committing.add_done_callback(retrieve)
+                self._commits.ended(self._pair)
         self._in_flight.clear()
 
     def _apply(self, prepared: Prepared, *, committed: bool) -> None:

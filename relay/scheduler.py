@@ -181,14 +181,56 @@ class PairStatus:
         self.events_published += events
 
 
-async def _end_within(tasks: list[asyncio.Task[None]], grace_seconds: float) -> None:
-    """Let ``tasks`` end within ``grace_seconds``, then cancel those still running, and wait for them all."""
+class Commits(Protocol):
+    """Which pairs have a page in flight to Kafka (:class:`relay.pipeline.CommitsInFlight`)."""
+
+    def committing(self, integration: str, resource: str) -> bool: ...
+
+    def next_end(self) -> asyncio.Future[None]: ...
+
+
+PairTasks = dict[tuple[str, str], asyncio.Task[None]]
+
+
+async def _end_within(tasks: PairTasks, grace_seconds: float, commits: Commits | None) -> None:
+    """Let the pairs' ``tasks`` end within ``grace_seconds``, then cancel those still running, and wait for them all.
+
+    The grace is for pages being committed. With ``commits`` to tell which pairs have one in flight, a task whose
+    pair has none is cancelled at once, and one whose pair has as soon as its last page ends: it waits only on the
+    source (or a slot), and waiting would gain nothing but a partition nobody polls and a slow SIGTERM. The pipeline,
+    told to stop at its next page, ends on its own a poll whose page committed. Checked and cancelled in one turn of
+    the event loop, a poll cannot begin a commit in between: one cancelled then never started its transaction."""
     if not tasks:
         return
-    _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+    if commits is None:
+        _, pending = await asyncio.wait(tasks.values(), timeout=grace_seconds)
+    else:
+        pending = await _those_still_committing_after(tasks, grace_seconds, commits)
     for task in pending:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+async def _those_still_committing_after(
+    tasks: PairTasks, grace_seconds: float, commits: Commits
+) -> set[asyncio.Task[None]]:
+    """Cancel each of ``tasks`` once its pair has no page in flight, for ``grace_seconds``; return those left."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_seconds
+    running = dict(tasks)
+    while True:
+        for pair, task in list(running.items()):
+            if task.done():
+                del running[pair]
+            elif not commits.committing(*pair):
+                task.cancel()
+                del running[pair]
+        remaining = deadline - loop.time()
+        if not running or remaining <= 0:
+            return set(running.values())
+        await asyncio.wait(
+            [*running.values(), commits.next_end()], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+        )
 
 
 # ----------------------------------------------------------------------------------------------- the scheduler
@@ -207,10 +249,14 @@ class Scheduler:
         rng: random.Random | None = None,
         on_stop: Callable[[], None] | None = None,
         pairs: Iterable[tuple[str, str]] | None = None,
+        commits: Commits | None = None,
     ) -> None:
-        """``pairs`` are polled from the start: by default every configured one; in a fleet, none until owned."""
+        """``pairs`` are polled from the start: by default every configured one; in a fleet, none until owned.
+        ``commits`` tells which pairs have a page in flight to Kafka: at a stop or a handover, the polls of the others
+        are cancelled at once; without it (an operation whose commits it cannot see), every poll gets the grace."""
         self._config = config
         self._poll = poll
+        self._commits = commits
         self._metrics = metrics
         self._clock = clock
         self._rng = rng or random.Random()
@@ -234,7 +280,8 @@ class Scheduler:
         """Poll until :meth:`stop`; return early (with :attr:`fatal` set) when an operator must act.
 
         After a stop, a poll in progress gets ``grace_seconds`` to commit its page; then it is cancelled, which aborts
-        its transaction. Either way the committed checkpoint says where the next run resumes.
+        its transaction. A poll with no page in flight to Kafka is cancelled at once (see :func:`_end_within`). Either
+        way the committed checkpoint says where the next run resumes.
         """
         grace = self._config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         self._update_health_gauge()
@@ -245,7 +292,7 @@ class Scheduler:
             await self._stopping.wait()
         finally:
             self.stop()
-            await _end_within(list(self._tasks.values()), grace)
+            await _end_within(dict(self._tasks), grace, self._commits)
             for status in self.status.values():
                 _fail_commands(status, CommandHandedOver("the relay stopped before the command ran"))
 
@@ -278,17 +325,21 @@ class Scheduler:
     async def disown(
         self, pairs: Iterable[tuple[str, str]], grace_seconds: float, *, handing_over: bool = True
     ) -> None:
-        """Stop polling ``pairs``: no new poll starts, a poll in progress gets ``grace_seconds`` to end (the pipeline
-        was told to stop it at its next page), then it is cancelled, which aborts its transaction. Their commands not
+        """Stop polling ``pairs``: no new poll starts, a poll in progress with a page in flight to Kafka gets
+        ``grace_seconds`` to end (the pipeline was told to stop it at its next page), then it is cancelled, which
+        aborts its transaction; one with none (waiting on the source) is cancelled at once. Their commands not
         run yet are told :class:`CommandHandedOver` when ``handing_over`` (the partition's next owner runs them),
         else (the registry removed the pairs) :class:`CommandNotRun`."""
         statuses = [status for pair in pairs if (status := self.status.get(pair)) is not None]
         for status in statuses:
             status.retired = True
             status.trigger.wake()
-        await _end_within(
-            [task for s in statuses if (task := self._tasks.get((s.integration, s.resource)))], grace_seconds
-        )
+        tasks = {}
+        for status in statuses:
+            pair = (status.integration, status.resource)
+            if (task := self._tasks.get(pair)) is not None:
+                tasks[pair] = task
+        await _end_within(tasks, grace_seconds, self._commits)
         for status in statuses:
             if handing_over:
                 _fail_commands(status, CommandHandedOver("the partition was handed over before the command ran"))

@@ -23,7 +23,7 @@ from relay.pipeline import MAX_PAGES_IN_FLIGHT, Pipeline
 from relay.sink import KafkaSink, OutMessage
 from relay.source import Page, SourceClient
 from relay.state import StateStore
-from tests.unit.support import config_without_kafka
+from tests.unit.support import config_without_kafka, wait_until
 
 ACME = "acme"
 USERS = "ats/users"
@@ -156,6 +156,7 @@ async def test_a_failed_transaction_leaves_memory_at_the_last_committed_page() -
     assert pair.checkpoint.in_progress is not None
     assert pair.checkpoint.in_progress.cursor == first[-1]  # the next run resumes right after it
     assert len(sink.pages) == 2  # nothing was committed after the failure
+    assert not pipeline.commits.committing(ACME, USERS)
 
 
 async def test_a_stop_does_not_wait_for_a_page_being_fetched_but_keeps_what_committed() -> None:
@@ -175,6 +176,37 @@ async def test_a_stop_does_not_wait_for_a_page_being_fetched_but_keeps_what_comm
     assert len(pair.entities) == 3 * PAGE_SIZE
     assert pair.checkpoint.in_progress is not None
     assert pair.checkpoint.in_progress.cursor == "c3"  # the next run asks for page 3 again
+
+
+async def test_a_pair_has_a_page_in_flight_from_its_commit_until_memory_knows_it_and_none_while_fetching() -> None:
+    # What a stop or a handover waits for (the grace), and what it need not wait for (a source that does not answer).
+    pipeline, source, sink, store = relay()
+    source.holds[0] = asyncio.Event()
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
+    async with asyncio.timeout(10):
+        await source.held.wait()
+    assert not pipeline.commits.committing(ACME, USERS)  # the first page is being fetched: nothing for Kafka yet
+    source.holds[0].set()
+    await wait_until(lambda: bool(sink.pages), "the first transaction")
+    assert pipeline.commits.committing(ACME, USERS)
+    ended = pipeline.commits.next_end()
+    await asyncio.gather(poll, release_each_transaction(sink, poll))
+    assert ended.done()
+    assert not pipeline.commits.committing(ACME, USERS)
+    assert store.pair(ACME, USERS).checkpoint.snapshot_done
+
+
+async def test_a_poll_cancelled_with_a_transaction_open_leaves_no_page_in_flight_and_memory_unchanged() -> None:
+    pipeline, _, sink, store = relay()
+    poll = asyncio.create_task(pipeline.poll_once(ACME, USERS))
+    await wait_until(lambda: bool(sink.pages), "the first transaction")  # held open: never released
+    assert pipeline.commits.committing(ACME, USERS)
+    poll.cancel()  # past the grace
+    with pytest.raises(asyncio.CancelledError):
+        await poll
+    await wait_until(lambda: not pipeline.commits.committing(ACME, USERS), "the pages in flight to be given up")
+    assert store.pair(ACME, USERS).entities == {}
+    assert store.pair(ACME, USERS).checkpoint.in_progress is None
 
 
 async def test_the_heap_is_trimmed_after_a_poll_that_fetched_enough_records_and_after_a_failed_one() -> None:

@@ -15,6 +15,7 @@ import pytest
 from relay.config import Config, load_config
 from relay.errors import AuthenticationError, KafkaUnavailable, StateError
 from relay.metrics import Metrics
+from relay.pipeline import CommitsInFlight
 from relay.reload_gate import ReloadGate
 from relay.scheduler import BY_REGISTRY, Alarms, Scheduler, Wakeup, next_on_grid
 from relay.slots import sleep_without_slot
@@ -151,17 +152,20 @@ def test_polls_due_within_one_step_start_at_the_very_same_time(now: float) -> No
 class ScriptedPoller(Scheduler):
     """A real Scheduler, behind the real ReloadGate, whose poll operation runs a script: no source, no Kafka."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, commits: CommitsInFlight | None = None) -> None:
         gate = ReloadGate(self._scripted_poll, self._reload)
-        super().__init__(cfg, gate, Metrics(cfg.resources), rng=random.Random(7))
+        super().__init__(cfg, gate, Metrics(cfg.resources), rng=random.Random(7), commits=commits)
         self.polls: dict[tuple[str, str], int] = {}
+        self.cancelled: list[tuple[str, str]] = []  # the pairs whose poll was cancelled
         self.in_flight = 0
         self.failures: dict[tuple[str, str], BaseException] = {}  # raised by the pair's next poll
         self.holds: dict[tuple[str, str], asyncio.Event] = {}  # the pair's polls wait for this
         self.source_waits: dict[tuple[str, str], asyncio.Event] = {}  # ... as for a rate limit the source set
         self.reloads: list[int] = []  # polls in flight at each state reload
 
-    async def _scripted_poll(self, integration: str, resource: str, published: Callable[[int], None]) -> None:
+    async def _scripted_poll(
+        self, integration: str, resource: str, published: Callable[[int], None], *kind: str
+    ) -> None:
         pair = (integration, resource)
         self.polls[pair] = self.polls.get(pair, 0) + 1
         self.in_flight += 1
@@ -172,6 +176,9 @@ class ScriptedPoller(Scheduler):
                 await sleep_without_slot(lambda _: self.source_waits[pair].wait(), 60)
             if pair in self.failures:
                 raise self.failures.pop(pair)
+        except asyncio.CancelledError:
+            self.cancelled.append(pair)
+            raise
         finally:
             self.in_flight -= 1
 
@@ -306,6 +313,77 @@ async def test_a_pair_waiting_on_the_source_does_not_hold_the_only_poll_slot() -
     finally:
         poller.stop()
         await runner
+
+
+# --- Stops and handovers: the grace is for pages in flight to Kafka ---------------------------------------------------
+
+
+async def stalled(poller: ScriptedPoller, pair: tuple[str, str]) -> None:
+    """Make ``pair`` poll now, and its poll wait for ever (as on a source that does not answer)."""
+    poller.holds[pair] = asyncio.Event()
+    poller.trigger(*pair)
+    await wait_until(lambda: poller.status[pair].polling, "the stalled poll")
+
+
+async def test_a_stop_cancels_at_once_a_poll_with_no_page_in_flight_to_kafka() -> None:
+    poller = ScriptedPoller(config(), CommitsInFlight())
+    runner = await start(poller, grace_seconds=600)
+    await stalled(poller, (ACME, USERS))
+    poller.stop()
+    await asyncio.wait_for(runner, timeout=10)  # not the 600 s grace
+    assert poller.cancelled == [(ACME, USERS)]
+
+
+async def test_a_handover_gives_a_poll_the_grace_while_its_page_commits_and_cancels_it_once_that_ended() -> None:
+    commits = CommitsInFlight()
+    poller = ScriptedPoller(config(), commits)
+    runner = await start(poller, grace_seconds=600)
+    try:
+        committing, waiting = (ACME, USERS), (ACME, EMPLOYEES)
+        await stalled(poller, committing)
+        await stalled(poller, waiting)
+        commits.began(committing)  # a page of its poll is being committed
+        disowning = asyncio.create_task(poller.disown([committing, waiting], 600))
+        await wait_until(lambda: poller.cancelled == [waiting], "the poll with nothing in flight to be cancelled")
+        await quiescent()
+        assert not disowning.done()  # the page in flight has the grace
+        commits.ended(committing)  # committed; and the poll, told to stop, would wait on the source again
+        await asyncio.wait_for(disowning, timeout=10)
+        assert poller.cancelled == [waiting, committing]
+        assert poller.resources_of(ACME) == ()
+    finally:
+        poller.stop()
+        await runner
+
+
+async def test_a_command_whose_poll_waits_on_the_source_is_told_of_the_cancellation_as_after_the_grace() -> None:
+    # relay.commands leaves a command so cancelled to the partition's next owner, as it always did after the grace.
+    poller = ScriptedPoller(config(), CommitsInFlight())
+    runner = await start(poller, grace_seconds=600)
+    try:
+        outcomes: list[BaseException | None] = []
+        poller.holds[(ACME, USERS)] = asyncio.Event()
+        poller.command(ACME, USERS, "resnapshot", lambda resource, error, result: outcomes.append(error))
+        await wait_until(lambda: poller.status[(ACME, USERS)].polling, "the command's poll")
+        await asyncio.wait_for(poller.disown([(ACME, USERS)], 600), timeout=10)
+        assert len(outcomes) == 1
+        assert isinstance(outcomes[0], asyncio.CancelledError)
+    finally:
+        poller.stop()
+        await runner
+
+
+async def test_without_knowing_the_commits_every_poll_gets_the_grace() -> None:
+    poller = ScriptedPoller(config())
+    runner = await start(poller, grace_seconds=600)
+    await stalled(poller, (ACME, USERS))
+    disowning = asyncio.create_task(poller.disown([(ACME, USERS)], 0.2))
+    await quiescent()
+    assert not disowning.done()
+    await asyncio.wait_for(disowning, timeout=10)  # then it is cancelled, as it always was
+    assert poller.cancelled == [(ACME, USERS)]
+    poller.stop()
+    await runner
 
 
 # --- Pairs of the registry: each integration its own resources, pauses by whoever paused -------------------------
