@@ -76,6 +76,8 @@ class PageMaker:
     async def prepare(self, page: Page, checkpoint: Checkpoint, unapplied: Unapplied) -> Prepared:
         """Diff a page and serialize its events, against memory as it will be once the earlier pages still
         committing are applied (their fingerprints and shapes)."""
+        if not page.records:  # an idle poll's page: nothing to diff, no event, only its checkpoint
+            return Prepared(self.kind, 0, checkpoint, {}, {}, {}, [], [])
         pair = self._store.pair(self.integration, self.resource)
         page_diff = diff.PageDiff(
             unapplied.entities_over(pair.entities),

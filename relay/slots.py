@@ -27,20 +27,23 @@ class Slot:
         self._held = False
         self._ended = False  # the poll is over: a task of it that is still waiting must not take a place
         self._waiting = 0  # tasks of the poll sleeping without the place
-        self._retaking = asyncio.Lock()
+        # Made by the first wait only: most polls never lend their place, and every poll of a fleet makes a slot.
+        self._retaking: asyncio.Lock | None = None
 
-    @asynccontextmanager
-    async def held(self) -> AsyncIterator[None]:
-        """Hold the place for the whole poll (less its waits)."""
+    def held(self) -> Slot:
+        """Hold the place for the whole poll (less its waits): ``async with slot.held():``. The slot is its own
+        context manager, not a generator's (:func:`contextlib.asynccontextmanager`), since every poll takes one."""
+        return self
+
+    async def __aenter__(self) -> None:
         await self._places.acquire()
         self._held = True
-        try:
-            yield
-        finally:
-            self._ended = True
-            if self._held:
-                self._held = False
-                self._places.release()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._ended = True
+        if self._held:
+            self._held = False
+            self._places.release()
 
     @asynccontextmanager
     async def lent(self) -> AsyncIterator[None]:
@@ -59,6 +62,8 @@ class Slot:
             await self._retake()
 
     async def _retake(self) -> None:
+        if self._retaking is None:
+            self._retaking = asyncio.Lock()
         async with self._retaking:  # two tasks of the poll done waiting take one place, not two
             if not self._held and not self._ended and self._waiting == 0:
                 await self._places.acquire()

@@ -141,6 +141,9 @@ MAX_LOG_URL_CHARS = 2048  # the same for the error's log_url
 # A `next` cursor longer than this is not one: it is sent back in the query string and kept in the checkpoint.
 MAX_CURSOR_CHARS = 4096
 
+# First pages' URLs kept (see SourceClient._page_url): far more than the watermarks of one interval's polls.
+MAX_FIRST_PAGE_URLS = 1024
+
 # A ratelimit-reset above this (2001-09-09 as seconds since the epoch) is a time, not a number of seconds to wait.
 EPOCH_SECONDS_FROM = 10**9
 
@@ -204,6 +207,7 @@ class SourceClient:
         self._budgets: dict[str, RateLimitBudget] = {}  # by integration: those the pipeline polls, no others
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}  # by resource: parsed once, not on every request
+        self._first_pages: dict[tuple[str, str | None], URL] = {}  # by resource and updated_after: see _page_url
 
     async def __aenter__(self) -> SourceClient:
         return self
@@ -243,18 +247,32 @@ class SourceClient:
         page_number: int,
     ) -> Page:
         """Fetch and validate one page, retrying transient failures; raise a :class:`SourceError` otherwise."""
-        params = self._query(updated_after, cursor)
+        url = self._page_url(resource, updated_after, cursor)
         attempt = 0
         while True:
             await self._respect_budget(integration)
             try:
-                return await self._request(integration, resource, params, page_number)
+                return await self._request(integration, resource, url, page_number, has_cursor=cursor is not None)
             except RetryableSourceError as error:
                 attempt += 1
                 self._metrics.source_retries.labels(resource, code_label(error.code)).inc()
                 if attempt > self._config.source_max_retries:
                     raise
                 await self._backoff(attempt, error)
+
+    def _page_url(self, resource: str, updated_after: str | None, cursor: str | None) -> URL:
+        """The URL of a page, its query encoded. A poll's first page has no cursor, and the pairs polled within one
+        second share their updated_after (their watermarks come from the source's Date header, to the second): their
+        URL is encoded once, not once per request."""
+        if cursor is not None:
+            return self._url(resource).extend_query(self._query(updated_after, cursor))
+        key = (resource, updated_after)
+        url = self._first_pages.get(key)
+        if url is None:
+            if len(self._first_pages) >= MAX_FIRST_PAGE_URLS:
+                self._first_pages.clear()  # the watermarks of the past intervals; the new ones come back at once
+            url = self._first_pages[key] = self._url(resource).extend_query(self._query(updated_after, None))
+        return url
 
     def _query(self, updated_after: str | None, cursor: str | None) -> dict[str, str]:
         params = {"page_size": str(self._config.page_size), "include_deleted": "true"}
@@ -293,13 +311,12 @@ class SourceClient:
             url = self._urls[resource] = URL(f"{self._config.source_url}/{resource}")
         return url
 
-    async def _request(self, integration: str, resource: str, params: dict[str, str], page_number: int) -> Page:
+    async def _request(self, integration: str, resource: str, url: URL, page_number: int, *, has_cursor: bool) -> Page:
         series = self._metrics.for_resource(resource)
         started = time.monotonic()
         try:
             async with self._get_session().get(
-                self._url(resource),
-                params=params,
+                url,
                 headers={"X-Integration-Id": integration},
                 allow_redirects=False,  # the API key, the integration id and the query must not go elsewhere
             ) as response:
@@ -335,7 +352,7 @@ class SourceClient:
             return self._parse_page(body, headers, integration, resource, page_number)
         if body is None:  # an error's envelope that large is not Kombo's: its status says enough
             body = b""
-        raise self._error_from_response(status, headers, body, integration, resource, has_cursor="cursor" in params)
+        raise self._error_from_response(status, headers, body, integration, resource, has_cursor=has_cursor)
 
     def _redirected(self, integration: str, resource: str, status: int, headers: Headers) -> SourceError:
         # An API does not redirect its list endpoints: RELAY_SOURCE_URL is wrong (http:// for https://, an old host)

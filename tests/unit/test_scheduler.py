@@ -17,7 +17,7 @@ from relay.errors import AuthenticationError, KafkaUnavailable, StateError
 from relay.metrics import Metrics
 from relay.pipeline import CommitsInFlight
 from relay.reload_gate import ReloadGate
-from relay.scheduler import BY_REGISTRY, Alarms, Scheduler, Wakeup, next_on_grid
+from relay.scheduler import BY_REGISTRY, Alarms, Scheduler, Wakeup, nearest_on_grid
 from relay.slots import sleep_without_slot
 from tests.unit.support import quiescent, wait_until
 
@@ -130,20 +130,27 @@ async def test_a_sleep_cancelled_before_its_shared_deadline_leaves_the_others_sl
 
 
 @pytest.mark.parametrize("now", [0.0, 12.34, 98_765.4321])
-def test_a_scheduled_poll_starts_on_the_next_step_of_the_grid(now: float) -> None:
-    step = 0.1
-    for delay in (0.001, 5.0, 9.95):
-        start = next_on_grid(now + delay, step)
-        assert now + delay <= start < now + delay + step  # never early, less than a step late
+def test_a_scheduled_poll_starts_on_the_nearest_step_of_the_grid(now: float) -> None:
+    step = 0.5
+    for delay in (0.001, 5.0, 9.95, 10.26):
+        start = nearest_on_grid(now + delay, step)
+        assert abs(start - (now + delay)) <= step / 2 + 1e-9  # at most half a step early or late
+
+
+def test_the_grid_leaves_the_mean_interval_as_it_is() -> None:
+    step, rng = 0.5, random.Random(7)
+    times = [rng.uniform(0, 1000) for _ in range(10_000)]
+    shift = sum(nearest_on_grid(t, step) - t for t in times) / len(times)
+    assert abs(shift) < step / 50  # rounding up would add half a step to every interval
 
 
 @pytest.mark.parametrize("now", [0.0, 12.34, 98_765.4321])
 def test_polls_due_within_one_step_start_at_the_very_same_time(now: float) -> None:
-    step = 0.1
-    boundary = next_on_grid(now + 10, step)
-    due = (boundary - 0.09, boundary - 0.05, boundary - 0.001)
+    step = 0.5
+    boundary = nearest_on_grid(now + 10, step)
+    due = (boundary - 0.24, boundary - 0.05, boundary + 0.001, boundary + 0.24)
     # The same float, not merely close ones: their timers then fire in the same turn of the event loop.
-    assert {next_on_grid(when, step) for when in due} == {boundary}
+    assert {nearest_on_grid(when, step) for when in due} == {boundary}
 
 
 # --- The scheduler ---------------------------------------------------------------------------------------------------
