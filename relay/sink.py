@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -39,7 +40,7 @@ from relay.tasks import retrieve
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
-# The control topic's retention (a day): at least RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS, which is read back on handover.
+# The control topic's retention: a day, or RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS when that is longer (control_retention_ms).
 CONTROL_TOPIC_RETENTION_MS = 24 * 3600 * 1000
 # A transaction takes waiting units until it holds this many messages (one unit always goes, however large). A few
 # snapshot pages (events and state records) amortize a transaction's round trips; more bought no throughput in the
@@ -175,12 +176,12 @@ class KafkaSink:
                 *(new_topic(config, topic, config.topic_partitions) for topic in config.event_topics()),
                 new_topic(config, config.state_topic, config.state_topic_partitions, {"cleanup.policy": "compact"}),
                 # Short-lived triggers for the owner of an integration (relay.control), partitioned like the state
-                # topic. Deleted after a day: far longer than any de-duplication window or owner handover.
+                # topic, kept for as long as a new owner reads them back.
                 new_topic(
                     config,
                     config.control_topic,
                     config.state_topic_partitions,
-                    {"cleanup.policy": "delete", "retention.ms": str(CONTROL_TOPIC_RETENTION_MS)},
+                    {"cleanup.policy": "delete", "retention.ms": str(control_retention_ms(config))},
                 ),
             ],
         )
@@ -445,6 +446,14 @@ async def create_missing_topics(config: Config, topics: Sequence[NewTopic]) -> N
         raise KafkaUnavailable(f"cannot create topics: {exc}") from exc
     finally:
         await admin.close()
+
+
+def control_retention_ms(config: Config) -> int:
+    """How long the control topic keeps its records: a day, longer than any owner handover, or the de-duplication
+    window (RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS) when that is longer. A new owner reads the window back from the topic
+    (the webhooks already acted on, the commands and registry changes nobody acknowledged): records deleted before
+    the window ends would be acted on twice, or not acknowledged."""
+    return max(CONTROL_TOPIC_RETENTION_MS, math.ceil(config.kombo_webhook_dedup_seconds * 1000))
 
 
 def new_topic(config: Config, name: str, partitions: int, configs: dict[str, str] | None = None) -> NewTopic:

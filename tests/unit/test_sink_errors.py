@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from relay.errors import Fenced, KafkaAuthorizationFailed, KafkaUnavailable, RecordTooLarge
 from relay.metrics import Metrics
-from relay.sink import KafkaSink, OutMessage, check_record_sizes
+from relay.sink import KafkaSink, OutMessage, check_record_sizes, control_retention_ms
 from tests.unit.support import config_without_kafka
 
 
@@ -74,3 +74,15 @@ def test_the_brokers_own_size_refusal_is_not_kafka_being_down() -> None:
     assert isinstance(classified, RecordTooLarge)
     assert "RELAY_KAFKA_MAX_RECORD_BYTES" in str(classified)
     assert kafka.reachable
+
+
+@pytest.mark.parametrize(
+    ("dedup_seconds", "retention_ms"),
+    [("3600", 86_400_000), ("0", 86_400_000), ("86400", 86_400_000), ("172800.5", 172_800_500)],
+)
+def test_the_control_topic_keeps_its_records_for_the_whole_de_duplication_window(
+    dedup_seconds: str, retention_ms: int
+) -> None:
+    config = config_without_kafka(RELAY_KOMBO_WEBHOOK_DEDUP_SECONDS=dedup_seconds)
+
+    assert control_retention_ms(config) == retention_ms
