@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import orjson
@@ -116,19 +116,28 @@ async def event_topics(world: World) -> None:
     await Relay(world.config(state_topic_partitions=str(PARTITIONS))).sink.ensure_topics()
 
 
+@asynccontextmanager
+async def both_snapshotted(world: World, **settings: str) -> AsyncIterator[tuple[Collector, RegistryTopic, Relay]]:
+    """A replica with ``settings`` whose snapshots of ACME and GLOBEX were announced; the events collected from the
+    start, and the registry topic to edit."""
+    config = world.config(state_topic_partitions=str(PARTITIONS))
+    await event_topics(world)
+    async with (
+        collect(world.bootstrap_servers, world.topics()) as events,
+        RegistryTopic(config) as topic,
+        replica(world, **settings) as running,
+    ):
+        await wait_for_snapshots(world, events, ACME, 1)
+        await wait_for_snapshots(world, events, GLOBEX, 1)
+        yield events, topic, running
+
+
 async def test_a_removed_integration_s_state_is_tombstoned_after_the_retention_and_snapshotted_again_when_re_added(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = world.config(state_topic_partitions=str(PARTITIONS))
-    await event_topics(world)
     with caplog.at_level(logging.INFO, logger="relay"):
-        async with (
-            collect(world.bootstrap_servers, world.topics()) as events,
-            RegistryTopic(config) as topic,
-            replica(world, removed_state_retention="2s") as running,
-        ):
-            await wait_for_snapshots(world, events, ACME, 1)
-            await wait_for_snapshots(world, events, GLOBEX, 1)
+        async with both_snapshotted(world, removed_state_retention="2s") as (events, topic, running):
             before = await state_topic(config)
             globex_before = of(before, GLOBEX)
             assert of(before, ACME)
@@ -211,15 +220,8 @@ async def test_tombstones_whose_write_failed_are_written_at_the_next_check_witho
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = world.config(state_topic_partitions=str(PARTITIONS))
-    await event_topics(world)
     with caplog.at_level(logging.INFO, logger="relay"):
-        async with (
-            collect(world.bootstrap_servers, world.topics()) as events,
-            RegistryTopic(config) as topic,
-            replica(world, removed_state_retention="2s") as running,
-        ):
-            await wait_for_snapshots(world, events, ACME, 1)
-            await wait_for_snapshots(world, events, GLOBEX, 1)
+        async with both_snapshotted(world, removed_state_retention="2s") as (_, topic, running):
             assert {running.store.partition_of(ACME), running.store.partition_of(GLOBEX)} == {1}
             failing = TombstonesGivenUpOnce(running.pipeline.sink)
             running.pipeline.sink = failing
